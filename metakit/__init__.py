@@ -1,0 +1,63 @@
+"""metakit: actor-style meta-processes for asyncio network endpoints.
+
+The core lives here: :class:`Node`, :class:`Process`, :class:`Meta`,
+:class:`Supervisor`, the ids, the system messages and the exceptions. The
+network metas are in the subpackages ``metakit.tcp``, ``metakit.udp``,
+``metakit.web`` and ``metakit.websocket`` (this module never imports aiohttp).
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CallTimeout,
+    FrameDecodeError,
+    FrameTooLarge,
+    FramingError,
+    MailboxFull,
+    MetakitError,
+    NameTaken,
+    NodeNotRunning,
+    NoProcess,
+    ProcessExited,
+    Stop,
+    TooManyRestarts,
+    UnknownEvent,
+)
+from .ids import PID, Alias, Ref
+from .info import MetaInfo, ProcessInfo
+from .messages import NO_REPLY, Caller, Down, EventMessage, Exit
+from .meta import Meta
+from .node import Node
+from .process import Process
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NO_REPLY",
+    "PID",
+    "Alias",
+    "CallTimeout",
+    "Caller",
+    "Down",
+    "EventMessage",
+    "Exit",
+    "FrameDecodeError",
+    "FrameTooLarge",
+    "FramingError",
+    "MailboxFull",
+    "Meta",
+    "MetaInfo",
+    "MetakitError",
+    "NameTaken",
+    "NoProcess",
+    "Node",
+    "NodeNotRunning",
+    "Process",
+    "ProcessExited",
+    "ProcessInfo",
+    "Ref",
+    "Stop",
+    "TooManyRestarts",
+    "UnknownEvent",
+    "__version__",
+]

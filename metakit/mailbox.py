@@ -1,0 +1,457 @@
+"""The mailbox half of every actor: queue, bound, scheduling and the drain loop.
+
+Theory of operation
+-------------------
+
+:class:`Mailbox` is the base of :class:`~metakit.Process` and
+:class:`~metakit.Meta`. Its queue is one ``deque`` holding each envelope as
+two consecutive entries, sender then message: no tuple per message, because
+a tracked allocation per message sets off the cyclic GC's young-generation
+collections, which cost more than the whole hop. The sender's *class* tells
+the drain what an envelope is, so the common case costs one identity test:
+
+* ``PID`` — an ordinary message, for ``handle_message``;
+* :class:`~metakit.messages.Caller` — a call, for ``handle_call``;
+* :class:`Signal` — an exit signal.
+
+Delivery (DESIGN.md §6) is a bound check, a ``deque.append`` and, only when
+the actor is idle, one ``loop.call_soon`` of the drain: a burst of messages
+costs one scheduling. ``Process.send`` and ``Meta.send`` inline that code, and
+``messages_in`` is counted once per drain, not per message: each attribute
+touched per message shows in the throughput. Actors whose handlers are all plain functions drain in
+that callback, with no Task or Future per message. Actors with a coroutine
+handler drain in one Task per burst, which ends when the queue is empty, so
+an idle actor holds no Task. Either way one actor runs one handler at a time.
+
+A process handles exit signals before ordinary messages: they are inserted
+after the signals already waiting at the front of the queue (``_nurgent``
+counts them). A meta-process handles them in order, so ``send_exit(conn,
+"normal")`` never overtakes writes queued before it. ``"kill"`` acts at once.
+
+Bounds are in deque entries (``_limit`` is twice the mailbox size). A dead
+actor has ``_limit = -1``: every delivery then takes the slow branch, which
+raises :class:`~metakit.errors.NoProcess` instead of ``MailboxFull``.
+``send`` skips that check for unbounded targets (``_cap == 0``): it found the
+target in the routing table, which holds live actors only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import sys
+from collections import deque
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import MailboxFull, NoProcess, ProcessExited, Stop
+from .ids import PID, Alias
+from .messages import NO_REPLY, Caller
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Mailbox", "Signal"]
+
+# Messages one drain handles before it yields the loop to other actors.
+_BUDGET = 256
+
+# Lifecycle states (ints, compared with <).
+INIT, RUNNING, EXITING, DEAD = 0, 1, 2, 3
+_STATE_NAMES = ("init", "running", "exiting", "terminated")
+
+# The actor whose coroutine drain is running in the current task: lets
+# Node.stop() notice it was awaited from inside a handler (it would wait for
+# itself) and run in the background instead.
+current_actor: contextvars.ContextVar[Mailbox | None] = contextvars.ContextVar(
+    "metakit_current_actor", default=None
+)
+
+
+class Signal:
+    """An exit signal in flight (internal envelope, never seen by handlers).
+
+    Attributes:
+        source: who sent it: a PID, an Alias, or an event name.
+        sender: the PID a trapped ``Exit`` appears to come from.
+        reason: the exit reason.
+        link: ``True`` when it comes from a link (``"normal"`` is then ignored).
+        forced: ``True`` when trapping cannot turn it into a message (node stop, parent).
+    """
+
+    __slots__ = ("forced", "link", "reason", "sender", "source")
+
+    def __init__(
+        self,
+        source: PID | Alias | str,
+        sender: PID,
+        reason: Any,
+        *,
+        link: bool = False,
+        forced: bool = False,
+    ) -> None:
+        self.source = source
+        self.sender = sender
+        self.reason = reason
+        self.link = link
+        self.forced = forced
+
+    def __repr__(self) -> str:
+        return f"<Signal {self.reason!r} from {self.source!r}>"
+
+
+# What Mailbox._trap returns for a signal that changes nothing (a link's "normal").
+IGNORE: Any = object()
+
+
+class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every record with the actor's id."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['metakit_id']!r}: {msg}", kwargs  # type: ignore[index]
+
+
+def _is_async(cls: type, name: str) -> bool:
+    return inspect.iscoroutinefunction(getattr(cls, name, None))
+
+
+class Mailbox:
+    """Base of processes and meta-processes: a mailbox and the loop that drains it.
+
+    Not instantiated directly; subclass :class:`~metakit.Process` or
+    :class:`~metakit.Meta`.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_current_call",
+        "_deferred",
+        "_in",
+        "_limit",
+        "_links",
+        "_log",
+        "_loop",
+        "_table",
+        "_monitors",
+        "_node",
+        "_cap",
+        "_nurgent",
+        "_out",
+        "_q",
+        "_scheduled",
+        "_size",
+        "_state",
+        "_task",
+        "_waiters",
+    )
+
+    # Decided once per class (DESIGN.md §3): do any handlers need a Task?
+    _async_mode: ClassVar[bool] = False
+    _call_is_async: ClassVar[bool] = False
+    _terminate_is_async: ClassVar[bool] = False
+    # Processes take exit signals first; metas take them in order.
+    _signals_first: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        msg_async = _is_async(cls, "handle_message")
+        cls._call_is_async = _is_async(cls, "handle_call")
+        cls._terminate_is_async = _is_async(cls, "terminate")
+        cls._async_mode = msg_async or cls._call_is_async or cls._terminate_is_async
+
+    # -- setup -------------------------------------------------------------
+
+    def _setup_mailbox(self, node: Node, mailbox_size: int) -> None:
+        if mailbox_size < 0:
+            raise ValueError(f"mailbox_size must be >= 0, not {mailbox_size}")
+        self._node = node
+        self._loop = node._loop
+        self._table = node._table
+        self._q: deque[Any] = deque()
+        self._size = mailbox_size
+        self._cap = 2 * mailbox_size
+        self._limit = self._cap or sys.maxsize
+        self._nurgent = 0
+        # True during init, so early messages wait until init has finished.
+        self._scheduled = True
+        self._state = INIT
+        self._task: asyncio.Task[None] | None = None
+        self._in = 0
+        self._out = 0
+        self._links: set[Mailbox] | None = None
+        self._monitors: dict[Any, Mailbox] | None = None
+        self._deferred: set[Caller] | None = None
+        self._current_call: Caller | None = None
+        self._waiters: list[asyncio.Future[Any]] | None = None
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def _ident(self) -> PID | Alias:
+        raise NotImplementedError
+
+    # -- delivery (the hot path) -----------------------------------------------
+
+    def _deliver(self, sender: Any, message: Any) -> None:
+        q = self._q
+        if len(q) >= self._limit:
+            self._refuse()
+        q.append(sender)
+        q.append(message)
+        if not self._scheduled:
+            self._scheduled = True
+            self._kick()
+
+    def _deliver_system(self, sender: Any, message: Any) -> None:
+        """Deliver past the bound: Down and trapped exits must never be lost."""
+        if self._state == DEAD:
+            return
+        self._q.append(sender)
+        self._q.append(message)
+        if not self._scheduled:
+            self._scheduled = True
+            self._kick()
+
+    def _refuse(self) -> None:
+        if self._state == DEAD:
+            raise NoProcess(self._ident)
+        raise MailboxFull(self._ident, self._size)
+
+    def _kick(self) -> None:
+        if self._async_mode:
+            self._task = self._loop.create_task(self._drain_async(), name=f"metakit {self._ident!r}")
+        else:
+            self._loop.call_soon(self._drain)
+
+    def _signal(self, sig: Signal) -> None:
+        """Take an exit signal: ``kill`` at once, others through the queue."""
+        if self._state >= EXITING:
+            return
+        if sig.reason == "kill":
+            self._kill()
+            return
+        if self._signals_first:
+            at = 2 * self._nurgent
+            self._q.insert(at, None)
+            self._q.insert(at, sig)
+            self._nurgent += 1
+        else:
+            self._q.append(sig)
+            self._q.append(None)
+        if not self._scheduled:
+            self._scheduled = True
+            self._kick()
+
+    def _release(self) -> None:
+        """Let the drain start: called once init has finished."""
+        self._state = RUNNING
+        self._scheduled = bool(self._q)
+        if self._scheduled:
+            self._kick()
+
+    # -- the drain ---------------------------------------------------------------
+
+    def _drain(self) -> None:
+        q = self._q
+        handle = self.handle_message  # type: ignore[attr-defined]
+        pid_class = PID
+        n = len(q) >> 1
+        if n > _BUDGET:
+            n = _BUDGET
+        handled = 0
+        try:
+            for handled in range(1, n + 1):  # noqa: B007 - read after the loop
+                sender = q.popleft()
+                message = q.popleft()
+                if sender.__class__ is pid_class:
+                    try:
+                        handle(sender, message)
+                    except Exception as exc:
+                        self._end(self._crash_reason(exc))
+                        break
+                elif self._special(sender, message):
+                    break
+        except IndexError:
+            pass  # a handler killed this actor, which emptied the queue
+        self._in += handled
+        if q and self._state == RUNNING:
+            self._loop.call_soon(self._drain)
+        else:
+            self._scheduled = False
+
+    def _special(self, sender: Any, message: Any) -> bool:
+        """Handle a call or a signal in a plain drain; True if the actor ended."""
+        if sender.__class__ is Caller:
+            if sender.done:
+                return False  # the caller gave up; do not run the request
+            self._current_call = sender
+            try:
+                result = self.handle_call(sender, message)  # type: ignore[attr-defined]
+            except Stop as stop:
+                self._end(stop.reason)
+                return True
+            except Exception as exc:
+                sender._fail(exc)
+                return False
+            finally:
+                self._current_call = None
+            self._answer(sender, result)
+            return False
+        self._nurgent -= self._signals_first
+        trapped = self._trap(sender)
+        if trapped is None:
+            self._end(sender.reason)
+            return True
+        if trapped is IGNORE:
+            return False
+        try:
+            self.handle_message(sender.sender, trapped)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._end(self._crash_reason(exc))
+            return True
+        return False
+
+    async def _drain_async(self) -> None:
+        token = current_actor.set(self)
+        try:
+            await self._drain_async_loop()
+        except asyncio.CancelledError:
+            # Cancelled by a kill: the actor is already reaped.
+            if self._state != DEAD:
+                raise
+        finally:
+            current_actor.reset(token)
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    async def _drain_async_loop(self) -> None:
+        q = self._q
+        handle = self.handle_message  # type: ignore[attr-defined]
+        pid_class = PID
+        budget = _BUDGET
+        while q and self._state == RUNNING:
+            sender = q.popleft()
+            message = q.popleft()
+            self._in += 1
+            if sender.__class__ is pid_class:
+                try:
+                    result = handle(sender, message)
+                    if result is not None:
+                        await result
+                except Exception as exc:
+                    await self._end_async(self._crash_reason(exc))
+                    break
+            elif await self._special_async(sender, message):
+                break
+            budget -= 1
+            if not budget:
+                budget = _BUDGET
+                # Let other actors run: a coroutine that never suspends would
+                # otherwise hold the loop for the whole burst.
+                await asyncio.sleep(0)
+        self._scheduled = False
+
+    async def _special_async(self, sender: Any, message: Any) -> bool:
+        if sender.__class__ is Caller:
+            if sender.done:
+                return False
+            self._current_call = sender
+            try:
+                result = self.handle_call(sender, message)  # type: ignore[attr-defined]
+                if self._call_is_async:
+                    result = await result
+            except Stop as stop:
+                await self._end_async(stop.reason)
+                return True
+            except Exception as exc:
+                sender._fail(exc)
+                return False
+            finally:
+                self._current_call = None
+            self._answer(sender, result)
+            return False
+        self._nurgent -= self._signals_first
+        trapped = self._trap(sender)
+        if trapped is None:
+            await self._end_async(sender.reason)
+            return True
+        if trapped is IGNORE:
+            return False
+        try:
+            result = self.handle_message(sender.sender, trapped)  # type: ignore[attr-defined]
+            if result is not None:
+                await result
+        except Exception as exc:
+            await self._end_async(self._crash_reason(exc))
+            return True
+        return False
+
+    def _answer(self, caller: Caller, result: Any) -> None:
+        if result is NO_REPLY:
+            if self._deferred is None:
+                self._deferred = set()
+            self._deferred.add(caller)
+        else:
+            caller._resolve(result)
+
+    # -- ending (the subclasses say how) -----------------------------------------
+
+    def _crash_reason(self, exc: Exception) -> Any:
+        if isinstance(exc, Stop):
+            return exc.reason
+        self.log.error("terminated by an exception in a handler", exc_info=exc)
+        return exc
+
+    def _trap(self, sig: Signal) -> Any:
+        """What a dequeued signal does: a message to handle, IGNORE, or None to end."""
+        raise NotImplementedError
+
+    def _end(self, reason: Any) -> None:
+        raise NotImplementedError
+
+    async def _end_async(self, reason: Any) -> None:
+        self._end(reason)
+
+    def _kill(self) -> None:
+        raise NotImplementedError
+
+    def _fail_calls(self, reason: Any) -> None:
+        """Every call this actor holds gets ProcessExited: queued, deferred, running."""
+        exc = ProcessExited(self._ident, reason)
+        for sender in self._q:
+            if sender.__class__ is Caller:
+                sender._fail(exc)
+        self._q.clear()
+        self._nurgent = 0
+        if self._deferred:
+            for caller in self._deferred:
+                caller._fail(exc)
+            self._deferred = None
+        if self._current_call is not None:
+            self._current_call._fail(exc)
+            self._current_call = None
+
+    def _reply(self, caller: Caller, value: Any) -> None:
+        if self._deferred is not None:
+            self._deferred.discard(caller)
+        caller._resolve(value)
+
+    # -- introspection -------------------------------------------------------
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A stdlib logger adapter that prefixes each record with this actor's id."""
+        log = self._log
+        if log is None:
+            log = self._log = _ActorLog(self._node._logger, {"metakit_id": self._ident})
+        return log
+
+    @property
+    def _mailbox_len(self) -> int:
+        return len(self._q) >> 1
+
+    @property
+    def _state_name(self) -> str:
+        if self._state == RUNNING:
+            return "running" if self._scheduled else "idle"
+        return _STATE_NAMES[self._state]

@@ -1,0 +1,294 @@
+"""Meta: the meta-process base class — a main loop that owns an object.
+
+A meta-process wraps one object (a socket, a connection, a device) and
+translates its events into messages for its parent process (DESIGN.md §4).
+Two halves run side by side:
+
+* the **main loop**, ``start()``: ``async def start`` runs as a Task on the
+  node's loop (what the network metas use); a plain ``def start`` runs in a
+  dedicated OS thread, for truly blocking objects. When ``start`` returns the
+  meta ends with reason ``"normal"``; when it raises, with the exception. A
+  class without ``start`` has no main loop and lives until it is told to exit.
+* the **mailbox handler**, ``handle_message``/``handle_call``, on the node's
+  loop, one message at a time. It may run while the main loop is running, so
+  state both touch needs care.
+
+Exit signals are handled in order with the messages already queued (a
+``send_exit(conn, "normal")`` does not overtake earlier writes); ``"kill"``
+acts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import threading
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import NoProcess, ProcessExited
+from .ids import PID, Alias
+from .mailbox import DEAD, EXITING, IGNORE, RUNNING, Mailbox, Signal
+from .messages import Caller
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .process import Process
+
+__all__ = ["Meta"]
+
+Target = PID | Alias | str
+
+
+class Meta(Mailbox):
+    """A meta-process: subclass it, then ``await process.spawn_meta(MyMeta(...))``.
+
+    ::
+
+        class Ticker(metakit.Meta):
+            async def start(self) -> None:
+                while True:
+                    await asyncio.sleep(1.0)
+                    self.send(self.parent, "tick")
+
+    The constructor is yours (the network metas take their options there);
+    the runtime sets the meta up when it is spawned, so one instance is
+    spawned once.
+
+    Resource handling:
+        ``terminate(reason)`` is called exactly once, whatever ends the meta
+        (main loop returned or raised, a handler raised, an exit signal, the
+        parent ended, the node stopped, ``"kill"``). It must close the object
+        so a blocked main loop wakes up; an ``async`` main loop is also
+        cancelled. ``terminate`` must be a plain function.
+
+    Error handling:
+        An exception in ``init`` is raised at ``spawn_meta``; one in ``start``
+        or a handler ends the meta with that exception as reason (logged).
+        Processes that linked or monitored the Alias are told.
+    """
+
+    __slots__ = ("_alias", "_main", "_parent_proc", "_thread")
+
+    _signals_first: ClassVar[bool] = False
+    _main_kind: ClassVar[str] = "none"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._terminate_is_async:
+            raise TypeError(f"{cls.__name__}.terminate must be a plain def: it closes the object")
+        if cls.start is Meta.start:
+            cls._main_kind = "none"
+        elif inspect.iscoroutinefunction(cls.start):
+            cls._main_kind = "task"
+        else:
+            cls._main_kind = "thread"
+
+    # -- callbacks -------------------------------------------------------------
+
+    async def init(self) -> None:
+        """Optional setup on the node's loop before the main loop starts.
+
+        An exception here is raised at ``spawn_meta`` and the meta never starts.
+        """
+
+    def start(self) -> Awaitable[None] | None:
+        """The main loop. Override as ``async def`` (a Task) or ``def`` (a thread)."""
+        return None
+
+    def handle_message(self, sender: PID, message: Any) -> Awaitable[None] | None:
+        """Handle one message sent to this meta's Alias."""
+        self.log.warning("unhandled message %r from %r", message, sender)
+        return None
+
+    def handle_call(self, sender: Caller, request: Any) -> Any:
+        """Answer one call to this meta's Alias; the return value is the reply."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle calls")
+
+    def terminate(self, reason: Any) -> None:
+        """Close the object; called exactly once when the meta ends."""
+
+    def handle_inspect(self) -> dict[str, str]:
+        """Extra fields for ``node.meta_info``; keep it quick and read-only."""
+        return {}
+
+    # -- identity and API --------------------------------------------------------
+
+    def _setup(self, node: Node, alias: Alias, parent: Process, mailbox_size: int) -> None:
+        if getattr(self, "_alias", None) is not None:
+            raise ValueError(f"{self!r} has been spawned already; create a new instance")
+        self._setup_mailbox(node, mailbox_size)
+        self._alias = alias
+        self._parent_proc = parent
+        self._main: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def _ident(self) -> Alias:
+        return self._alias
+
+    @property
+    def id(self) -> Alias:
+        """This meta-process's Alias."""
+        return self._alias
+
+    @property
+    def parent(self) -> PID:
+        """The PID of the process that owns this meta."""
+        return self._parent_proc._pid
+
+    @property
+    def node(self) -> Node:
+        """The node this meta runs on."""
+        return self._node
+
+    @property
+    def alive(self) -> bool:
+        """Whether the meta has been spawned and not yet ended."""
+        return getattr(self, "_alias", None) is not None and self._state < EXITING
+
+    def send(self, to: Target, message: Any) -> None:
+        """Send ``message``; the receiver sees the parent's PID as sender.
+
+        Safe from the main-loop thread of a plain ``def start``: there it
+        waits until the message is in the target's mailbox, so errors still
+        raise here.
+
+        Raises:
+            NoProcess: no live process or meta answers to ``to``.
+            MailboxFull: the target's bounded mailbox is full.
+        """
+        if self._thread is not None and threading.get_ident() != self._node._thread_id:
+            self._from_thread(self.send, to, message)
+            return
+        try:
+            target = self._table[to.id]  # type: ignore[union-attr]
+        except (KeyError, AttributeError):
+            target = self._node._resolve(to)
+        q = target._q
+        # Whatever is in the table is alive: only a bounded mailbox needs a check.
+        if target._cap and len(q) >= target._cap:
+            target._refuse()
+        q.append(self._parent_proc._pid)
+        q.append(message)
+        self._out += 1
+        if not target._scheduled:
+            target._scheduled = True
+            target._kick()
+
+    def reply(self, caller: Caller, value: Any) -> None:
+        """Answer a call for which ``handle_call`` returned ``NO_REPLY``."""
+        self._reply(caller, value)
+
+    async def spawn(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
+        """Start another meta owned by the same parent process.
+
+        From a plain ``def start`` thread, call :meth:`spawn_from_thread` instead.
+        """
+        return await self._node._spawn_meta(meta, self._parent_proc, mailbox_size)
+
+    def spawn_from_thread(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
+        """:meth:`spawn` for the main-loop thread of a plain ``def start``; blocks."""
+        future = asyncio.run_coroutine_threadsafe(self.spawn(meta, mailbox_size=mailbox_size), self._loop)
+        return future.result()
+
+    def env(self, key: str, default: Any = None) -> Any:
+        """The parent's environment (a meta has none of its own)."""
+        return self._node._env_lookup(self._parent_proc, key, default)
+
+    def _from_thread(self, fn: Any, *args: Any) -> Any:
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fn(*args))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError as exc:  # the loop is closed
+            raise NoProcess(args[0] if args else self._alias) from exc
+        # Wait in slices so a loop that stops for good cannot strand the thread.
+        while True:
+            try:
+                return result.result(timeout=0.25)
+            except TimeoutError:
+                if self._state == DEAD or self._loop.is_closed():
+                    raise ProcessExited(self._alias, "terminated") from None
+
+    # -- runtime ---------------------------------------------------------------
+
+    def _start_main(self) -> None:
+        kind = self._main_kind
+        if kind == "task":
+            self._main = self._loop.create_task(self._run_task(), name=f"metakit main {self._alias!r}")
+        elif kind == "thread":
+            thread = threading.Thread(
+                target=self._run_thread, name=f"metakit {self._alias!r}", daemon=True
+            )
+            self._thread = thread
+            self._node._threads.add(thread)
+            thread.start()
+
+    async def _run_task(self) -> None:
+        try:
+            await self.start()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            if self._state == RUNNING:
+                raise
+            return
+        except Exception as exc:
+            if self._state == RUNNING:
+                self.log.error("main loop raised", exc_info=exc)
+                self._end(exc)
+            return
+        if self._state == RUNNING:
+            self._end("normal")
+
+    def _run_thread(self) -> None:
+        reason: Any = "normal"
+        try:
+            self.start()
+        except BaseException as exc:
+            reason = exc
+        try:
+            self._loop.call_soon_threadsafe(self._thread_done, reason)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            pass
+
+    def _thread_done(self, reason: Any) -> None:
+        self._node._thread_ended(self._thread)
+        if self._state == RUNNING:
+            if isinstance(reason, BaseException):
+                self.log.error("main loop raised", exc_info=reason)
+            self._end(reason)
+
+    def _trap(self, sig: Signal) -> Any:
+        if sig.link and sig.reason == "normal":
+            return IGNORE
+        return None
+
+    def _end(self, reason: Any) -> None:
+        if self._state >= EXITING:
+            return
+        self._state = EXITING
+        try:
+            self.terminate(reason)
+        except Exception:
+            self.log.exception("exception in terminate")
+        main = self._main
+        if main is not None and main is not asyncio.current_task():
+            main.cancel()
+        self._node._reap(self, reason)
+
+    def _kill(self) -> None:
+        if self._state >= EXITING:
+            return
+        self._node._cancel_drain(self)
+        self._end("kill")
+
+    def __repr__(self) -> str:
+        alias = getattr(self, "_alias", None)
+        return f"<{type(self).__name__} {alias!r}>"

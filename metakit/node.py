@@ -1,0 +1,519 @@
+"""Node: the process table, names, routing, spawning and shutdown.
+
+A node runs on the event loop that starts it (``async with Node(...)``, or
+:func:`metakit.run`, which creates a uvloop loop where available). All of its
+bookkeeping is touched from that loop's thread only; the one door in from
+other threads is :meth:`Meta.send` in a threaded main loop, which hops over
+with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from ._pubsub import PubSub, _Event
+from .errors import CallTimeout, MetakitError, NameTaken, NodeNotRunning, NoProcess, ProcessExited, Stop
+from .ids import PID, Alias, _next_id
+from .info import MetaInfo, ProcessInfo
+from .mailbox import DEAD, RUNNING, Mailbox, Signal, current_actor
+from .messages import Caller
+from .meta import Meta
+from .process import Process
+
+__all__ = ["Node"]
+
+P = TypeVar("P", bound=Process)
+Target = PID | Alias | str
+
+
+def _expire(future: asyncio.Future[Any], target: Target, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(CallTimeout(target, timeout))
+
+
+class Node(PubSub):
+    """A node: hosts processes and meta-processes and routes messages between them.
+
+    ::
+
+        async with metakit.Node("demo@localhost") as node:
+            pid = await node.spawn(Counter, 5)
+            node.send(pid, 1)
+            print(await node.call(pid, "get"))
+
+    Args:
+        name: the node's name, ``"name@host"``; it appears in every id.
+        env: environment every process can read with ``self.env(key)``.
+        log_level: level of the node's logger (``"metakit.<name>"``).
+
+    Resource handling:
+        Leaving the ``async with`` block awaits :meth:`stop`: every process
+        ends with reason ``"shutdown"``, and with it every meta-process, whose
+        sockets and threads are closed.
+    """
+
+    def __init__(
+        self,
+        name: str = "demo@localhost",
+        *,
+        env: Mapping[str, Any] | None = None,
+        log_level: str | int = "info",
+    ) -> None:
+        self.name = name
+        self.env: dict[str, Any] = dict(env or {})
+        self._logger = logging.getLogger("metakit").getChild(name)
+        self._logger.setLevel(log_level.upper() if isinstance(log_level, str) else log_level)
+        self._pid = PID(name, _next_id())
+        self._table: dict[int, Mailbox] = {}
+        self._names: dict[str, Process] = {}
+        self._events: dict[str, _Event] = {}
+        self._threads: set[threading.Thread] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._thread_id = 0
+        self._started_at = 0.0
+        self._running = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._empty: asyncio.Future[None] | None = None
+        self._threads_done: asyncio.Future[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> Node:
+        """Bind the node to the running loop; ``async with`` calls it for you."""
+        if self._running:
+            raise MetakitError(f"node {self.name!r} is already running")
+        if self._stop_task is not None:
+            raise NodeNotRunning(f"node {self.name!r} was stopped; create a new Node")
+        self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self._started_at = time.monotonic()
+        self._running = True
+        return self
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def pid(self) -> PID:
+        """The node's own PID: the sender of ``node.send`` and parent of top-level processes."""
+        return self._pid
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and the beginning of :meth:`stop`."""
+        return self._running
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the node started."""
+        return time.monotonic() - self._started_at if self._started_at else 0.0
+
+    def stop(self, timeout: float = 5.0) -> asyncio.Future[None]:
+        """Stop every process with reason ``"shutdown"``; await the result.
+
+        Processes get the exit signal (their ``terminate`` runs, and their
+        metas close); those still alive after ``timeout`` seconds are killed.
+        Then it waits for meta threads to end. Calling it again returns the
+        same shutdown.
+
+        Awaited from inside a handler (which it would otherwise wait for), it
+        returns at once and the shutdown carries on in the background; from a
+        plain handler, call it without ``await``.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        if self._loop is None:
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        if self._stop_task is None:
+            self._running = False
+            self._stop_task = loop.create_task(self._shutdown(timeout), name="metakit node stop")
+        if current_actor.get() is not None:
+            done = loop.create_future()
+            done.set_result(None)
+            return done
+        return asyncio.shield(self._stop_task)
+
+    def stop_force(self) -> None:
+        """Kill every process at once (no ``terminate`` callbacks; metas still close)."""
+        self._running = False
+        for actor in reversed(list(self._table.values())):
+            if isinstance(actor, Process):
+                actor._kill()
+
+    async def _shutdown(self, timeout: float) -> None:
+        loop = self._loop
+        deadline = loop.time() + timeout
+        processes = [a for a in self._table.values() if isinstance(a, Process)]
+        # Newest first, so children tend to go before the supervisors that own them.
+        for proc in reversed(processes):
+            proc._signal(Signal(self._pid, self._pid, "shutdown", forced=True))
+        if self._table:
+            self._empty = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._empty), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                alive = [a._ident for a in self._table.values() if isinstance(a, Process)]
+                self._logger.warning("still alive %g s after stop(); killing %s", timeout, alive)
+                self.stop_force()
+        # Meta threads were told to stop (terminate closed their objects).
+        if self._threads:
+            self._threads_done = loop.create_future()
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._threads_done), max(1.0, deadline - loop.time())
+                )
+            except TimeoutError:
+                names = sorted(t.name for t in self._threads)
+                self._logger.warning("meta threads did not end after stop(): %s", names)
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()))
+
+    def _thread_ended(self, thread: threading.Thread | None) -> None:
+        self._threads.discard(thread)  # type: ignore[arg-type]
+        if not self._threads and self._threads_done is not None and not self._threads_done.done():
+            self._threads_done.set_result(None)
+
+    # -- spawning ----------------------------------------------------------------
+
+    async def spawn(
+        self,
+        cls: type[P],
+        *args: Any,
+        name: str | None = None,
+        mailbox_size: int = 0,
+        env: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> PID:
+        """Start a process and return its PID once its ``init`` has finished.
+
+        Args:
+            cls: the Process subclass.
+            *args: passed to ``init``, with any extra ``**kwargs``.
+            name: register it under this name.
+            mailbox_size: bound of its mailbox (0: unbounded).
+            env: its own environment entries.
+
+        Raises:
+            NameTaken: ``name`` is taken (nothing is started).
+            NodeNotRunning: the node is stopped or stopping.
+            Exception: whatever ``init`` raised; nothing of the process is left.
+        """
+        return await self._spawn(
+            cls, args, kwargs, parent=None, name=name, link=False, mailbox_size=mailbox_size, env=env
+        )
+
+    async def _spawn(
+        self,
+        cls: type[P],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        parent: Process | None,
+        name: str | None,
+        link: bool,
+        mailbox_size: int,
+        env: Mapping[str, Any] | None,
+    ) -> PID:
+        self._check_running()
+        if not (isinstance(cls, type) and issubclass(cls, Process)):
+            raise TypeError(f"spawn() needs a Process subclass, not {cls!r}")
+        proc = cls()
+        pid = PID(self.name, _next_id())
+        merged = dict(parent._env) if parent is not None and parent._env else None
+        if env:
+            merged = {**(merged or {}), **env}
+        proc._setup(self, pid, parent._pid if parent is not None else self._pid, mailbox_size, merged)
+        self._table[pid.id] = proc
+        try:
+            if name is not None:
+                self.register_name(name, pid)
+            if link and parent is not None:
+                self._link(parent, proc)
+            result = proc.init(*args, **kwargs)
+            if result is not None:
+                await result
+        except BaseException as exc:
+            self._abort(proc, exc)
+            if isinstance(exc, Stop):
+                raise ProcessExited(pid, exc.reason) from exc
+            raise
+        if proc._state == DEAD:
+            raise ProcessExited(pid, "kill")
+        proc._release()
+        return pid
+
+    async def _spawn_meta(self, meta: Meta, parent: Process, mailbox_size: int) -> Alias:
+        self._check_running()
+        if not isinstance(meta, Meta):
+            raise TypeError(f"spawn_meta() needs a Meta instance, not {meta!r}")
+        if parent._state != RUNNING:
+            raise NoProcess(parent._pid)
+        alias = Alias(self.name, _next_id())
+        meta._setup(self, alias, parent, mailbox_size)
+        self._table[alias.id] = meta
+        if parent._metas is None:
+            parent._metas = set()
+        parent._metas.add(meta)
+        try:
+            await meta.init()
+        except BaseException as exc:
+            self._abort(meta, exc)
+            raise
+        if meta._state == DEAD:
+            raise ProcessExited(alias, "kill")
+        meta._release()
+        meta._start_main()
+        if meta._main is not None:
+            self._tasks.add(meta._main)
+            meta._main.add_done_callback(self._tasks.discard)
+        return alias
+
+    def _abort(self, actor: Mailbox, reason: Any) -> None:
+        """Undo a spawn whose init failed: no signals to links, metas closed now."""
+        if actor._state == DEAD:
+            return
+        if actor._links:
+            for other in list(actor._links):
+                self._unlink(actor, other)
+        metas = getattr(actor, "_metas", None)
+        if metas:
+            for meta in list(metas):
+                meta._end(reason)
+        self._reap(actor, reason)
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise NodeNotRunning(f"node {self.name!r} is not running")
+
+    # -- routing -----------------------------------------------------------------
+
+    def _lookup(self, to: Any) -> Mailbox | None:
+        cls = to.__class__
+        if cls is PID or cls is Alias:
+            return self._table.get(to.id)
+        if cls is str:
+            return self._names.get(to)
+        raise TypeError(f"expected a PID, an Alias or a registered name, not {to!r}")
+
+    def _resolve(self, to: Any) -> Mailbox:
+        actor = self._lookup(to)
+        if actor is None:
+            raise NoProcess(to)
+        return actor
+
+    def _sender_of(self, actor: Mailbox) -> PID:
+        if isinstance(actor, Process):
+            return actor._pid
+        return actor._parent_proc._pid  # type: ignore[attr-defined,no-any-return]
+
+    def send(self, to: Target, message: Any) -> None:
+        """Send from outside any process (the sender is :attr:`pid`).
+
+        Raises:
+            NoProcess: nothing answers to ``to``.
+            MailboxFull: the target's bounded mailbox is full.
+        """
+        self._resolve(to)._deliver(self._pid, message)
+
+    async def call(self, to: Target, request: Any, timeout: float = 5.0) -> Any:
+        """Call ``to``'s ``handle_call`` from outside any process and return the reply.
+
+        Raises:
+            NoProcess, MailboxFull, CallTimeout, ProcessExited: as :meth:`Process.call`.
+        """
+        return await self._call(self._pid, to, request, timeout)
+
+    async def _call(self, pid: PID, to: Target, request: Any, timeout: float) -> Any:
+        target = self._resolve(to)
+        loop = self._loop
+        future = loop.create_future()
+        target._deliver(Caller(pid, future), request)
+        timer = loop.call_later(timeout, _expire, future, to, timeout)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def send_exit(self, to: Target, reason: Any) -> None:
+        """Send an exit signal from the node: a top-level process or a meta ends with ``reason``.
+
+        A process spawned by another process and trapping exits gets an
+        ``Exit`` message instead. ``"kill"`` ends anything at once.
+        """
+        self._resolve(to)._signal(Signal(self._pid, self._pid, reason))
+
+    def kill(self, to: Target) -> None:
+        """End a process or meta at once with reason ``"kill"``."""
+        self._resolve(to)._kill()
+
+    def _cancel_drain(self, actor: Mailbox) -> None:
+        task = actor._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    # -- names ---------------------------------------------------------------------
+
+    def register_name(self, name: str, pid: PID) -> None:
+        """Register ``pid`` under ``name``.
+
+        Raises:
+            NameTaken: the name is taken, or the process already has a name.
+            NoProcess: ``pid`` is not a live process.
+        """
+        proc = self._table.get(pid.id)
+        if not isinstance(proc, Process):
+            raise NoProcess(pid)
+        owner = self._names.get(name)
+        if owner is not None:
+            raise NameTaken(name, owner._pid)
+        if proc._name is not None:
+            raise NameTaken(name, None, f"{pid!r} is already registered as {proc._name!r}")
+        self._names[name] = proc
+        proc._name = name
+
+    def unregister_name(self, name: str) -> PID | None:
+        """Drop a name; returns the PID it pointed to, or None."""
+        proc = self._names.pop(name, None)
+        if proc is None:
+            return None
+        proc._name = None
+        return proc._pid
+
+    def whereis(self, name: str) -> PID | None:
+        """The PID registered under ``name``, or None."""
+        proc = self._names.get(name)
+        return proc._pid if proc is not None else None
+
+    # -- introspection -------------------------------------------------------------
+
+    def processes(self) -> list[PID]:
+        """PIDs of the live processes, oldest first."""
+        return [a._pid for a in self._table.values() if isinstance(a, Process)]
+
+    def metas(self) -> list[Alias]:
+        """Aliases of the live meta-processes, oldest first."""
+        return [a._alias for a in self._table.values() if isinstance(a, Meta)]
+
+    def process_info(self, pid: PID | str) -> ProcessInfo:
+        """An immutable snapshot of a live process.
+
+        Raises:
+            NoProcess: it is not alive.
+        """
+        proc = self._resolve(pid)
+        if not isinstance(proc, Process):
+            raise NoProcess(pid)
+        return ProcessInfo(
+            pid=proc._pid,
+            name=proc._name,
+            parent=proc._parent,
+            state=proc._state_name,
+            mailbox=proc._mailbox_len,
+            mailbox_size=proc._size,
+            messages_in=proc._in + proc._mailbox_len,
+            messages_out=proc._out,
+            handlers="coroutine" if proc._async_mode else "plain",
+            trap_exit=proc.trap_exit,
+            links=tuple(a._ident for a in proc._links or ()),
+            monitors=tuple(proc._monitors or ()),
+            metas=tuple(m._alias for m in proc._metas or ()),
+            events=tuple(sorted(proc._events or ())),
+            inspect=MappingProxyType(dict(proc.handle_inspect())),
+        )
+
+    def meta_info(self, alias: Alias) -> MetaInfo:
+        """An immutable snapshot of a live meta-process.
+
+        Raises:
+            NoProcess: it is not alive.
+        """
+        meta = self._resolve(alias)
+        if not isinstance(meta, Meta):
+            raise NoProcess(alias)
+        return MetaInfo(
+            alias=meta._alias,
+            parent=meta._parent_proc._pid,
+            behavior=type(meta).__name__,
+            state=meta._state_name,
+            mailbox=meta._mailbox_len,
+            mailbox_size=meta._size,
+            messages_in=meta._in + meta._mailbox_len,
+            messages_out=meta._out,
+            main_loop=meta._main_kind,
+            links=tuple(a._ident for a in meta._links or ()),
+            monitors=tuple(meta._monitors or ()),
+            inspect=MappingProxyType(dict(meta.handle_inspect())),
+        )
+
+    def _env_lookup(self, proc: Process, key: str, default: Any) -> Any:
+        if proc._env and key in proc._env:
+            return proc._env[key]
+        return self.env.get(key, default)
+
+    # -- death -----------------------------------------------------------------------
+
+    def _reap(self, actor: Mailbox, reason: Any) -> None:
+        """Remove a dead actor and tell everyone who asked to know."""
+        if actor._state == DEAD:
+            return
+        actor._state = DEAD
+        actor._limit = -1
+        self._table.pop(actor._ident.id, None)
+        actor._fail_calls(reason)
+        if isinstance(actor, Process):
+            if actor._name is not None:
+                if self._names.get(actor._name) is actor:
+                    del self._names[actor._name]
+            metas = actor._metas
+            if metas:
+                actor._metas = None
+                parent_exit = Signal(actor._pid, actor._pid, reason, forced=True)
+                for meta in list(metas):
+                    meta._signal(parent_exit)
+        elif isinstance(actor, Meta):
+            owner = actor._parent_proc._metas
+            if owner:
+                owner.discard(actor)
+        self._notify_death(actor, reason)
+        waiters = actor._waiters
+        if waiters:
+            actor._waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(reason)
+        if not self._table and self._empty is not None and not self._empty.done():
+            self._empty.set_result(None)
+
+    async def wait_exit(self, to: Target, timeout: float | None = None) -> Any:
+        """Wait until a process or meta has ended; return its exit reason.
+
+        Returns ``"noproc"`` at once if it is not alive.
+
+        Raises:
+            TimeoutError: it is still alive after ``timeout`` seconds.
+        """
+        actor = self._lookup(to)
+        if actor is None:
+            return "noproc"
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        if actor._waiters is None:
+            actor._waiters = []
+        actor._waiters.append(waiter)
+        return await asyncio.wait_for(waiter, timeout)
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<Node {self.name!r} {state}, {len(self._table)} actors>"
+

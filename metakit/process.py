@@ -1,0 +1,369 @@
+"""Process: the actor base class users subclass.
+
+A process owns a mailbox and handles one message at a time. Its handlers may
+be plain functions or coroutines; the runtime decides once per class
+(DESIGN.md §3). A class whose handlers are all plain functions drains its
+mailbox with no Task at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import MetakitError, NoProcess
+from .ids import PID, Alias, Ref
+from .mailbox import DEAD, EXITING, IGNORE, Mailbox, Signal
+from .messages import Caller, Exit
+
+if TYPE_CHECKING:
+    from .meta import Meta
+    from .node import Node
+
+__all__ = ["Process"]
+
+P = TypeVar("P", bound="Process")
+Target = PID | Alias | str
+
+
+class Process(Mailbox):
+    """An actor: subclass it and override the handlers you need.
+
+    ::
+
+        class Counter(metakit.Process):
+            async def init(self, start: int = 0) -> None:
+                self.count = start
+
+            def handle_message(self, sender, message) -> None:
+                self.count += message
+
+            def handle_call(self, sender, request):
+                return self.count
+
+    Start one with ``await node.spawn(Counter, 5)`` or, from another process,
+    ``await self.spawn(Counter, 5)``. Each handler may be ``def`` or
+    ``async def``; one process never runs two handlers at once, even while a
+    coroutine handler awaits.
+
+    Attributes:
+        trap_exit: when ``True``, exit signals from links (and ``send_exit``
+            from anyone but the parent) arrive as :class:`~metakit.Exit`
+            messages instead of ending the process. ``"kill"`` cannot be trapped.
+
+    Error handling:
+        An exception escaping ``handle_message`` ends the process with that
+        exception as reason (logged with its traceback). An exception escaping
+        ``handle_call`` is raised at the caller instead, and the process
+        carries on. ``raise metakit.Stop(reason)`` ends it deliberately.
+    """
+
+    __slots__ = ("_env", "_events", "_metas", "_name", "_parent", "_pid", "_subs", "_watching")
+
+    trap_exit: bool = False
+
+    # -- callbacks -------------------------------------------------------------
+
+    def init(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
+        """Set the process up; ``spawn`` returns once it has finished.
+
+        Receives the positional and extra keyword arguments given to
+        ``spawn``. An exception raised here reaches the spawner, and nothing
+        of the process is left behind.
+        """
+        return None
+
+    def handle_message(self, sender: PID, message: Any) -> Awaitable[None] | None:
+        """Handle one message sent with ``send`` (or a Down, Exit, EventMessage).
+
+        Args:
+            sender: the PID of the sending process (a meta's parent for metas).
+            message: the message.
+        """
+        self.log.warning("unhandled message %r from %r", message, sender)
+        return None
+
+    def handle_call(self, sender: Caller, request: Any) -> Any:
+        """Answer one ``call``: the return value is the reply.
+
+        Return :data:`~metakit.NO_REPLY` to answer later with
+        ``self.reply(sender, value)``. An exception raised here is raised at
+        the caller; this process keeps running.
+
+        Args:
+            sender: the handle of this call; ``sender.pid`` is the caller.
+            request: the request.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not handle calls")
+
+    def terminate(self, reason: Any) -> Awaitable[None] | None:
+        """Clean up when the process ends, with any reason but ``"kill"``.
+
+        ``"kill"`` ends a process at once without running this callback (as
+        in Erlang); its meta-processes are still terminated and close their
+        objects.
+        """
+        return None
+
+    def handle_inspect(self) -> dict[str, str]:
+        """Extra fields for ``node.process_info``; keep it quick and read-only."""
+        return {}
+
+    # -- identity --------------------------------------------------------------
+
+    def _setup(
+        self, node: Node, pid: PID, parent: PID, mailbox_size: int, env: dict[str, Any] | None
+    ) -> None:
+        self._setup_mailbox(node, mailbox_size)
+        self._pid = pid
+        self._parent = parent
+        self._name: str | None = None
+        self._env = env
+        self._metas: set[Meta] | None = None
+        self._watching: dict[Ref, Any] | None = None
+        self._events: set[str] | None = None
+        self._subs: dict[str, Ref | None] | None = None
+
+    @property
+    def _ident(self) -> PID:
+        return self._pid
+
+    @property
+    def pid(self) -> PID:
+        """This process's PID."""
+        return self._pid
+
+    @property
+    def name(self) -> str | None:
+        """The registered name, if any."""
+        return self._name
+
+    @property
+    def parent(self) -> PID:
+        """The spawner's PID (the node's own PID for processes the node spawned)."""
+        return self._parent
+
+    @property
+    def node(self) -> Node:
+        """The node this process runs on."""
+        return self._node
+
+    # -- messaging -------------------------------------------------------------
+
+    def send(self, to: Target, message: Any) -> None:
+        """Send ``message`` to a PID, an Alias or a registered name; never blocks.
+
+        Raises:
+            NoProcess: no live process or meta answers to ``to``.
+            MailboxFull: the target's bounded mailbox is full; nothing was delivered.
+        """
+        # PID and Alias carry the int key of the routing table; a name (or
+        # anything else) has no .id and takes the slow path.
+        try:
+            target = self._table[to.id]  # type: ignore[union-attr]
+        except (KeyError, AttributeError):
+            target = self._node._resolve(to)
+        q = target._q
+        # Whatever is in the table is alive: only a bounded mailbox needs a check.
+        if target._cap and len(q) >= target._cap:
+            target._refuse()
+        q.append(self._pid)
+        q.append(message)
+        self._out += 1
+        if not target._scheduled:
+            target._scheduled = True
+            target._kick()
+
+    async def call(self, to: Target, request: Any, timeout: float = 5.0) -> Any:
+        """Send ``request`` to ``to``'s ``handle_call`` and return its reply.
+
+        Raises:
+            NoProcess: no live process or meta answers to ``to``.
+            MailboxFull: the target's mailbox is full; the request was not delivered.
+            CallTimeout: no reply within ``timeout`` seconds (a late reply is discarded).
+            ProcessExited: the callee ended before replying.
+            Exception: whatever the callee's ``handle_call`` raised.
+        """
+        if self._node._lookup(to) is self:
+            raise MetakitError(f"{self._pid!r} cannot call itself: it would wait for its own reply")
+        self._out += 1
+        return await self._node._call(self._pid, to, request, timeout)
+
+    def reply(self, caller: Caller, value: Any) -> None:
+        """Answer a call for which ``handle_call`` returned ``NO_REPLY``.
+
+        A reply to a caller that timed out or is gone is discarded.
+        """
+        self._reply(caller, value)
+
+    def send_exit(self, to: Target, reason: Any) -> None:
+        """Send an exit signal: ``to`` ends with ``reason`` unless it traps exits.
+
+        ``"kill"`` always ends it, at once. A meta-process handles the signal
+        after the messages already in its mailbox, so ``send_exit(conn,
+        "normal")`` closes a connection after the writes sent before it.
+        """
+        target = self._node._resolve(to)
+        forced = isinstance(target, Process) and target._parent == self._pid
+        target._signal(Signal(self._pid, self._pid, reason, forced=forced))
+
+    # -- spawning --------------------------------------------------------------
+
+    async def spawn(
+        self,
+        cls: type[P],
+        *args: Any,
+        name: str | None = None,
+        link: bool = False,
+        mailbox_size: int = 0,
+        env: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> PID:
+        """Start a child process and return its PID once its ``init`` has finished.
+
+        Args:
+            cls: the Process subclass.
+            *args: passed to ``init``, with any extra ``**kwargs``.
+            name: register the child under this name.
+            link: link the child to this process.
+            mailbox_size: bound of the child's mailbox (0: unbounded).
+            env: environment entries for the child (it inherits the rest from this process).
+        """
+        return await self._node._spawn(
+            cls, args, kwargs, parent=self, name=name, link=link, mailbox_size=mailbox_size, env=env
+        )
+
+    async def spawn_meta(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
+        """Start a meta-process owned by this process and return its Alias.
+
+        Returns once the meta's ``init`` has finished; an exception there is
+        raised here. The meta ends when this process ends.
+        """
+        return await self._node._spawn_meta(meta, self, mailbox_size)
+
+    # -- names, links, monitors ------------------------------------------------
+
+    def register_name(self, name: str) -> None:
+        """Register this process under ``name`` (one name per process)."""
+        self._node.register_name(name, self._pid)
+
+    def unregister_name(self) -> None:
+        """Drop this process's registered name, if any."""
+        if self._name is not None:
+            self._node.unregister_name(self._name)
+
+    def link(self, target: Target) -> None:
+        """Link to ``target`` (a PID, a name or a meta Alias), both ways.
+
+        When either ends, the other gets an exit signal with the same reason
+        and ends too, unless it traps exits (then it gets an ``Exit``
+        message). As in Erlang, reason ``"normal"`` does not end a linked
+        process: only trapping processes see it, as ``Exit(source, "normal")``.
+
+        Raises:
+            NoProcess: ``target`` is not alive.
+        """
+        self._node._link(self, self._node._resolve(target))
+
+    def unlink(self, target: Target) -> None:
+        """Remove a link; does nothing if there is none or the target is gone."""
+        other = self._node._lookup(target)
+        if other is not None:
+            self._node._unlink(self, other)
+
+    def monitor(self, target: Target) -> Ref:
+        """Watch ``target``: one ``Down(target, ref, reason)`` arrives when it ends.
+
+        If it is already gone, ``Down`` arrives at once with reason ``"noproc"``.
+        """
+        return self._node._monitor(self, target)
+
+    def demonitor(self, ref: Ref) -> None:
+        """Stop watching; a ``Down`` for ``ref`` already in the mailbox is removed."""
+        self._node._demonitor(self, ref)
+
+    # -- events ----------------------------------------------------------------
+
+    def register_event(self, name: str) -> None:
+        """Declare this process the producer of event ``name``."""
+        self._node._register_event(self, name)
+
+    def unregister_event(self, name: str) -> None:
+        """Withdraw event ``name``; its monitors get ``Down(name, ref, "unregistered")``."""
+        self._node._unregister_event(self, name, "unregistered")
+
+    def send_event(self, name: str, message: Any) -> int:
+        """Publish ``message`` to every subscriber of ``name``, in one pass.
+
+        Returns:
+            how many subscribers received it; a subscriber whose bounded
+            mailbox is full misses it, and that is counted and logged.
+        """
+        return self._node._send_event(self, name, message)
+
+    def monitor_event(self, name: str) -> Ref:
+        """Subscribe to ``name``: ``EventMessage``s, then ``Down`` when the producer ends."""
+        return self._node._subscribe(self, name, monitor=True)
+
+    def link_event(self, name: str) -> None:
+        """Subscribe to ``name``: ``EventMessage``s, then an exit signal when the producer ends."""
+        self._node._subscribe(self, name, monitor=False)
+
+    def demonitor_event(self, name: str) -> None:
+        """Unsubscribe from ``name`` (after ``monitor_event``)."""
+        self._node._unsubscribe(self, name)
+
+    def unlink_event(self, name: str) -> None:
+        """Unsubscribe from ``name`` (after ``link_event``)."""
+        self._node._unsubscribe(self, name)
+
+    # -- environment -----------------------------------------------------------
+
+    def env(self, key: str, default: Any = None) -> Any:
+        """Look ``key`` up in this process's env, then its parents', then the node's."""
+        return self._node._env_lookup(self, key, default)
+
+    # -- runtime hooks ---------------------------------------------------------
+
+    def _trap(self, sig: Signal) -> Any:
+        if self.trap_exit and not sig.forced and sig.source != self._parent:
+            return Exit(sig.source, sig.reason)
+        if sig.link and sig.reason == "normal":
+            return IGNORE
+        return None
+
+    def _end(self, reason: Any) -> None:
+        if self._state >= EXITING:
+            return
+        self._state = EXITING
+        if reason != "kill":
+            try:
+                self.terminate(reason)
+            except Exception:
+                self.log.exception("exception in terminate")
+        self._node._reap(self, reason)
+
+    async def _end_async(self, reason: Any) -> None:
+        if self._state >= EXITING:
+            return
+        self._state = EXITING
+        if reason != "kill":
+            try:
+                result = self.terminate(reason)
+                if result is not None:
+                    await result
+            except Exception:
+                self.log.exception("exception in terminate")
+        if self._state != DEAD:
+            self._node._reap(self, reason)
+
+    def _kill(self) -> None:
+        if self._state == DEAD:
+            return
+        self._state = EXITING
+        self._node._cancel_drain(self)
+        self._node._reap(self, "kill")
+
+    def __repr__(self) -> str:
+        pid = getattr(self, "_pid", None)
+        return f"<{type(self).__name__} {pid!r}>"
