@@ -8,6 +8,7 @@ network metas are in the subpackages ``metakit.tcp``, ``metakit.udp``,
 
 from __future__ import annotations
 
+from ._run import loop_factory, run
 from .errors import (
     CallTimeout,
     FrameDecodeError,
@@ -29,6 +30,7 @@ from .messages import NO_REPLY, Caller, Down, EventMessage, Exit
 from .meta import Meta
 from .node import Node
 from .process import Process
+from .supervisor import ChildSpec, Supervisor
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,7 @@ __all__ = [
     "Alias",
     "CallTimeout",
     "Caller",
+    "ChildSpec",
     "Down",
     "EventMessage",
     "Exit",
@@ -57,7 +60,10 @@ __all__ = [
     "ProcessInfo",
     "Ref",
     "Stop",
+    "Supervisor",
     "TooManyRestarts",
     "UnknownEvent",
     "__version__",
+    "loop_factory",
+    "run",
 ]

@@ -191,18 +191,21 @@ class PubSub:
         links = actor._links
         if links:
             actor._links = None
+            # As in Erlang: a kill travels over links as "killed", which can
+            # be trapped, so one kill does not take down a whole linked tree.
+            link_reason = "killed" if reason == "kill" else reason
             for other in links:
                 if other._links:
                     other._links.discard(actor)
-                other._signal(Signal(ident, sender, reason, link=True))
+                other._signal(Signal(ident, sender, link_reason, link=True))
         monitors = actor._monitors
         if monitors:
             actor._monitors = None
             for ref, watcher in monitors.items():
-                if watcher._watching:
-                    watcher._watching.pop(ref, None)
+                if watcher._watching:  # type: ignore[attr-defined]
+                    watcher._watching.pop(ref, None)  # type: ignore[attr-defined]
                 watcher._deliver_system(sender, Down(ident, ref, reason))
-        watching = getattr(actor, "_watching", None)
+        watching: dict[Ref, Any] | None = getattr(actor, "_watching", None)
         if watching:
             actor._watching = None  # type: ignore[attr-defined]
             for ref, target in watching.items():

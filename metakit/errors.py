@@ -199,7 +199,7 @@ class FrameDecodeError(FramingError):
     """A complete frame's payload could not be decoded (for example invalid JSON)."""
 
 
-class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Stop(Exception):
     """Raise inside a handler to end the process deliberately.
 
     ``raise Stop()`` ends it with reason ``"normal"``; ``raise Stop("shutdown")``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
 from .ids import PID, Alias, Ref
 
 __all__ = ["MetaInfo", "ProcessInfo"]

@@ -125,6 +125,7 @@ class Mailbox:
 
     __slots__ = (
         "__weakref__",
+        "_cap",
         "_current_call",
         "_deferred",
         "_in",
@@ -132,16 +133,15 @@ class Mailbox:
         "_links",
         "_log",
         "_loop",
-        "_table",
         "_monitors",
         "_node",
-        "_cap",
         "_nurgent",
         "_out",
         "_q",
         "_scheduled",
         "_size",
         "_state",
+        "_table",
         "_task",
         "_waiters",
     )
@@ -219,7 +219,9 @@ class Mailbox:
 
     def _kick(self) -> None:
         if self._async_mode:
-            self._task = self._loop.create_task(self._drain_async(), name=f"metakit {self._ident!r}")
+            self._task = self._loop.create_task(
+                self._drain_async(), name=f"metakit {self._ident!r}"
+            )
         else:
             self._loop.call_soon(self._drain)
 

@@ -190,7 +190,9 @@ class Meta(Mailbox):
 
     def spawn_from_thread(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
         """:meth:`spawn` for the main-loop thread of a plain ``def start``; blocks."""
-        future = asyncio.run_coroutine_threadsafe(self.spawn(meta, mailbox_size=mailbox_size), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self.spawn(meta, mailbox_size=mailbox_size), self._loop
+        )
         return future.result()
 
     def env(self, key: str, default: Any = None) -> Any:
@@ -223,7 +225,9 @@ class Meta(Mailbox):
     def _start_main(self) -> None:
         kind = self._main_kind
         if kind == "task":
-            self._main = self._loop.create_task(self._run_task(), name=f"metakit main {self._alias!r}")
+            self._main = self._loop.create_task(
+                self._run_task(), name=f"metakit main {self._alias!r}"
+            )
         elif kind == "thread":
             thread = threading.Thread(
                 target=self._run_thread, name=f"metakit {self._alias!r}", daemon=True

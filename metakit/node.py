@@ -13,15 +13,23 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from ._pubsub import PubSub, _Event
-from .errors import CallTimeout, MetakitError, NameTaken, NodeNotRunning, NoProcess, ProcessExited, Stop
+from .errors import (
+    CallTimeout,
+    MetakitError,
+    NameTaken,
+    NodeNotRunning,
+    NoProcess,
+    ProcessExited,
+    Stop,
+)
 from .ids import PID, Alias, _next_id
 from .info import MetaInfo, ProcessInfo
-from .mailbox import DEAD, RUNNING, Mailbox, Signal, current_actor
+from .mailbox import DEAD, EXITING, Mailbox, Signal, current_actor
 from .messages import Caller
 from .meta import Meta
 from .process import Process
@@ -161,7 +169,9 @@ class Node(PubSub):
         if self._table:
             self._empty = loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._empty), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(
+                    asyncio.shield(self._empty), max(0.0, deadline - loop.time())
+                )
             except TimeoutError:
                 alive = [a._ident for a in self._table.values() if isinstance(a, Process)]
                 self._logger.warning("still alive %g s after stop(); killing %s", timeout, alive)
@@ -181,7 +191,7 @@ class Node(PubSub):
             await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()))
 
     def _thread_ended(self, thread: threading.Thread | None) -> None:
-        self._threads.discard(thread)  # type: ignore[arg-type]
+        self._threads.discard(thread)
         if not self._threads and self._threads_done is not None and not self._threads_done.done():
             self._threads_done.set_result(None)
 
@@ -211,7 +221,14 @@ class Node(PubSub):
             Exception: whatever ``init`` raised; nothing of the process is left.
         """
         return await self._spawn(
-            cls, args, kwargs, parent=None, name=name, link=False, mailbox_size=mailbox_size, env=env
+            cls,
+            args,
+            kwargs,
+            parent=None,
+            name=name,
+            link=False,
+            mailbox_size=mailbox_size,
+            env=env,
         )
 
     async def _spawn(
@@ -234,7 +251,9 @@ class Node(PubSub):
         merged = dict(parent._env) if parent is not None and parent._env else None
         if env:
             merged = {**(merged or {}), **env}
-        proc._setup(self, pid, parent._pid if parent is not None else self._pid, mailbox_size, merged)
+        proc._setup(
+            self, pid, parent._pid if parent is not None else self._pid, mailbox_size, merged
+        )
         self._table[pid.id] = proc
         try:
             if name is not None:
@@ -258,7 +277,7 @@ class Node(PubSub):
         self._check_running()
         if not isinstance(meta, Meta):
             raise TypeError(f"spawn_meta() needs a Meta instance, not {meta!r}")
-        if parent._state != RUNNING:
+        if parent._state >= EXITING:  # init is fine: servers bind in init
             raise NoProcess(parent._pid)
         alias = Alias(self.name, _next_id())
         meta._setup(self, alias, parent, mailbox_size)
@@ -473,9 +492,8 @@ class Node(PubSub):
         self._table.pop(actor._ident.id, None)
         actor._fail_calls(reason)
         if isinstance(actor, Process):
-            if actor._name is not None:
-                if self._names.get(actor._name) is actor:
-                    del self._names[actor._name]
+            if actor._name is not None and self._names.get(actor._name) is actor:
+                del self._names[actor._name]
             metas = actor._metas
             if metas:
                 actor._metas = None
@@ -496,24 +514,26 @@ class Node(PubSub):
         if not self._table and self._empty is not None and not self._empty.done():
             self._empty.set_result(None)
 
-    async def wait_exit(self, to: Target, timeout: float | None = None) -> Any:
-        """Wait until a process or meta has ended; return its exit reason.
+    def wait_exit(self, to: Target, timeout: float | None = None) -> Awaitable[Any]:
+        """Await this to wait until a process or meta has ended; it gives the exit reason.
 
-        Returns ``"noproc"`` at once if it is not alive.
+        The wait starts when ``wait_exit`` is called, not when it is awaited,
+        so an exit in between is not missed. It gives ``"noproc"`` if the
+        target is not alive at the call.
 
         Raises:
-            TimeoutError: it is still alive after ``timeout`` seconds.
+            TimeoutError: (when awaited) still alive after ``timeout`` seconds.
         """
+        waiter: asyncio.Future[Any] = self._loop.create_future()
         actor = self._lookup(to)
         if actor is None:
-            return "noproc"
-        waiter: asyncio.Future[Any] = self._loop.create_future()
-        if actor._waiters is None:
-            actor._waiters = []
-        actor._waiters.append(waiter)
-        return await asyncio.wait_for(waiter, timeout)
+            waiter.set_result("noproc")
+        else:
+            if actor._waiters is None:
+                actor._waiters = []
+            actor._waiters.append(waiter)
+        return asyncio.wait_for(waiter, timeout)
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
         return f"<Node {self.name!r} {state}, {len(self._table)} actors>"
-

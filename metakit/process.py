@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import MetakitError, NoProcess
+from .errors import MetakitError
 from .ids import PID, Alias, Ref
 from .mailbox import DEAD, EXITING, IGNORE, Mailbox, Signal
 from .messages import Caller, Exit
@@ -258,7 +258,8 @@ class Process(Mailbox):
         When either ends, the other gets an exit signal with the same reason
         and ends too, unless it traps exits (then it gets an ``Exit``
         message). As in Erlang, reason ``"normal"`` does not end a linked
-        process: only trapping processes see it, as ``Exit(source, "normal")``.
+        process: only trapping processes see it, as ``Exit(source, "normal")``;
+        and ``"kill"`` travels over a link as ``"killed"``, which can be trapped.
 
         Raises:
             NoProcess: ``target`` is not alive.

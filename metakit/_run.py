@@ -1,0 +1,107 @@
+"""``metakit.run``: the one-line entry point for scripts, and the loop choice.
+
+metakit runs on uvloop where it is installed (DESIGN.md §6) unless
+``METAKIT_LOOP=asyncio`` is set. A node started inside a loop the user
+already runs keeps that loop: only :func:`run` creates one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from .node import Node
+from .process import Process
+
+__all__ = ["loop_factory", "run"]
+
+T = TypeVar("T")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop constructor metakit uses: uvloop's, or None for asyncio's.
+
+    ``METAKIT_LOOP=asyncio`` forces the standard loop; ``METAKIT_LOOP=uvloop``
+    makes a missing uvloop an error instead of a silent fallback.
+    """
+    choice = os.environ.get("METAKIT_LOOP", "").lower()
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
+def run(
+    main: type[Process] | Callable[[Node], Awaitable[T]],
+    *args: Any,
+    node_name: str = "main@localhost",
+    env: Mapping[str, Any] | None = None,
+    log_level: str | int = "info",
+    **kwargs: Any,
+) -> T | Any:
+    """Create a loop, start a node, run ``main``, stop the node cleanly.
+
+    ``main`` is either a Process subclass — it is spawned with ``*args`` and
+    ``**kwargs`` and ``run`` returns its exit reason once it ends — or an
+    ``async def main(node, *args, **kwargs)`` whose result is returned.
+    SIGINT and SIGTERM stop the node cleanly (reason ``"shutdown"``).
+
+    Args:
+        main: a Process subclass, or a coroutine function taking the node.
+        node_name: the node's name.
+        env: the node's environment.
+        log_level: the node's log level; also sets up basic logging to
+            stderr if the program has none.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(_main(main, args, kwargs, node_name, env, log_level))
+
+
+async def _main(
+    main: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    node_name: str,
+    env: Mapping[str, Any] | None,
+    log_level: str | int,
+) -> Any:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stopping.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            pass
+    try:
+        async with Node(node_name, env=env, log_level=log_level) as node:
+            if isinstance(main, type) and issubclass(main, Process):
+                pid = await node.spawn(main, *args, **kwargs)
+                work: asyncio.Future[Any] = asyncio.ensure_future(node.wait_exit(pid))
+            else:
+                work = asyncio.ensure_future(main(node, *args, **kwargs))
+            stop = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                try:
+                    await work
+                except asyncio.CancelledError:
+                    return "shutdown"
+            return work.result()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

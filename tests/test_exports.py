@@ -1,0 +1,45 @@
+"""The public surface: curated, documented, and free of aiohttp at import."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+import metakit
+
+CORE_MODULES = ["errors", "ids", "info", "messages", "meta", "node", "process", "supervisor"]
+
+
+def test_top_level_all_is_the_union_of_core_modules() -> None:
+    union = {"__version__", "loop_factory", "run"}
+    for name in CORE_MODULES:
+        union |= set(importlib.import_module(f"metakit.{name}").__all__)
+    assert set(metakit.__all__) == union
+    assert metakit.__all__ == sorted(metakit.__all__, key=lambda n: (n.upper() != n, n))
+
+
+@pytest.mark.parametrize("name", sorted(set(metakit.__all__) - {"__version__", "NO_REPLY"}))
+def test_every_public_name_has_a_docstring(name: str) -> None:
+    obj = getattr(metakit, name)
+    assert inspect.getdoc(obj), f"metakit.{name} has no docstring"
+    if inspect.isclass(obj):
+        for attr, value in vars(obj).items():
+            if attr.startswith("_") or (not callable(value) and not isinstance(value, property)):
+                continue
+            assert inspect.getdoc(value), f"metakit.{name}.{attr} has no docstring"
+
+
+def test_importing_metakit_does_not_import_aiohttp() -> None:
+    code = "import sys, metakit; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_py_typed_is_shipped() -> None:
+    from importlib.resources import files
+
+    assert files("metakit").joinpath("py.typed").is_file()
