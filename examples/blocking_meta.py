@@ -40,10 +40,12 @@ class CommandOutput(Meta):
         self.proc: subprocess.Popen[str] | None = None
 
     async def init(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+        # Popen returns once the command is started; the reads that block are in start().
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220
 
     def start(self) -> None:  # plain def: runs in a thread, may block
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:  # blocking reads
             self.send(self.parent, OutputLine(self.id, line.rstrip("\n")))
         self.send(self.parent, CommandExited(self.id, self.proc.wait()))
@@ -57,7 +59,12 @@ class CommandOutput(Meta):
                 self.proc.stdout.close()
 
 
-SCRIPT = "import time\nfor i in range(3):\n    print('reading', i, flush=True)\n    time.sleep(0.05)"
+SCRIPT = """
+import time
+for i in range(3):
+    print("reading", i, flush=True)
+    time.sleep(0.05)
+"""
 
 
 class Main(Process):
