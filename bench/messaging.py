@@ -40,6 +40,7 @@ GC stays enabled, as users run it. Nothing is pinned or tuned.
 Run from the repository root::
 
     python bench/messaging.py [--quick] [--verbose] [--loop asyncio|uvloop|both]
+                              [--repeat N] [--burst N]
 
 ``--quick`` shrinks every size for a smoke test (a few seconds). ``--verbose``
 adds every sample, the tracemalloc top allocation sites and a few notes.
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -58,8 +60,9 @@ import statistics
 import subprocess
 import sys
 import tracemalloc
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -71,6 +74,7 @@ except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import metakit
 
+uvloop: types.ModuleType | None
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is a default dependency on Linux
@@ -83,9 +87,6 @@ TARGET_SEND_RATIO = 0.4  # plain-handler send >= 0.4x floor A
 TARGET_CALL_RATIO = 2.0  # Process.call <= 2x the bare request/reply
 TARGET_PROC_BYTES = 2048  # idle process < 2 KiB
 
-# A section that has not finished after this long is a bug, not a slow run.
-SECTION_TIMEOUT = 120.0
-
 
 @dataclass(frozen=True)
 class Params:
@@ -94,10 +95,11 @@ class Params:
     calls: int  # round trips per call run
     procs: int  # idle processes for the memory section
     repeat: int  # timed runs per measurement
+    timeout: float  # seconds before a run that has not finished is an error
 
 
-FULL = Params(messages=1_000_000, burst=1000, calls=100_000, procs=10_000, repeat=5)
-QUICK = Params(messages=20_000, burst=1000, calls=5_000, procs=1_000, repeat=2)
+FULL = Params(messages=1_000_000, burst=1000, calls=100_000, procs=10_000, repeat=5, timeout=120)
+QUICK = Params(messages=20_000, burst=1000, calls=5_000, procs=1_000, repeat=2, timeout=30)
 
 
 # -- 1. send throughput ----------------------------------------------------------
@@ -172,8 +174,10 @@ def floor_mailbox(
 
     def drain() -> None:
         nonlocal scheduled
+        handle_ = handle  # locals, as metakit's drain has them
+        pop = popleft
         while q:
-            handle(popleft())
+            handle_(pop())
         scheduled = False
 
     def send(message: Any) -> None:
@@ -192,8 +196,9 @@ def floor_producer(
     """The floors' sender, shaped like Burster; returns the send that starts it."""
 
     def produce(start: int) -> None:
+        send_ = send  # a local, as in Burster
         for j in range(burst):
-            send(j)
+            send_(j)
         start += burst
         if start < n:
             to_self(start)
@@ -202,8 +207,9 @@ def floor_producer(
     return to_self
 
 
-async def _finish(done: asyncio.Future[Any]) -> Any:
-    return await asyncio.wait_for(done, SECTION_TIMEOUT)
+async def _finish(done: asyncio.Future[Any], p: Params) -> Any:
+    """Wait for a run to end; a run that never ends is an error, not a slow result."""
+    return await asyncio.wait_for(done, p.timeout)
 
 
 async def send_metakit(node: metakit.Node, sink_cls: type[_Sink], p: Params, notes: Notes) -> float:
@@ -215,7 +221,7 @@ async def send_metakit(node: metakit.Node, sink_cls: type[_Sink], p: Params, not
     gc.collect()
     t0 = perf_counter()
     node.send(src, 0)
-    await _finish(done)
+    await _finish(done, p)
     elapsed = perf_counter() - t0
     node.kill(src)
     node.kill(sink)
@@ -231,7 +237,7 @@ async def send_floor_a(p: Params) -> float:
     gc.collect()
     t0 = perf_counter()
     start(0)
-    await _finish(done)
+    await _finish(done, p)
     return perf_counter() - t0
 
 
@@ -253,7 +259,7 @@ async def send_floor_b(p: Params) -> float:
     gc.collect()
     t0 = perf_counter()
     start(0)
-    await _finish(done)
+    await _finish(done, p)
     elapsed = perf_counter() - t0
     consumer.cancel()
     await asyncio.gather(consumer, return_exceptions=True)
@@ -287,15 +293,16 @@ class CallClient(metakit.Process):
             done.set_result(elapsed)
 
 
-async def call_process(node: metakit.Node, server: metakit.PID, client: metakit.PID, n: int) -> float:
+async def call_process(node: metakit.Node, client: metakit.PID, p: Params) -> float:
     done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     gc.collect()
-    node.send(client, (n, done))
-    elapsed: float = await _finish(done)
-    return elapsed / n
+    node.send(client, (p.calls, done))
+    elapsed: float = await _finish(done, p)
+    return elapsed / p.calls
 
 
-async def call_node(node: metakit.Node, server: metakit.PID, n: int) -> float:
+async def call_node(node: metakit.Node, server: metakit.PID, p: Params) -> float:
+    n = p.calls
     call = node.call
     reply = None
     gc.collect()
@@ -308,7 +315,8 @@ async def call_node(node: metakit.Node, server: metakit.PID, n: int) -> float:
     return elapsed / n
 
 
-async def call_floor(n: int) -> float:
+async def call_floor(p: Params) -> float:
+    n = p.calls
     loop = asyncio.get_running_loop()
     q: deque[tuple[Any, asyncio.Future[Any]]] = deque()
     append = q.append
@@ -322,8 +330,9 @@ async def call_floor(n: int) -> float:
 
     def drain() -> None:
         nonlocal scheduled
+        pop = popleft
         while q:
-            request, future = popleft()
+            request, future = pop()
             future.set_result(handle_call(request))
         scheduled = False
 
@@ -368,16 +377,12 @@ async def suite(p: Params) -> tuple[dict[str, list[float]], Notes]:
             "send_coro": lambda q: send_metakit(node, CoroutineSink, q, notes),
             "floor_a": send_floor_a,
             "floor_b": send_floor_b,
-            "call_process": lambda q: call_process(node, server, client, q.calls),
-            "call_node": lambda q: call_node(node, server, q.calls),
-            "call_floor": lambda q: call_floor(q.calls),
+            "call_process": lambda q: call_process(node, client, q),
+            "call_node": lambda q: call_node(node, server, q),
+            "call_floor": call_floor,
         }
-        warmup = Params(
-            messages=max(p.burst, p.messages // 10 // p.burst * p.burst),
-            burst=p.burst,
-            calls=max(100, p.calls // 10),
-            procs=0,
-            repeat=1,
+        warmup = dataclasses.replace(
+            p, messages=max(p.burst, p.messages // 10 // p.burst * p.burst), calls=p.calls // 10
         )
         for run in sections.values():
             await run(warmup)
@@ -465,10 +470,11 @@ async def memory_child(n: int) -> dict[str, Any]:
     }
 
 
-def memory(loop_name: str, n: int) -> dict[str, Any]:
+def memory(loop_name: str, p: Params) -> dict[str, Any]:
+    """Run memory_child in a fresh interpreter, so RSS is not blurred by the timed runs."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", loop_name]
-    cmd += ["--procs", str(n)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=SECTION_TIMEOUT)
+    cmd += ["--procs", str(p.procs)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=p.timeout)
     if out.returncode:
         sys.stderr.write(out.stderr)
         raise RuntimeError(f"memory child ({loop_name}) exited with {out.returncode}")
@@ -486,9 +492,10 @@ def loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop] | None
     return factories
 
 
-def run_on(loop_name: str, coro: Awaitable[Any]) -> Any:
+def run_on(loop_name: str, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on a fresh loop of the given kind."""
     with asyncio.Runner(loop_factory=loop_factories()[loop_name]) as runner:
-        return runner.run(coro)  # type: ignore[arg-type]
+        return runner.run(coro)
 
 
 @dataclass(frozen=True)
@@ -578,9 +585,12 @@ def report(
     verbose: bool,
 ) -> None:
     loops = list(results)
+    versions = f"python {platform.python_version()}, metakit {metakit.__version__}"
+    if uvloop is not None:
+        versions += f", uvloop {getattr(uvloop, '__version__', '?')}"
     title = (
-        f"metakit messaging benchmark  (python {platform.python_version()}, "
-        f"{os.cpu_count()} cores, best of {p.repeat})"
+        f"metakit messaging benchmark  ({versions}, {os.cpu_count()} cores, "
+        f"best of {p.repeat} runs)"
     )
     width = 44
     header = f"{'':<{width + 10}}" + "".join(f"{'loop=' + name:>15}" for name in loops)
@@ -599,8 +609,10 @@ def report(
                 for name in loops
                 if row.key in results[name] and not row.check(results[name][row.key])
             ]
-            verdict = "PASS" if not missed else "MISS" + (
-                f" ({', '.join(missed)})" if len(missed) < len(loops) else ""
+            verdict = (
+                "PASS"
+                if not missed
+                else "MISS" + (f" ({', '.join(missed)})" if len(missed) < len(loops) else "")
             )
             line += f"   {row.target:<10} {verdict}"
         print(line)
@@ -610,7 +622,7 @@ def report(
         f"{p.calls:,} calls per call run, {p.procs:,} idle processes"
     )
     for name in loops:
-        samples, notes, mem = raw[name]
+        notes = raw[name][1]
         backlog = ", ".join(f"{k} {v:,}" for k, v in sorted(notes.backlog.items()))
         print(
             f"{name}: loop {notes.loop_class}; metakit receiver backlog when the "
@@ -646,13 +658,17 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="samples and allocation sites")
     parser.add_argument("--loop", choices=["asyncio", "uvloop", "both"], default="both")
     parser.add_argument("--repeat", type=int, help="timed runs per measurement")
+    parser.add_argument("--burst", type=int, help="messages per sender invocation (1000)")
     parser.add_argument("--memory-child", choices=["asyncio", "uvloop"], help=argparse.SUPPRESS)
     parser.add_argument("--procs", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     p = QUICK if args.quick else FULL
     if args.repeat:
-        p = Params(p.messages, p.burst, p.calls, p.procs, max(1, args.repeat))
+        p = dataclasses.replace(p, repeat=max(1, args.repeat))
+    if args.burst:
+        burst = max(1, args.burst)
+        p = dataclasses.replace(p, burst=burst, messages=-(-p.messages // burst) * burst)
     if args.memory_child:
         result = run_on(args.memory_child, memory_child(args.procs or p.procs))
         print(json.dumps(result))
@@ -667,7 +683,7 @@ def main() -> int:
     raw: dict[str, tuple[dict[str, list[float]], Notes, dict[str, Any]]] = {}
     t0 = perf_counter()
     for name in loops:
-        mem = memory(name, p.procs)
+        mem = memory(name, p)
         samples, notes = run_on(name, suite(p))
         raw[name] = (samples, notes, mem)
         results[name] = summarize(samples, mem)

@@ -70,7 +70,7 @@ class PubSub:
 
     # -- monitors --------------------------------------------------------------
 
-    def _monitor(self, watcher: Process, target: PID | Alias | str) -> Ref:
+    def _monitor(self, watcher: Mailbox, target: PID | Alias | str) -> Ref:
         ref = Ref(self.name, _next_id())
         actor = self._lookup(target)
         if actor is None:
@@ -84,10 +84,10 @@ class PubSub:
         watcher._watching[ref] = actor
         return ref
 
-    def _demonitor(self, watcher: Process, ref: Ref) -> None:
+    def _demonitor(self, watcher: Mailbox, ref: Ref) -> None:
         target = watcher._watching.pop(ref, None) if watcher._watching else None
         if isinstance(target, str):
-            self._unsubscribe(watcher, target)
+            self._unsubscribe(watcher, target)  # type: ignore[arg-type]
         elif target is not None and target._monitors:
             target._monitors.pop(ref, None)
         # A Down already queued for this ref must not arrive after demonitor.
@@ -202,12 +202,12 @@ class PubSub:
         if monitors:
             actor._monitors = None
             for ref, watcher in monitors.items():
-                if watcher._watching:  # type: ignore[attr-defined]
-                    watcher._watching.pop(ref, None)  # type: ignore[attr-defined]
+                if watcher._watching:
+                    watcher._watching.pop(ref, None)
                 watcher._deliver_system(sender, Down(ident, ref, reason))
-        watching: dict[Ref, Any] | None = getattr(actor, "_watching", None)
+        watching = actor._watching
         if watching:
-            actor._watching = None  # type: ignore[attr-defined]
+            actor._watching = None
             for ref, target in watching.items():
                 if isinstance(target, str):
                     event = self._events.get(target)

@@ -175,7 +175,15 @@ class TooManyRestarts(MetakitError):
 
 
 class FramingError(MetakitError, ValueError):
-    """The peer sent bytes that do not form a valid frame (its fault, not yours)."""
+    """The peer sent bytes that do not form a valid frame (its fault, not yours).
+
+    Attributes:
+        frames: the frames the failing ``feed`` completed before the bad one,
+            in order, so a reader can deliver them before giving up: nothing
+            that arrived whole is lost. Empty when the error is raised again.
+    """
+
+    frames: list[Any] = []  # noqa: RUF012 - replaced per instance by the framer
 
 
 class FrameTooLarge(FramingError):

@@ -19,8 +19,9 @@ as read-only.
 Error handling: a peer that breaks the framing makes ``feed`` raise a
 :class:`~metakit.errors.FramingError` (:class:`~metakit.errors.FrameTooLarge`,
 :class:`~metakit.errors.FrameDecodeError`). The framer is then broken: its
-buffer is dropped, every later ``feed`` raises the same error again, and the
-frames the failing call had completed are lost with it. Local misuse
+buffer is dropped and every later ``feed`` raises the same error again. The
+frames the failing call had completed before the bad one travel on the
+error, as its ``frames`` attribute, so they are not lost. Local misuse
 (encoding a frame the peer could not decode) raises a plain ``ValueError``.
 """
 
@@ -96,11 +97,19 @@ class _Framer:
         """Return a new framer with the same configuration and an empty buffer."""
         return type(self)(**{name: getattr(self, name) for name in self._config})
 
-    def _fail(self, error: FramingError) -> FramingError:
-        # Remember the error (the framer is broken from now on) and drop the buffer.
+    def _fail(self, error: FramingError, frames: list[Any]) -> FramingError:
+        # Remember the error (the framer is broken from now on) and drop the buffer;
+        # the frames completed before it travel on the error.
         self._error = error
         self._buf = bytearray()
+        error.frames = frames
         return error
+
+    def _raise_again(self) -> None:
+        error = self._error
+        assert error is not None
+        error.frames = []  # delivered with the first raise
+        raise error.with_traceback(None)
 
     def __repr__(self) -> str:
         config = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._config)
@@ -164,7 +173,7 @@ class Line(_Framer):
             FrameTooLarge: a line is longer than ``max_length``.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            self._raise_again()
         src = data if type(data) is bytes else bytes(data)
         delim = self.delimiter
         dlen = len(delim)
@@ -179,10 +188,10 @@ class Line(_Framer):
             buf += src
             idx = buf.find(delim, max(old - dlen + 1, 0))
             if idx < 0:
-                self._check_partial(buf)
+                self._check_partial(buf, frames)
                 return frames
             if idx > max_length:
-                raise self._fail(FrameTooLarge(idx, max_length))
+                raise self._fail(FrameTooLarge(idx, max_length), frames)
             pos = idx + dlen - old
             del buf[idx:]
             frames.append(bytes(buf))
@@ -192,21 +201,21 @@ class Line(_Framer):
             idx = src.find(delim)
             if idx == len(src) - dlen and idx >= 0:  # exactly one line: the common case
                 if idx > max_length:
-                    raise self._fail(FrameTooLarge(idx, max_length))
+                    raise self._fail(FrameTooLarge(idx, max_length), frames)
                 return [src[:idx]]
         find = src.find
         while idx >= 0:
             if idx - pos > max_length:
-                raise self._fail(FrameTooLarge(idx - pos, max_length))
+                raise self._fail(FrameTooLarge(idx - pos, max_length), frames)
             frames.append(src[pos:idx])
             pos = idx + dlen
             idx = find(delim, pos)
         if pos < len(src):
             buf += src[pos:] if pos else src
-            self._check_partial(buf)
+            self._check_partial(buf, frames)
         return frames
 
-    def _check_partial(self, buf: bytearray) -> None:
+    def _check_partial(self, buf: bytearray, frames: list[bytes]) -> None:
         # buf holds the start of a line and no delimiter; past max_length, raise
         # unless the excess may be the first bytes of the delimiter.
         length = len(buf)
@@ -218,7 +227,7 @@ class Line(_Framer):
                 length -= n
                 break
         if length > self.max_length:
-            raise self._fail(FrameTooLarge(length, self.max_length))
+            raise self._fail(FrameTooLarge(length, self.max_length), frames)
 
     def encode(self, frame: _Data) -> bytes:
         """Return ``frame`` followed by the delimiter.
@@ -292,7 +301,7 @@ class LengthPrefixed(_Framer):
             FrameTooLarge: a header announces more than ``max_length`` bytes.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            self._raise_again()
         if type(data) is bytearray:
             data = memoryview(data)  # slice it without copying twice
         end = len(data)
@@ -310,7 +319,7 @@ class LengthPrefixed(_Framer):
                     return frames
                 (length,) = self._struct.unpack(buf)
                 if length > max_length:
-                    raise self._fail(FrameTooLarge(length, max_length))
+                    raise self._fail(FrameTooLarge(length, max_length), frames)
                 buf.clear()
             stop = pos + length - len(buf)
             buf += data[pos:stop]
@@ -325,7 +334,7 @@ class LengthPrefixed(_Framer):
         while end - pos >= size:
             (length,) = unpack_from(data, pos)
             if length > max_length:
-                raise self._fail(FrameTooLarge(length, max_length))
+                raise self._fail(FrameTooLarge(length, max_length), frames)
             start = pos + size
             pos = start + length
             if pos > end:
@@ -436,18 +445,26 @@ class JSON(_Framer):
             FramingError: the inner framer raised it.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            self._raise_again()
         try:
             frames = self.inner.feed(data)
         except FramingError as exc:
+            exc.frames = self._decode(exc.frames)  # a decode error here wins
             self._error = exc
             raise
-        try:
-            return list(map(orjson.loads, frames))
-        except orjson.JSONDecodeError as exc:
-            error = FrameDecodeError(f"invalid JSON in a frame: {exc}")
-            self._error = error
-            raise error from exc
+        return self._decode(frames)
+
+    def _decode(self, frames: list[bytes]) -> list[Any]:
+        values: list[Any] = []
+        for frame in frames:
+            try:
+                values.append(orjson.loads(frame))
+            except orjson.JSONDecodeError as exc:
+                error = FrameDecodeError(f"invalid JSON in a frame: {exc}")
+                error.frames = values
+                self._error = error
+                raise error from exc
+        return values
 
     def encode(self, frame: Any) -> bytes:
         """Return ``frame`` serialized with ``orjson.dumps`` and framed by ``inner``.

@@ -105,6 +105,29 @@ class Signal:
 IGNORE: Any = object()
 
 
+class Notify:
+    """An envelope that runs ``callback()`` when the drain reaches it (internal).
+
+    It marks a point in another actor's mailbox: the network metas use it to
+    resume reading once a worker has consumed what was queued before it, and
+    to learn that a worker has handled a disconnect. Never seen by handlers.
+    """
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+
+
+class _Hold:
+    """The envelope that stops a drain while the actor is held (internal)."""
+
+    __slots__ = ()
+
+
+HOLD = _Hold()
+
+
 class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes every record with the actor's id."""
 
@@ -128,6 +151,7 @@ class Mailbox:
         "_cap",
         "_current_call",
         "_deferred",
+        "_held",
         "_in",
         "_limit",
         "_links",
@@ -144,6 +168,7 @@ class Mailbox:
         "_table",
         "_task",
         "_waiters",
+        "_watching",
     )
 
     # Decided once per class (DESIGN.md §3): do any handlers need a Task?
@@ -181,6 +206,8 @@ class Mailbox:
         self._out = 0
         self._links: set[Mailbox] | None = None
         self._monitors: dict[Any, Mailbox] | None = None
+        self._watching: dict[Any, Any] | None = None
+        self._held = False
         self._deferred: set[Caller] | None = None
         self._current_call: Caller | None = None
         self._waiters: list[asyncio.Future[Any]] | None = None
@@ -276,13 +303,20 @@ class Mailbox:
         except IndexError:
             pass  # a handler killed this actor, which emptied the queue
         self._in += handled
+        if self._held:
+            return  # _scheduled stays True: nothing restarts the drain but _unhold
         if q and self._state == RUNNING:
             self._loop.call_soon(self._drain)
         else:
             self._scheduled = False
 
     def _special(self, sender: Any, message: Any) -> bool:
-        """Handle a call or a signal in a plain drain; True if the actor ended."""
+        """Handle anything but a message in a plain drain; True to stop draining."""
+        if sender.__class__ is Notify:
+            sender.callback()
+            return False
+        if sender is HOLD:
+            return True
         if sender.__class__ is Caller:
             if sender.done:
                 return False  # the caller gave up; do not run the request
@@ -351,9 +385,15 @@ class Mailbox:
                 # Let other actors run: a coroutine that never suspends would
                 # otherwise hold the loop for the whole burst.
                 await asyncio.sleep(0)
-        self._scheduled = False
+        if not self._held:
+            self._scheduled = False
 
     async def _special_async(self, sender: Any, message: Any) -> bool:
+        if sender.__class__ is Notify:
+            sender.callback()
+            return False
+        if sender is HOLD:
+            return True
         if sender.__class__ is Caller:
             if sender.done:
                 return False
@@ -387,6 +427,50 @@ class Mailbox:
             await self._end_async(self._crash_reason(exc))
             return True
         return False
+
+    # -- notify and hold (used by the network metas) ----------------------------
+
+    def _notify(self, callback: Any, behind: int = 0) -> bool:
+        """Run ``callback()`` when the drain gets to ``behind`` messages from the end.
+
+        Returns False (and never calls it) if the actor is dead; the marker is
+        dropped with the mailbox if the actor dies first.
+        """
+        if self._state == DEAD:
+            return False
+        q = self._q
+        at = max(len(q) - 2 * behind, 2 * self._nurgent)
+        q.insert(at, None)
+        q.insert(at, Notify(callback))
+        if not self._scheduled:
+            self._scheduled = True
+            self._kick()
+        return True
+
+    def _hold(self) -> None:
+        """Stop draining after the current message, until :meth:`_unhold`.
+
+        Deliveries still queue (up to the bound). Used when the object the
+        actor writes to cannot take more, so the mailbox bound pushes back.
+        """
+        if self._held or self._state == DEAD:
+            return
+        self._held = True
+        self._scheduled = True
+        self._q.appendleft(None)
+        self._q.appendleft(HOLD)
+
+    def _unhold(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        q = self._q
+        if q and q[0] is HOLD:
+            q.popleft()
+            q.popleft()
+        self._scheduled = bool(q) and self._state == RUNNING
+        if self._scheduled:
+            self._kick()
 
     def _answer(self, caller: Caller, result: Any) -> None:
         if result is NO_REPLY:

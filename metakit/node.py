@@ -274,6 +274,23 @@ class Node(PubSub):
         return pid
 
     async def _spawn_meta(self, meta: Meta, parent: Process, mailbox_size: int) -> Alias:
+        alias = self._add_meta(meta, parent, mailbox_size)
+        try:
+            await meta.init()
+        except BaseException as exc:
+            self._abort(meta, exc)
+            raise
+        self._run_meta(meta)
+        return alias
+
+    def _spawn_meta_now(self, meta: Meta, parent: Process, mailbox_size: int = 0) -> Alias:
+        """Spawn a meta whose ``init`` does nothing, without awaiting (the network metas
+        spawn one per accepted connection from a protocol callback)."""
+        alias = self._add_meta(meta, parent, mailbox_size)
+        self._run_meta(meta)
+        return alias
+
+    def _add_meta(self, meta: Meta, parent: Process, mailbox_size: int) -> Alias:
         self._check_running()
         if not isinstance(meta, Meta):
             raise TypeError(f"spawn_meta() needs a Meta instance, not {meta!r}")
@@ -285,19 +302,16 @@ class Node(PubSub):
         if parent._metas is None:
             parent._metas = set()
         parent._metas.add(meta)
-        try:
-            await meta.init()
-        except BaseException as exc:
-            self._abort(meta, exc)
-            raise
+        return alias
+
+    def _run_meta(self, meta: Meta) -> None:
         if meta._state == DEAD:
-            raise ProcessExited(alias, "kill")
+            raise ProcessExited(meta._alias, "kill")
         meta._release()
         meta._start_main()
         if meta._main is not None:
             self._tasks.add(meta._main)
             meta._main.add_done_callback(self._tasks.discard)
-        return alias
 
     def _abort(self, actor: Mailbox, reason: Any) -> None:
         """Undo a spawn whose init failed: no signals to links, metas closed now."""

@@ -58,7 +58,7 @@ class Process(Mailbox):
         carries on. ``raise metakit.Stop(reason)`` ends it deliberately.
     """
 
-    __slots__ = ("_env", "_events", "_metas", "_name", "_parent", "_pid", "_subs", "_watching")
+    __slots__ = ("_env", "_events", "_metas", "_name", "_parent", "_pid", "_subs")
 
     trap_exit: bool = False
 
@@ -120,7 +120,6 @@ class Process(Mailbox):
         self._name: str | None = None
         self._env = env
         self._metas: set[Meta] | None = None
-        self._watching: dict[Ref, Any] | None = None
         self._events: set[str] | None = None
         self._subs: dict[str, Ref | None] | None = None
 

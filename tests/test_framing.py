@@ -504,3 +504,42 @@ def test_all_is_complete() -> None:
     assert set(framing.__all__) == {"Framer", "Raw", "Line", "LengthPrefixed", "Fixed", "JSON"}
     for name in framing.__all__:
         assert getattr(framing, name).__doc__
+
+
+# -- frames completed before an error travel on the error --------------------------
+
+
+def test_line_error_carries_frames_completed_before_it() -> None:
+    framer = Line(max_length=3)
+    with pytest.raises(FrameTooLarge) as info:
+        framer.feed(b"ab\ncd\ntoolong\n")
+    assert info.value.frames == [b"ab", b"cd"]
+    with pytest.raises(FrameTooLarge) as again:
+        framer.feed(b"x\n")
+    assert again.value is info.value
+    assert again.value.frames == []  # delivered once, with the first raise
+
+
+def test_line_partial_overflow_carries_frames() -> None:
+    framer = Line(max_length=3)
+    with pytest.raises(FrameTooLarge) as info:
+        framer.feed(b"ok\nnever-ending")
+    assert info.value.frames == [b"ok"]
+
+
+def test_length_prefixed_error_carries_frames() -> None:
+    framer = LengthPrefixed(size=1, max_length=4)
+    with pytest.raises(FrameTooLarge) as info:
+        framer.feed(b"\x02hi\x01!\x09")
+    assert info.value.frames == [b"hi", b"!"]
+
+
+def test_json_errors_carry_decoded_frames() -> None:
+    framer = JSON(Line(max_length=8))
+    with pytest.raises(FrameDecodeError) as info:
+        framer.feed(b'{"a":1}\n[2]\nnot json\n')
+    assert info.value.frames == [{"a": 1}, [2]]
+    framer = JSON(Line(max_length=8))
+    with pytest.raises(FrameTooLarge) as too_long:
+        framer.feed(b"[1]\n" + b"9" * 20 + b"\n")
+    assert too_long.value.frames == [[1]]
