@@ -105,7 +105,19 @@ QUICK = Params(messages=20_000, burst=1000, calls=5_000, procs=1_000, repeat=2, 
 # -- 1. send throughput ----------------------------------------------------------
 
 
-class _Sink(metakit.Process):
+class _Watched(metakit.Process):
+    """Fails the run's future if the process ends early: a crash fails the run at once."""
+
+    done: asyncio.Future[Any] | None = None
+
+    def terminate(self, reason: Any) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(RuntimeError(f"{self!r} ended early: {reason!r}"))
+
+
+class _Sink(_Watched):
+    done: asyncio.Future[Any]
+
     def init(self, n: int, done: asyncio.Future[None]) -> None:
         self.count = 0
         self.n = n
@@ -126,10 +138,18 @@ class CoroutineSink(_Sink):
             self.done.set_result(None)
 
 
-class Burster(metakit.Process):
+class Burster(_Watched):
     """Sends ``burst`` messages per invocation, then tells itself to continue."""
 
-    def init(self, to: metakit.PID, n: int, burst: int, backlog: list[int]) -> None:
+    def init(
+        self,
+        to: metakit.PID,
+        n: int,
+        burst: int,
+        backlog: list[int],
+        done: asyncio.Future[None],
+    ) -> None:
+        self.done = done
         self.to = to
         self.n = n
         self.burst = burst
@@ -217,7 +237,7 @@ async def send_metakit(node: metakit.Node, sink_cls: type[_Sink], p: Params, not
     done: asyncio.Future[None] = loop.create_future()
     backlog: list[int] = []
     sink = await node.spawn(sink_cls, p.messages, done)
-    src = await node.spawn(Burster, sink, p.messages, p.burst, backlog)
+    src = await node.spawn(Burster, sink, p.messages, p.burst, backlog, done)
     gc.collect()
     t0 = perf_counter()
     node.send(src, 0)
@@ -274,12 +294,13 @@ class EchoServer(metakit.Process):
         return request
 
 
-class CallClient(metakit.Process):
+class CallClient(_Watched):
     def init(self, server: metakit.PID) -> None:
         self.server = server
 
     async def handle_message(self, sender: metakit.PID, message: Any) -> None:
         n, done = message
+        self.done = done
         call = self.call
         server = self.server
         reply = None
@@ -621,21 +642,22 @@ def report(
         f"sizes: {p.messages:,} messages per send run in bursts of {p.burst}, "
         f"{p.calls:,} calls per call run, {p.procs:,} idle processes"
     )
-    for name in loops:
-        notes = raw[name][1]
-        backlog = ", ".join(f"{k} {v:,}" for k, v in sorted(notes.backlog.items()))
-        print(
-            f"{name}: loop {notes.loop_class}; metakit receiver backlog when the "
-            f"sender finished: {backlog} msgs"
-        )
-        if notes.debug:
-            print(f"{name}: WARNING: the loop runs in debug mode; timings are not meaningful")
+    all_notes = {name: raw[name][1] for name in loops}
+    print("loops: " + ", ".join(f"{name} = {n.loop_class}" for name, n in all_notes.items()))
+    backlogs = "; ".join(
+        f"{name} {n.backlog.get('PlainSink', 0):,} / {n.backlog.get('CoroutineSink', 0):,}"
+        for name, n in all_notes.items()
+    )
+    print(f"metakit receiver backlog when its sender finished (plain / coroutine): {backlogs} msgs")
+    for name, n in all_notes.items():
+        if n.debug:
+            print(f"WARNING: the {name} loop runs in debug mode; its timings mean nothing")
     if uvloop is None:
         print("uvloop is not installed: its column is missing")
     if not verbose:
         return
     for name in loops:
-        samples, notes, mem = raw[name]
+        samples, _, mem = raw[name]
         print(f"\n[{name}] every sample (best first), median:")
         for key, values in samples.items():
             per_s = key.startswith(("send", "floor"))

@@ -1,0 +1,183 @@
+"""TCPServer: a listening socket as a meta-process; one connection meta per client."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as _ssl
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import MetakitError
+from ..framing import Framer, Raw
+from ..ids import PID
+from ..mailbox import RUNNING, Mailbox, Signal
+from ..meta import Meta
+from .connection import _READ_SIZE, TCPConnection, _Protocol
+
+__all__ = ["TCPServer"]
+
+
+class TCPServer(Meta):
+    """Listen on ``host:port``; every accepted connection becomes a :class:`TCPConnection`.
+
+    ::
+
+        class Echo(metakit.Process):
+            async def init(self) -> None:
+                self.server = TCPServer("127.0.0.1", 7000, framing=Line(max_length=4096))
+                await self.spawn_meta(self.server)      # binds here: errors raise here
+
+            def handle_message(self, sender, message):
+                match message:
+                    case TCPMessage(conn, data):
+                        self.send(conn, TCPMessage(conn, data))
+
+    The worker (the parent, or with ``pool=[...]`` the next live pool member,
+    round-robin) gets ``TCPConnect``, ``TCPMessage`` per chunk or frame, and
+    exactly one ``TCPDisconnect`` per connection.
+
+    Args:
+        host: address to bind (``"127.0.0.1"``, ``"::1"``, ``"0.0.0.0"``...).
+        port: port to bind; 0 picks a free one (read :attr:`address` after spawning).
+        framing: a framer template, cloned per connection; default ``Raw()``.
+        pool: names or PIDs of worker processes; dead ones are skipped.
+        ssl: an ``ssl.SSLContext`` for TLS.
+        max_connections: beyond it, new connections are accepted and closed
+            at once (counted as ``rejected``).
+        idle_timeout: a connection without traffic for this long ends with
+            reason ``"idle"``.
+        backlog: the listen backlog.
+        reuse_port: set ``SO_REUSEPORT`` (several servers on one port).
+        mailbox_size: the bound of each connection's mailbox (0: unbounded);
+            a full one raises ``MailboxFull`` at the worker writing to it.
+        high_watermark: pause reading when the worker's mailbox holds more
+            messages than this.
+        low_watermark: resume reading when it is down to about this many.
+        ssl_handshake_timeout: seconds for the TLS handshake.
+
+    Resource handling:
+        Binding happens in ``init``, so ``spawn_meta`` raises ``OSError`` for
+        a busy port or a bad address. When the server ends (exit signal, or
+        its parent ending), it stops listening at once, freeing the port, and
+        ends its connections with the same reason.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        framing: Framer[Any] | None = None,
+        pool: Sequence[PID | str] | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
+        backlog: int = 128,
+        reuse_port: bool = False,
+        mailbox_size: int = 0,
+        high_watermark: int = 64,
+        low_watermark: int = 16,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._framing = framing or Raw()
+        self._pool = list(pool) if pool else None
+        self._next = 0
+        self._ssl = ssl
+        self._max_connections = max_connections
+        self._idle = idle_timeout
+        self._backlog = backlog
+        self._reuse_port = reuse_port
+        self._conn_mailbox = mailbox_size
+        self._watermarks = (high_watermark, low_watermark)
+        self._handshake_timeout = ssl_handshake_timeout
+        self._server: asyncio.Server | None = None
+        self._conns: set[TCPConnection] = set()
+        self._accepted = 0
+        self._rejected = 0
+        if not 0 <= low_watermark < high_watermark:
+            raise ValueError("need 0 <= low_watermark < high_watermark")
+
+    async def init(self) -> None:
+        """Bind and listen."""
+        loop = asyncio.get_running_loop()
+        read_size = self._framing.max_length if isinstance(self._framing, Raw) else _READ_SIZE
+        self._server = await loop.create_server(
+            lambda: _Protocol(self, read_size),
+            self.host,
+            self.port,
+            ssl=self._ssl,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl else None,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)`` (the first socket's, if several)."""
+        if self._server is None or not self._server.sockets:
+            raise MetakitError("the server is not listening")
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    @property
+    def connections(self) -> int:
+        """How many connections are open."""
+        return len(self._conns)
+
+    def _pick_worker(self) -> Mailbox | None:
+        if self._pool is None:
+            return self._parent_proc
+        for _ in range(len(self._pool)):
+            target = self._pool[self._next % len(self._pool)]
+            self._next += 1
+            worker = self._node._lookup(target)
+            if worker is not None and worker._state == RUNNING:
+                return worker
+        return None
+
+    def _connection_made(
+        self, protocol: _Protocol, transport: asyncio.BaseTransport
+    ) -> TCPConnection | None:
+        worker = self._pick_worker() if self._state == RUNNING else None
+        full = self._max_connections is not None and len(self._conns) >= self._max_connections
+        if worker is None or full:
+            self._rejected += 1
+            transport.close()
+            return None
+        high, low = self._watermarks
+        conn = TCPConnection(
+            self._framing, idle_timeout=self._idle, high_watermark=high, low_watermark=low
+        )
+        try:
+            self._node._spawn_meta_now(conn, self._parent_proc, self._conn_mailbox)
+        except MetakitError:  # the node is stopping
+            self._rejected += 1
+            transport.close()
+            return None
+        self._conns.add(conn)
+        self._accepted += 1
+        conn._attach(transport, worker, self)
+        return conn
+
+    def _forget(self, conn: TCPConnection) -> None:
+        self._conns.discard(conn)
+
+    def terminate(self, reason: Any) -> None:
+        """Stop listening (the port is free at once) and end every connection."""
+        if self._server is not None:
+            self._server.close()
+        ending = Signal(self._alias, self._parent_proc._pid, reason, forced=True)
+        for conn in list(self._conns):
+            conn._signal(ending)
+
+    def handle_inspect(self) -> dict[str, str]:
+        """Address, open connections, accepted and rejected counts."""
+        return {
+            "address": str(self.address) if self._server and self._server.sockets else "-",
+            "connections": str(len(self._conns)),
+            "accepted": str(self._accepted),
+            "rejected": str(self._rejected),
+            "pool": str(len(self._pool)) if self._pool else "-",
+        }
