@@ -91,19 +91,39 @@ class Probe(Process):
         return items
 
 
+def _inet_inodes() -> set[str]:
+    inodes = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/net/{table}") as f:
+                next(f)
+                inodes.update(line.split()[9] for line in f)
+        except OSError:
+            continue
+    return inodes
+
+
 def open_sockets() -> set[str]:
-    """The socket inodes this process holds open (Linux); empty elsewhere."""
-    found: set[str] = set()
+    """The TCP and UDP sockets this process holds open, as ``"tcp socket:[inode]"`` (Linux).
+
+    Listening or connected TCP sockets and bound UDP ones: those the kernel
+    lists in ``/proc/net``.
+    Unix sockets are left out on purpose: event loops own some (uvloop makes
+    a new signal-wakeup pair on every ``run_until_complete``). Empty on
+    systems without ``/proc``.
+    """
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
-        return found
+        return set()
+    inet = _inet_inodes()
+    found = set()
     for fd in fds:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith("socket:"):
+        if target.startswith("socket:[") and target[8:-1] in inet:
             found.add(target)
     return found
 

@@ -14,6 +14,8 @@ from metakit.testing import LeakCheck, wait_until
 async def test_leak_check_names_a_leaked_socket_task_and_thread() -> None:
     leaks = LeakCheck()
     sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # the check sees listening or connected TCP sockets, bound UDP ones
     task = asyncio.ensure_future(asyncio.Event().wait())
     release = threading.Event()
     thread = threading.Thread(target=release.wait, name="leaky-thread")

@@ -14,12 +14,13 @@ Who closes what:
 
 * the **worker** ends a connection with ``send_exit(conn, "normal")`` (after
   the writes queued before it; the transport flushes, then closes) or
-  ``"kill"`` (abort). It gets ``TCPDisconnect`` either way.
-* the **peer** or a limit ends it (EOF, reset, ``idle_timeout``, a framing
-  error): the transport is closed, the worker gets ``TCPDisconnect``, and the
-  meta stays routable until the worker has handled that message, discarding
-  writes meanwhile. So a worker never gets ``NoProcess`` for writing to a
-  connection whose disconnect it has not seen yet.
+  ``"kill"`` (an RST at once). It gets ``TCPDisconnect`` either way.
+* the **peer** or a limit ends it: EOF, reset, ``idle_timeout``, a framing
+  error.
+* Either way (but ``"kill"``) the transport is closed, the worker gets
+  ``TCPDisconnect``, and the meta stays routable until the worker has handled
+  that message, discarding writes meanwhile. So a worker never gets
+  ``NoProcess`` for writing to a connection whose disconnect it has not seen.
 * the **parent** (or the server) ending ends the connection with its reason.
   A pool worker ending closes the connections it served.
 
@@ -39,12 +40,14 @@ taking writes from its mailbox (``Mailbox._hold``) until it drains.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import FramingError
 from ..framing import Framer, Raw
 from ..ids import PID
-from ..mailbox import DEAD, RUNNING, Mailbox, Signal
+from ..mailbox import DEAD, IGNORE, RUNNING, Mailbox, Signal
 from ..messages import Down
 from ..meta import Meta
 from .messages import TCPConnect, TCPDisconnect, TCPMessage
@@ -55,6 +58,18 @@ if TYPE_CHECKING:
 __all__ = ["TCPConnection"]
 
 _READ_SIZE = 65536
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort with an RST: SO_LINGER 0 makes close() reset instead of sending a FIN,
+    so the peer can tell a killed connection from a closed one."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 
 class _Protocol(asyncio.BufferedProtocol):
@@ -143,14 +158,15 @@ class TCPConnection(Meta):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._dropped_writes = 0
+        self._pauses = 0
 
     # -- setup -----------------------------------------------------------------
 
     def _attach(
         self, transport: asyncio.BaseTransport, worker: Mailbox, server: TCPServer | None
     ) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
         self._worker = worker
         self._server = server
         self.peer = transport.get_extra_info("peername")
@@ -177,7 +193,7 @@ class TCPConnection(Meta):
             frames = self._framer.feed(data)
         except FramingError as exc:
             self._push(exc.frames)
-            self._remote_end(exc)
+            self._finish(exc)
             return
         if self._idle is not None:
             self._last = self._loop.time()
@@ -225,6 +241,7 @@ class TCPConnection(Meta):
         assert self._transport is not None
         if not self._paused:
             self._paused = True
+            self._pauses += 1
             if not self._closed:
                 self._transport.pause_reading()
         self._worker._notify(self._resume, behind=self._low)
@@ -235,7 +252,7 @@ class TCPConnection(Meta):
             return
         if self._pending_end is not None:
             reason, self._pending_end = self._pending_end, None
-            self._remote_end(reason)
+            self._finish(reason)
             return
         if self._eof:
             self._mark_eof()
@@ -284,13 +301,13 @@ class TCPConnection(Meta):
             self._notify(self._close_after_eof)
 
     def _close_after_eof(self) -> None:
-        self._remote_end("closed")
+        self._finish("closed")
 
     def _on_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return  # we closed it
         self._closed = True
-        self._remote_end(exc if exc is not None else "closed")
+        self._finish(exc if exc is not None else "closed")
 
     def _check_idle(self) -> None:
         self._timer = None
@@ -301,10 +318,10 @@ class TCPConnection(Meta):
         if left > 0:
             self._timer = self._loop.call_later(left, self._check_idle)
         else:
-            self._remote_end("idle")
+            self._finish("idle")
 
-    def _remote_end(self, reason: Any) -> None:
-        """The peer or a limit ended it: close, tell the worker, linger until it knows."""
+    def _finish(self, reason: Any) -> None:
+        """End gracefully: close, tell the worker, linger until it has handled that."""
         if self._state != RUNNING or self._lingering:
             return
         if self._backlog:
@@ -331,12 +348,23 @@ class TCPConnection(Meta):
             if self._idle is not None:
                 self._last = self._loop.time()
         elif message.__class__ is Down:
-            # Our pool worker ended: nobody reads this connection any more.
+            # Our pool worker ended, however it ended: close gracefully (the
+            # peer sees EOF); nobody reads this connection any more.
+            self._close_transport(abort=False)
             self._end(message.reason)
         else:
             self.log.warning("unexpected message %r from %r", message, sender)
 
     # -- ending --------------------------------------------------------------------
+
+    def _trap(self, sig: Signal) -> Any:
+        if sig.link and sig.reason == "normal":
+            return IGNORE
+        worker = self._worker
+        if not sig.forced and worker is not None and worker._state != DEAD:
+            self._finish(sig.reason)  # the meta ends once the worker has seen TCPDisconnect
+            return IGNORE
+        return None
 
     def _signal(self, sig: Signal) -> None:
         # A forced exit (parent or server ending) cannot wait behind writes the
@@ -354,7 +382,7 @@ class TCPConnection(Meta):
         if transport is not None and not self._closed:
             self._closed = True
             if abort or self._held:
-                transport.abort()
+                _reset(transport)
             else:
                 transport.close()  # flushes what is buffered, then closes
         self._closed = True
@@ -382,6 +410,7 @@ class TCPConnection(Meta):
             "framing": repr(self._framer),
             "worker": repr(self.worker),
             "reading": "paused" if self._paused else "on",
+            "pauses": str(self._pauses),
             "writing": "held" if self._held else "on",
             "dropped_writes": str(self._dropped_writes),
         }

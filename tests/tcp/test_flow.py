@@ -1,0 +1,133 @@
+"""Back-pressure both ways: a slow worker pauses reading; a slow reader pushes back writes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import zlib
+from typing import Any
+
+import pytest
+
+import metakit
+from metakit import Node
+from metakit.errors import MailboxFull
+from metakit.tcp import TCPDisconnect, TCPMessage, TCPServer
+from metakit.testing import TIMEOUT, Probe
+
+BLOCK = bytes(range(256)) * 256  # 64 KiB
+FLOOD_BLOCKS = 3200  # 200 MiB
+
+CLIENT = """
+import socket, sys
+block = bytes(range(256)) * 256
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
+    for _ in range(int(sys.argv[2])):
+        s.sendall(block)
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(65536):
+        pass
+"""
+
+
+def rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class SlowSink(metakit.Process):
+    """Checks the stream's order with a running CRC, slower than the network."""
+
+    async def init(self, done: asyncio.Future[Any]) -> None:
+        self.done = done
+        self.crc = 0
+        self.size = 0
+        self.peak_rss = rss()
+        self.peak_mailbox = 0
+        self.max_pauses = 0
+        self.server: TCPServer | None = None
+
+    async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        match message:
+            case TCPMessage(conn, data):
+                self.crc = zlib.crc32(data, self.crc)
+                self.size += len(data)
+                self.peak_mailbox = max(self.peak_mailbox, self._mailbox_len)
+                if self.size % (4 << 20) < len(data):
+                    self.peak_rss = max(self.peak_rss, rss())
+                    info = self.node.meta_info(conn).inspect
+                    self.max_pauses = max(self.max_pauses, int(info["pauses"]))
+                await asyncio.sleep(0.0002)  # the slow part
+            case TCPDisconnect(_, reason):
+                self.done.set_result(reason)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_flood_at_slow_worker_stays_bounded_and_in_order(node: Node) -> None:
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    pid = await node.spawn(SlowSink, done)
+    sink: SlowSink = node._table[pid.id]  # type: ignore[assignment]
+    server = TCPServer("127.0.0.1", 0)
+    await sink.spawn_meta(server)
+    baseline = rss()
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", textwrap.dedent(CLIENT), str(server.address[1]), str(FLOOD_BLOCKS)
+    )
+    try:
+        assert await asyncio.wait_for(done, TIMEOUT * 20) == "closed"
+        assert await asyncio.wait_for(client.wait(), TIMEOUT) == 0
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+    expected = 0
+    for _ in range(FLOOD_BLOCKS):
+        expected = zlib.crc32(BLOCK, expected)
+    assert sink.size == len(BLOCK) * FLOOD_BLOCKS  # every byte...
+    assert sink.crc == expected  # ...in order
+    assert sink.max_pauses > 0  # reading did pause
+    assert sink.peak_mailbox <= 64 + 2  # high watermark, plus the read in flight
+    assert sink.peak_rss - baseline < 64 << 20, f"RSS grew {(sink.peak_rss - baseline) >> 20} MiB"
+    print(
+        f"flood: {sink.size >> 20} MiB, peak mailbox {sink.peak_mailbox}, "
+        f"pauses {sink.max_pauses}, RSS growth {(sink.peak_rss - baseline) / (1 << 20):.1f} MiB"
+    )
+
+
+async def test_slow_reader_pushes_back_with_mailbox_full(node: Node, probe: Any) -> None:
+    worker: Probe = await probe()
+    server = TCPServer("127.0.0.1", 0, mailbox_size=8)
+    await worker.spawn_meta(server)
+    reader, writer = await asyncio.open_connection(*server.address, limit=1 << 16)
+    conn = (await worker.receive()).conn
+    assert isinstance(conn, metakit.Alias)
+    sent = 0
+    refused = False
+    # Write until the connection pushes back: the client reads nothing, so the
+    # kernel buffers and then the transport's buffer fill, the connection
+    # stops taking writes, and its 8-message mailbox fills up.
+    for _ in range(10_000):
+        try:
+            worker.send(conn, TCPMessage(conn, sent.to_bytes(8, "big") + BLOCK[8:]))
+        except MailboxFull:
+            refused = True
+            break
+        sent += 1
+        await asyncio.sleep(0)  # let the connection drain what it can
+    assert refused
+    assert sent > 8  # some went out before the push-back
+    assert node.meta_info(conn).inspect["writing"] == "held"
+    # The reader catches up: everything arrives, in order, nothing lost.
+    for i in range(sent):
+        chunk = await asyncio.wait_for(reader.readexactly(len(BLOCK)), TIMEOUT)
+        assert int.from_bytes(chunk[:8], "big") == i
+    assert node.meta_info(conn).inspect["writing"] == "on"
+    worker.send(conn, TCPMessage(conn, b"more"))  # taken again
+    assert await asyncio.wait_for(reader.readexactly(4), TIMEOUT) == b"more"
+    writer.close()
+    assert isinstance(await worker.receive(), TCPDisconnect)
