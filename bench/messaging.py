@@ -43,8 +43,13 @@ Run from the repository root::
                               [--repeat N] [--burst N]
 
 ``--quick`` shrinks every size for a smoke test (a few seconds). ``--verbose``
-adds every sample, the tracemalloc top allocation sites and a few notes.
-Missed targets are printed as MISS; the exit status is non-zero only on errors.
+adds every sample with its median, the spawn time and the tracemalloc top
+allocation sites. Missed targets are printed as MISS; the exit status is
+non-zero only on errors (a crashed or stuck run is one).
+
+Under the table, the metakit receiver's backlog when its sender finished: a
+metakit drain handles at most 256 messages per loop turn, so a sender of
+bigger bursts runs ahead (the floors drain everything at once).
 """
 
 from __future__ import annotations

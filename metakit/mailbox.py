@@ -312,13 +312,9 @@ class Mailbox:
 
     def _special(self, sender: Any, message: Any) -> bool:
         """Handle anything but a message in a plain drain; True to stop draining."""
-        if sender.__class__ is Notify:
-            sender.callback()
-            return False
-        if sender is HOLD:
-            return True
         if sender.__class__ is Caller:
-            if sender.done:
+            future = sender._future
+            if future.done():
                 return False  # the caller gave up; do not run the request
             self._current_call = sender
             try:
@@ -327,12 +323,21 @@ class Mailbox:
                 self._end(stop.reason)
                 return True
             except Exception as exc:
-                sender._fail(exc)
-                return False
-            finally:
+                future.set_exception(exc)
                 self._current_call = None
-            self._answer(sender, result)
+                return False
+            self._current_call = None
+            # Nothing can settle the future during a plain handler: answer directly.
+            if result is NO_REPLY:
+                self._answer(sender, result)
+            else:
+                future.set_result(result)
             return False
+        if sender.__class__ is Notify:
+            sender.callback()
+            return False
+        if sender is HOLD:
+            return True
         self._nurgent -= self._signals_first
         trapped = self._trap(sender)
         if trapped is None:

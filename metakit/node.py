@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from ._deadlines import Deadlines
 from ._pubsub import PubSub, _Event
 from .errors import (
-    CallTimeout,
     MetakitError,
     NameTaken,
     NodeNotRunning,
@@ -38,11 +38,6 @@ __all__ = ["Node"]
 
 P = TypeVar("P", bound=Process)
 Target = PID | Alias | str
-
-
-def _expire(future: asyncio.Future[Any], target: Target, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(CallTimeout(target, timeout))
 
 
 class Node(PubSub):
@@ -100,6 +95,7 @@ class Node(PubSub):
         if self._stop_task is not None:
             raise NodeNotRunning(f"node {self.name!r} was stopped; create a new Node")
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop)
         self._thread_id = threading.get_ident()
         self._started_at = time.monotonic()
         self._running = True
@@ -189,6 +185,7 @@ class Node(PubSub):
         tasks = [t for t in self._tasks if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()))
+        self._deadlines.close()
 
     def _thread_ended(self, thread: threading.Thread | None) -> None:
         self._threads.discard(thread)
@@ -360,24 +357,35 @@ class Node(PubSub):
         """
         self._resolve(to)._deliver(self._pid, message)
 
-    async def call(self, to: Target, request: Any, timeout: float = 5.0) -> Any:
-        """Call ``to``'s ``handle_call`` from outside any process and return the reply.
+    def call(self, to: Target, request: Any, timeout: float = 5.0) -> asyncio.Future[Any]:
+        """Call ``to``'s ``handle_call`` from outside any process; await it for the reply.
 
         Raises:
             NoProcess, MailboxFull, CallTimeout, ProcessExited: as :meth:`Process.call`.
         """
-        return await self._call(self._pid, to, request, timeout)
+        return self._call(self._pid, to, request, timeout)
 
-    async def _call(self, pid: PID, to: Target, request: Any, timeout: float) -> Any:
-        target = self._resolve(to)
-        loop = self._loop
-        future = loop.create_future()
-        target._deliver(Caller(pid, future), request)
-        timer = loop.call_later(timeout, _expire, future, to, timeout)
+    def _call(
+        self, pid: PID, to: Target, request: Any, timeout: float, caller: Mailbox | None = None
+    ) -> asyncio.Future[Any]:
         try:
-            return await future
-        finally:
-            timer.cancel()
+            target = self._table[to.id]  # type: ignore[union-attr]
+        except (KeyError, AttributeError):
+            target = self._resolve(to)
+        if target is caller:
+            raise MetakitError(f"{pid!r} cannot call itself: it would wait for its own reply")
+        future = self._loop.create_future()
+        # Process.send's delivery, inlined: this is the call hot path.
+        q = target._q
+        if target._cap and len(q) >= target._cap:
+            target._refuse()
+        q.append(Caller(pid, future))
+        q.append(request)
+        if not target._scheduled:
+            target._scheduled = True
+            target._kick()
+        self._deadlines.add(future, timeout, to)
+        return future
 
     def send_exit(self, to: Target, reason: Any) -> None:
         """Send an exit signal from the node: a top-level process or a meta ends with ``reason``.

@@ -8,10 +8,10 @@ mailbox with no Task at all.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import MetakitError
 from .ids import PID, Alias, Ref
 from .mailbox import DEAD, EXITING, IGNORE, Mailbox, Signal
 from .messages import Caller, Exit
@@ -173,8 +173,12 @@ class Process(Mailbox):
             target._scheduled = True
             target._kick()
 
-    async def call(self, to: Target, request: Any, timeout: float = 5.0) -> Any:
-        """Send ``request`` to ``to``'s ``handle_call`` and return its reply.
+    def call(self, to: Target, request: Any, timeout: float = 5.0) -> asyncio.Future[Any]:
+        """Send ``request`` to ``to``'s ``handle_call``; await the result for its reply.
+
+        ``reply = await self.call(to, request)``. The request is sent when
+        ``call`` is called (a plain function returning a future: no coroutine
+        per call); errors in sending raise there, the others when awaited.
 
         Raises:
             NoProcess: no live process or meta answers to ``to``.
@@ -183,10 +187,9 @@ class Process(Mailbox):
             ProcessExited: the callee ended before replying.
             Exception: whatever the callee's ``handle_call`` raised.
         """
-        if self._node._lookup(to) is self:
-            raise MetakitError(f"{self._pid!r} cannot call itself: it would wait for its own reply")
+        future = self._node._call(self._pid, to, request, timeout, self)
         self._out += 1
-        return await self._node._call(self._pid, to, request, timeout)
+        return future
 
     def reply(self, caller: Caller, value: Any) -> None:
         """Answer a call for which ``handle_call`` returned ``NO_REPLY``.

@@ -92,7 +92,7 @@ class Probe(Process):
 
 
 def _inet_inodes() -> set[str]:
-    inodes = set()
+    inodes: set[str] = set()
     for table in ("tcp", "tcp6", "udp", "udp6"):
         try:
             with open(f"/proc/net/{table}") as f:

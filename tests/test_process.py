@@ -318,3 +318,25 @@ async def test_crash_in_handle_message_ends_process(node: Node, probe: Any) -> N
     down = await p.receive()
     assert down == metakit.Down(pid, ref, down.reason)
     assert isinstance(down.reason, KeyError)
+
+
+async def test_call_timeouts_mixed_and_behind_a_pending_call(node: Node) -> None:
+    class Silent(Process):
+        def handle_call(self, sender: Caller, request: Any) -> Any:
+            return NO_REPLY if request == "never" else request
+
+    pid = await node.spawn(Silent)
+    loop = asyncio.get_running_loop()
+    long_wait = node.call(pid, "never", timeout=TIMEOUT)  # stays at the front of its queue
+    answered = [await node.call(pid, i, timeout=TIMEOUT) for i in range(100)]
+    assert answered == list(range(100))
+    started = loop.time()
+    short = node.call(pid, "never", timeout=0.05)  # a later call, a shorter timeout
+    with pytest.raises(metakit.CallTimeout) as info:
+        await short
+    assert info.value.timeout == 0.05
+    assert loop.time() - started < TIMEOUT / 2  # it did not wait for the long one
+    assert not long_wait.done()
+    node.kill(pid)
+    with pytest.raises(metakit.ProcessExited):
+        await long_wait
