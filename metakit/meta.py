@@ -74,6 +74,9 @@ class Meta(Mailbox):
     _signals_first: ClassVar[bool] = False
     _main_kind: ClassVar[str] = "none"
 
+    mailbox_size: int = 0
+    """The bound of this meta's mailbox when ``spawn_meta`` gives none (0: unbounded)."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls._terminate_is_async:

@@ -294,7 +294,7 @@ class Node(PubSub):
         if parent._state >= EXITING:  # init is fine: servers bind in init
             raise NoProcess(parent._pid)
         alias = Alias(self.name, _next_id())
-        meta._setup(self, alias, parent, mailbox_size)
+        meta._setup(self, alias, parent, mailbox_size or meta.mailbox_size)
         self._table[alias.id] = meta
         if parent._metas is None:
             parent._metas = set()
