@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -309,6 +309,13 @@ class Node(PubSub):
         if meta._main is not None:
             self._tasks.add(meta._main)
             meta._main.add_done_callback(self._tasks.discard)
+
+    def _linger(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run cleanup that outlives a meta's (plain) terminate; stop() waits for it."""
+        task = self._loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _abort(self, actor: Mailbox, reason: Any) -> None:
         """Undo a spawn whose init failed: no signals to links, metas closed now."""

@@ -1,0 +1,14 @@
+"""Web meta-processes on aiohttp: :class:`WebServer` and :class:`WebHandler`.
+
+``WebHandler`` mounts on any route of any aiohttp app (``WebServer``'s, or
+one you run yourself in the same loop) and turns each request into a
+``call`` to a worker process, whose answer becomes the response.
+"""
+
+from __future__ import annotations
+
+from .handler import WebHandler, to_response
+from .messages import WebRequest
+from .server import WebServer
+
+__all__ = ["WebHandler", "WebRequest", "WebServer", "to_response"]

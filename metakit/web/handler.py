@@ -1,0 +1,227 @@
+"""WebHandler: a meta-process that is also an aiohttp request handler.
+
+Theory of operation
+-------------------
+
+aiohttp calls the handler in the connection's request task. The handler
+reads the body (up to ``max_body``), builds a :class:`WebRequest`, and makes
+a ``call`` to the worker: a Caller appended to the worker's mailbox and a
+deadline in the node's deadline queue, no Task of its own. The worker's
+``handle_call`` answers with a value that becomes the response:
+
+=====================================  ==========================================
+``StreamResponse`` / ``Response``      as is (a prepared stream too)
+``str``                                ``text/plain; charset=utf-8``
+``bytes`` / ``bytearray``              ``application/octet-stream``
+``dict`` / ``list``                    ``application/json``, encoded with orjson
+``None``                               ``204 No Content``
+=====================================  ==========================================
+
+Failures map to status codes and never reach the client as a traceback:
+
+=====================================  ==========================================
+no live worker (or handler ended)      503
+the worker's mailbox is full           503 with ``Retry-After``
+no answer within ``timeout``           504 (a late answer is discarded)
+the worker ended before answering      503
+``handle_call`` raised                 500, generic body; traceback in the log
+body longer than ``max_body``          413, the worker is not bothered
+=====================================  ==========================================
+
+A client that disconnects while waiting: with ``handler_cancellation=True``
+(``WebServer`` sets it; pass it to your own ``AppRunner`` or ``run_app``),
+aiohttp cancels the request task, which cancels the pending call: the worker
+skips it if it has not started, and its answer is discarded otherwise.
+Without it, aiohttp discards the response when it finds the client gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..errors import CallTimeout, MailboxFull, NoProcess, ProcessExited
+from ..ids import PID
+from ..mailbox import DEAD, RUNNING
+from ..meta import Meta
+from .messages import WebRequest
+
+__all__ = ["WebHandler", "to_response"]
+
+_JSON = "application/json"
+
+
+def to_response(result: Any) -> web.StreamResponse:
+    """Turn a worker's answer into an aiohttp response (see the table above).
+
+    Raises:
+        TypeError: for any other type of answer.
+    """
+    if isinstance(result, web.StreamResponse):
+        return result
+    if result is None:
+        return web.Response(status=204)
+    if isinstance(result, str):
+        return web.Response(text=result)
+    if isinstance(result, bytes | bytearray):
+        return web.Response(body=result, content_type="application/octet-stream")
+    if isinstance(result, dict | list):
+        return web.Response(body=orjson.dumps(result), content_type=_JSON)
+    raise TypeError(f"cannot make an HTTP response of {type(result).__name__}: {result!r:.80}")
+
+
+def _error(status: int, retry_after: int | None = None) -> web.Response:
+    # A generic body: what went wrong stays in the log, not in the response.
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.Response(status=status, text=f"{status} {_REASONS[status]}", headers=headers)
+
+
+_REASONS = {
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class WebHandler(Meta):
+    """Mount on any route of any aiohttp app; each request becomes a ``call``.
+
+    ::
+
+        handler = WebHandler("api", timeout=5.0)
+        await self.spawn_meta(handler)                  # in some process's init
+        app.router.add_route("*", "/{tail:.*}", handler)
+
+    Args:
+        worker: the name or PID of the process whose ``handle_call`` answers.
+        pool: instead of ``worker``, names or PIDs answered round-robin per
+            request (dead ones are skipped).
+        timeout: seconds to wait for an answer before a 504.
+        max_body: the largest request body read, in bytes; longer gets 413.
+
+    Resource handling:
+        The handler answers 503 until it is spawned and after it ends. It
+        holds no socket: the app's runner (``WebServer``, or yours) does.
+    """
+
+    def __init__(
+        self,
+        worker: PID | str | None = None,
+        *,
+        pool: Sequence[PID | str] | None = None,
+        timeout: float = 5.0,
+        max_body: int = 1 << 20,
+    ) -> None:
+        if (worker is None) == (pool is None):
+            raise ValueError("give a worker or a pool, not both")
+        self._workers: list[PID | str] = [worker] if worker is not None else list(pool or ())
+        if not self._workers:
+            raise ValueError("the pool is empty")
+        self._next = 0
+        self._state = DEAD  # not spawned yet: answer 503 (spawning sets it up)
+        # aiohttp warns about handlers that asyncio.iscoroutinefunction()
+        # rejects, which a callable object is: carry the marks it looks for.
+        self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+        self._is_coroutine_marker = getattr(inspect, "_is_coroutine_mark", None)
+        self.timeout = timeout
+        self.max_body = max_body
+        self._stats = {"requests": 0, "503": 0, "504": 0, "500": 0, "413": 0}
+
+    def _pick(self) -> PID | str | None:
+        workers = self._workers
+        if len(workers) == 1:
+            return workers[0]
+        for _ in range(len(workers)):
+            target = workers[self._next % len(workers)]
+            self._next += 1
+            actor = self._node._lookup(target)
+            if actor is not None and actor._state == RUNNING:
+                return target
+        return None
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes | None:
+        """The body, or None if it is longer than ``max_body``."""
+        if not request.body_exists:
+            return b""
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            return None
+        chunks = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Handle one request (aiohttp calls this)."""
+        stats = self._stats
+        stats["requests"] += 1
+        if self._state != RUNNING:
+            stats["503"] += 1
+            return _error(503)
+        body = await self._read_body(request)
+        if body is None:
+            stats["413"] += 1
+            return _error(413)
+        target = self._pick()
+        if target is None:
+            stats["503"] += 1
+            return _error(503)
+        value = WebRequest(
+            request.method,
+            request.path,
+            request.query,
+            request.headers,
+            body,
+            request.match_info if isinstance(request, web.Request) else {},
+            request.remote,
+            request,
+        )
+        try:
+            future = self._node._call(self._parent_proc._pid, target, value, self.timeout)
+        except NoProcess:
+            stats["503"] += 1
+            return _error(503)
+        except MailboxFull:
+            stats["503"] += 1
+            return _error(503, retry_after=1)
+        self._out += 1
+        try:
+            result = await future
+        except CallTimeout:
+            stats["504"] += 1
+            return _error(504)
+        except ProcessExited:
+            stats["503"] += 1
+            return _error(503)
+        except Exception as exc:
+            stats["500"] += 1
+            self.log.error(
+                "%s %s: the worker's handle_call raised",
+                request.method,
+                request.path_qs,
+                exc_info=exc,
+            )
+            return _error(500)
+        try:
+            return to_response(result)
+        except TypeError as exc:
+            stats["500"] += 1
+            self.log.error("%s %s: %s", request.method, request.path_qs, exc)
+            return _error(500)
+
+    def handle_inspect(self) -> dict[str, str]:
+        """Workers, timeout, and counts of requests and error answers."""
+        info = {k: str(v) for k, v in self._stats.items()}
+        info["workers"] = ", ".join(map(str, self._workers))
+        info["timeout"] = str(self.timeout)
+        return info
