@@ -464,11 +464,18 @@ class Mailbox:
         self._scheduled = True
         self._q.appendleft(None)
         self._q.appendleft(HOLD)
+        if self._cap:  # the marker must not take a bounded mailbox's place
+            self._cap += 2
+            self._limit += 2
 
     def _unhold(self) -> None:
         if not self._held:
             return
         self._held = False
+        if self._cap:
+            self._cap -= 2
+            if self._limit > 0:
+                self._limit -= 2
         q = self._q
         if q and q[0] is HOLD:
             q.popleft()

@@ -1,0 +1,20 @@
+"""WebSocket meta-processes: :class:`WebSocketHandler` (server, on aiohttp) and
+:class:`WebSocketClient` (on the ``websockets`` library), with the
+``WSConnect`` / ``WSMessage`` / ``WSDisconnect`` messages.
+"""
+
+from __future__ import annotations
+
+from .client import Backoff, WebSocketClient
+from .handler import WebSocketHandler, WSConnection
+from .messages import WSConnect, WSDisconnect, WSMessage
+
+__all__ = [
+    "Backoff",
+    "WSConnect",
+    "WSConnection",
+    "WSDisconnect",
+    "WSMessage",
+    "WebSocketClient",
+    "WebSocketHandler",
+]

@@ -1,0 +1,250 @@
+"""The WebSocket connection metas: what server and client connections share.
+
+Theory of operation
+-------------------
+
+A connection's read loop (aiohttp's request task on the server side, the
+meta's main loop on the client side) appends one ``WSMessage`` per message
+to the worker's mailbox. When the worker's mailbox holds more than
+``high_watermark`` messages the loop stops reading, so the library's own
+flow control pauses the socket, until a Notify marker placed
+``low_watermark`` messages from the end of the worker's mailbox is reached.
+
+Writes are plain handlers: the library's ``send`` coroutine is driven by
+hand (:mod:`metakit._eager`) and almost always completes at once; when it
+must wait for the socket to drain, the meta holds its mailbox until it has,
+so a bounded mailbox pushes back on the writer with ``MailboxFull``.
+
+Who closes what, as for TCP: ``send_exit(conn, "normal")`` closes with 1000
+after the messages queued before it, ``"shutdown"`` with 1001, an exception
+reason with 1011, ``"kill"`` drops the connection. The peer closing, a
+failed heartbeat, an oversized or undecodable message end it too. Each time
+the worker gets one ``WSDisconnect`` and the meta stays routable, discarding
+writes, until the worker has handled it. A worker that ends takes its
+connections with it: 1001 for ``"normal"``/``"shutdown"``, 1011 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+
+from .._eager import run_eagerly
+from ..ids import PID
+from ..mailbox import DEAD, IGNORE, RUNNING, Mailbox, Signal
+from ..messages import Down
+from ..meta import Meta
+from .messages import WSConnect, WSDisconnect, WSMessage
+
+__all__ = ["WSConnectionBase", "close_code"]
+
+
+def close_code(reason: Any) -> int:
+    """The close code for an exit reason: 1000, 1001, or 1011."""
+    if reason == "normal":
+        return 1000
+    if reason in ("shutdown", "closed"):
+        return 1001
+    return 1011
+
+
+class WSConnectionBase(Meta):
+    """What server and client WebSocket connections share (not used directly).
+
+    Args:
+        codec: None (str and bytes as they are) or ``"json"`` (orjson both ways).
+        high_watermark: stop reading when the worker's mailbox holds more
+            messages than this.
+        low_watermark: read again when it is down to about this many.
+    """
+
+    def __init__(
+        self, *, codec: str | None = None, high_watermark: int = 64, low_watermark: int = 16
+    ) -> None:
+        if codec not in (None, "json"):
+            raise ValueError(f"codec must be None or 'json', not {codec!r}")
+        if not 0 <= low_watermark < high_watermark:
+            raise ValueError("need 0 <= low_watermark < high_watermark")
+        self.codec = codec
+        self._json = codec == "json"
+        self._high2 = 2 * high_watermark
+        self._low = low_watermark
+        self._worker: Mailbox | None = None
+        self._resume: asyncio.Future[None] | None = None
+        self._open = False  # the socket can take writes
+        self._lingering = False
+        self._disconnected = False
+        self._writing: asyncio.Task[Any] | None = None
+        self.peer: Any = None
+        self.stats = {"received": 0, "sent": 0, "dropped_writes": 0, "pauses": 0}
+
+    # -- the library side (subclasses) ---------------------------------------
+
+    def _send(self, data: Any) -> Coroutine[Any, Any, Any]:
+        raise NotImplementedError
+
+    def _close(self, code: int, reason: str) -> None:
+        """Start a clean close (a close frame); must not block."""
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        """Drop the connection at once (no close frame)."""
+        raise NotImplementedError
+
+    # -- reading -----------------------------------------------------------------
+
+    def _connected(self, worker: Mailbox, peer: Any, request_info: Any) -> None:
+        self._worker = worker
+        self.peer = peer
+        self._open = True
+        self._disconnected = False
+        self._lingering = False
+        if worker is not self._parent_proc and self._watching is None:
+            self._node._monitor(self, worker._ident)  # a pool worker: close with it
+        hello = WSConnect(self._alias, peer, request_info)
+        worker._deliver_system(self._parent_proc._pid, hello)
+
+    def _decode(self, data: str | bytes) -> Any:
+        return orjson.loads(data) if self._json else data
+
+    def _received(self, data: Any) -> asyncio.Future[None] | None:
+        """Hand one message to the worker; a future to await first if it is behind."""
+        worker = self._worker
+        assert worker is not None
+        q = worker._q
+        if len(q) >= worker._limit:  # full (or dead: limit -1): wait for room
+            if worker._state == DEAD:
+                return None
+            return self._wait_for_room(behind=0, then=data)
+        q.append(self._parent_proc._pid)
+        q.append(WSMessage(self._alias, data))
+        self._out += 1
+        self.stats["received"] += 1
+        if not worker._scheduled:
+            worker._scheduled = True
+            worker._kick()
+        if len(q) > self._high2:
+            return self._wait_for_room(behind=self._low, then=None)
+        return None
+
+    def _wait_for_room(self, behind: int, then: Any) -> asyncio.Future[None]:
+        assert self._worker is not None
+        self.stats["pauses"] += 1
+        resume = self._resume = self._loop.create_future()
+
+        def release(_: object = None) -> None:
+            if not resume.done():
+                resume.set_result(None)
+
+        def wake() -> None:
+            if then is not None and self._state == RUNNING:
+                again = self._received(then)
+                if again is not None:  # still full: chain the wait
+                    again.add_done_callback(release)
+                    return
+            release()
+
+        self._worker._notify(wake, behind=behind)
+        return resume
+
+    # -- writing -------------------------------------------------------------------
+
+    def handle_message(self, sender: PID, message: Any) -> None:
+        """Send ``WSMessage(conn, data)`` on the socket (others are logged)."""
+        if message.__class__ is WSMessage:
+            if not self._open:
+                self.stats["dropped_writes"] += 1  # the worker will see WSDisconnect
+                return
+            data = message.data
+            try:
+                pending = run_eagerly(self._send(orjson.dumps(data) if self._json else data))
+            except Exception as exc:  # the socket is gone under us
+                self._remote_end(1006, str(exc) or type(exc).__name__)
+                return
+            self.stats["sent"] += 1
+            if pending is not None:  # waiting for the socket to drain
+                self._writing = pending
+                self._hold()
+                pending.add_done_callback(self._written)
+        elif message.__class__ is Down:
+            # Our pool worker ended: nobody reads this connection any more.
+            self._open_close(close_code(message.reason), "worker ended")
+            self._end(message.reason)
+        else:
+            self.log.warning("unexpected message %r from %r", message, sender)
+
+    def _written(self, task: asyncio.Task[Any]) -> None:
+        self._writing = None
+        if not task.cancelled() and task.exception() is not None:
+            self._remote_end(1006, str(task.exception()))
+        self._unhold()
+
+    # -- ending ------------------------------------------------------------------------
+
+    def _open_close(self, code: int, reason: str) -> None:
+        if self._open:
+            self._open = False
+            self._close(code, reason)
+
+    def _remote_end(self, code: int, reason: Any) -> None:
+        """It ended on the peer's side (or a limit's): tell the worker, linger until it knows."""
+        self._open = False
+        self._disconnect(code, reason)
+        if self._state == RUNNING and not self._lingering:
+            self._lingering = True
+            worker = self._worker
+            if worker is None or not worker._notify(lambda: self._end("normal")):
+                self._end("normal")
+
+    def _disconnect(self, code: int, reason: Any) -> None:
+        if self._disconnected:
+            return
+        self._disconnected = True
+        worker = self._worker
+        if worker is not None and worker._state != DEAD:
+            bye = WSDisconnect(self._alias, code, reason)
+            worker._deliver_system(self._parent_proc._pid, bye)
+
+    def _trap(self, sig: Signal) -> Any:
+        if sig.link and sig.reason == "normal":
+            return IGNORE
+        worker = self._worker
+        if not sig.forced and worker is not None and worker._state != DEAD and self._open:
+            # Closed by this side: close frame after the queued writes, then linger.
+            code = close_code(sig.reason)
+            self._open_close(code, str(sig.reason) if code != 1011 else "")
+            self._remote_end(code, sig.reason)
+            return IGNORE
+        return None
+
+    def _signal(self, sig: Signal) -> None:
+        if sig.forced and self._held and self._state == RUNNING:
+            self._end(sig.reason)  # a parent exit cannot wait behind a stuck write
+        else:
+            super()._signal(sig)
+
+    def terminate(self, reason: Any) -> None:
+        """Close (a close frame; dropped at once on ``"kill"``) and send WSDisconnect once."""
+        code = close_code(reason)
+        if reason == "kill" or self._held:
+            if self._open:
+                self._open = False
+                self._drop()
+        else:
+            self._open_close(code, "" if code == 1011 else str(reason))
+        if self._writing is not None:
+            self._writing.cancel()
+        if self._resume is not None and not self._resume.done():
+            self._resume.set_result(None)
+        self._disconnect(code if reason != "kill" else 1006, reason)
+
+    def handle_inspect(self) -> dict[str, str]:
+        """Peer, codec, and the message counters."""
+        info = {k: str(v) for k, v in self.stats.items()}
+        info["peer"] = str(self.peer)
+        info["codec"] = str(self.codec)
+        info["writing"] = "held" if self._held else "on"
+        return info

@@ -1,0 +1,237 @@
+"""WebSocketHandler: an aiohttp handler (and a meta) that turns upgrades into connection metas."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from ..errors import MetakitError
+from ..ids import PID
+from ..mailbox import DEAD, RUNNING, Mailbox, Signal
+from ..meta import Meta
+from ..web.messages import WebRequest
+from .connection import WSConnectionBase
+
+__all__ = ["WSConnection", "WebSocketHandler"]
+
+
+class WSConnection(WSConnectionBase):
+    """One accepted WebSocket as a meta-process; its Alias is the connection id.
+
+    Made by :class:`WebSocketHandler`; see :mod:`metakit.websocket.connection`
+    for who closes what.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.BaseRequest, **options: Any) -> None:
+        super().__init__(**options)
+        self._ws = ws
+        self._request = request
+        self._handler: WebSocketHandler | None = None
+        self._closing: asyncio.Task[Any] | None = None
+
+    def _send(self, data: Any) -> Coroutine[Any, Any, Any]:
+        if self._json:
+            return self._ws.send_frame(data, WSMsgType.TEXT)  # orjson gave UTF-8 bytes
+        if isinstance(data, str):
+            return self._ws.send_str(data)
+        return self._ws.send_bytes(data)
+
+    def _close(self, code: int, reason: str) -> None:
+        name = f"metakit ws close {self._alias!r}"
+        # Close reasons are limited to 123 bytes (RFC 6455 §5.5).
+        closing = self._ws.close(code=code, message=reason.encode()[:123])
+        self._closing = self._node._linger(closing, name)
+
+    def _drop(self) -> None:
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _serve(self) -> None:
+        """The read loop, in aiohttp's request task, until the socket closes."""
+        ws = self._ws
+        while self._open:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                try:
+                    data = self._decode(msg.data)
+                except orjson.JSONDecodeError:
+                    self._open_close(1007, "invalid JSON")
+                    self._remote_end(1007, "invalid JSON")
+                    return
+                wait = self._received(data)
+                if wait is not None:
+                    await wait
+            elif kind is WSMsgType.CLOSE:  # aiohttp has answered the close frame
+                self._remote_end(ws.close_code or 1005, msg.extra or "")
+                return
+            elif kind is WSMsgType.CLOSING:  # this side is closing it
+                return
+            else:  # CLOSED, ERROR: dropped, too big, heartbeat failed
+                reason = str(msg.data) if msg.data is not None else "connection lost"
+                code = getattr(msg.data, "code", None) or ws.close_code or 1006
+                self._remote_end(int(code), reason)
+                return
+
+    def terminate(self, reason: Any) -> None:
+        """Close as the base class does, and leave the handler's books."""
+        super().terminate(reason)
+        if self._handler is not None:
+            self._handler._conns.discard(self)
+
+
+class WebSocketHandler(Meta):
+    """Mount on an aiohttp route; each upgraded connection becomes a :class:`WSConnection`.
+
+    ::
+
+        ws = WebSocketHandler("chat", codec="json", origins=["http://localhost:8080"])
+        await self.spawn_meta(ws)
+        app.router.add_get("/ws", ws)
+
+    The worker gets ``WSConnect(conn, peer, request_info)``, one
+    ``WSMessage(conn, data)`` per message and exactly one
+    ``WSDisconnect(conn, code, reason)``; it writes with
+    ``send(conn, WSMessage(conn, data))`` and closes with ``send_exit``.
+
+    Args:
+        worker: the name or PID of the process that gets the messages.
+        pool: instead of ``worker``, names or PIDs taken round-robin per connection.
+        codec: None (``str`` for text frames, ``bytes`` for binary) or
+            ``"json"`` (decoded with orjson; written as JSON text frames).
+        max_message: the largest message accepted; a bigger one closes the
+            connection with 1009.
+        heartbeat: seconds between pings; a peer that misses the pong is
+            dropped (1006). None: no pings.
+        origins: allowed ``Origin`` header values; others get 403 before the
+            upgrade. None: any.
+        compress: offer per-message deflate.
+        handshake_timeout: seconds allowed for the upgrade.
+        mailbox_size: each connection's mailbox bound (0: unbounded); a full
+            one raises ``MailboxFull`` at the worker writing to it.
+        high_watermark: stop reading a socket when the worker's mailbox
+            holds more messages than this.
+        low_watermark: read again when it is down to about this many.
+
+    Resource handling:
+        Connections are metas of this handler's parent. When the handler
+        ends, its connections close with the same reason.
+    """
+
+    def __init__(
+        self,
+        worker: PID | str | None = None,
+        *,
+        pool: Sequence[PID | str] | None = None,
+        codec: str | None = None,
+        max_message: int = 1 << 20,
+        heartbeat: float | None = 30.0,
+        origins: Sequence[str] | None = None,
+        compress: bool = True,
+        handshake_timeout: float = 10.0,
+        mailbox_size: int = 0,
+        high_watermark: int = 64,
+        low_watermark: int = 16,
+    ) -> None:
+        if (worker is None) == (pool is None):
+            raise ValueError("give a worker or a pool, not both")
+        self._workers: list[PID | str] = [worker] if worker is not None else list(pool or ())
+        if not self._workers:
+            raise ValueError("the pool is empty")
+        self._next = 0
+        self._conn_options: dict[str, Any] = {
+            "codec": codec,
+            "high_watermark": high_watermark,
+            "low_watermark": low_watermark,
+        }
+        WSConnectionBase(**self._conn_options)  # validate the options now
+        self.max_message = max_message
+        self.heartbeat = heartbeat
+        self.origins = frozenset(origins) if origins is not None else None
+        self.compress = compress
+        self.handshake_timeout = handshake_timeout
+        self._conn_mailbox = mailbox_size
+        self._conns: set[WSConnection] = set()
+        self._state = DEAD  # until spawned: answer 503
+        self._stats = {"accepted": 0, "refused_origin": 0, "no_worker": 0}
+        # aiohttp warns about handlers asyncio.iscoroutinefunction() rejects.
+        self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+        self._is_coroutine_marker = getattr(inspect, "_is_coroutine_mark", None)
+
+    def _pick(self) -> Mailbox | None:
+        workers = self._workers
+        for _ in range(len(workers)):
+            target = workers[self._next % len(workers)]
+            self._next += 1
+            actor = self._node._lookup(target)
+            if actor is not None and actor._state == RUNNING:
+                return actor
+        return None
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Upgrade one request and serve the connection until it closes (aiohttp calls this)."""
+        if self._state != RUNNING:
+            return web.Response(status=503, text="503 Service Unavailable")
+        if self.origins is not None and request.headers.get("Origin") not in self.origins:
+            self._stats["refused_origin"] += 1
+            return web.Response(status=403, text="403 Forbidden: origin not allowed")
+        ws = web.WebSocketResponse(
+            heartbeat=self.heartbeat,
+            max_msg_size=self.max_message + 1,  # aiohttp's limit is exclusive
+            compress=self.compress,
+        )
+        async with asyncio.timeout(self.handshake_timeout):
+            await ws.prepare(request)
+        worker = self._pick()
+        if worker is None or self._state != RUNNING:
+            self._stats["no_worker"] += 1
+            await ws.close(code=1013, message=b"no worker")  # try again later
+            return ws
+        conn = WSConnection(ws, request, **self._conn_options)
+        try:
+            self._node._spawn_meta_now(conn, self._parent_proc, self._conn_mailbox)
+        except MetakitError:  # the node is stopping
+            await ws.close(code=1001)
+            return ws
+        conn._handler = self
+        self._conns.add(conn)
+        self._stats["accepted"] += 1
+        info = WebRequest(
+            request.method,
+            request.path,
+            request.query,
+            request.headers,
+            b"",
+            request.match_info if isinstance(request, web.Request) else {},
+            request.remote,
+            request,
+        )
+        conn._connected(worker, request.remote, info)
+        try:
+            await conn._serve()
+            if conn._closing is not None:
+                # Our close frame first: aiohttp would close with 1000 once we return.
+                await asyncio.shield(conn._closing)
+        finally:
+            # Cancelled (the client left, with handler_cancellation) or done.
+            if conn._state == RUNNING and conn._open:
+                conn._remote_end(1006, "connection lost")
+        return ws
+
+    def terminate(self, reason: Any) -> None:
+        """End every connection with this handler's reason."""
+        ending = Signal(self._alias, self._parent_proc._pid, reason, forced=True)
+        for conn in list(self._conns):
+            conn._signal(ending)
+
+    def handle_inspect(self) -> dict[str, str]:
+        """Open connections and counters."""
+        info = {k: str(v) for k, v in self._stats.items()}
+        info["connections"] = str(len(self._conns))
+        return info

@@ -1,0 +1,297 @@
+"""WebSocketHandler and WebSocketClient against real clients and servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from aiohttp import web
+
+import metakit
+from metakit import Node
+from metakit.testing import Probe, wait_until
+from metakit.web import WebServer
+from metakit.websocket import (
+    Backoff,
+    WebSocketClient,
+    WebSocketHandler,
+    WSConnect,
+    WSDisconnect,
+    WSMessage,
+)
+
+
+async def serve(probe: Any, **options: Any) -> tuple[Probe, WebSocketHandler, str]:
+    """A Probe worker owning a WebSocketHandler on /ws and a WebServer; returns the ws URL."""
+    worker: Probe = await probe()
+    handler = WebSocketHandler(worker.pid, **options)
+    await worker.spawn_meta(handler)
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = WebServer("127.0.0.1", 0, app)
+    await worker.spawn_meta(server)
+    return worker, handler, server.url.replace("http", "ws") + "/ws"
+
+
+class Echo(metakit.Process):
+    """Echoes every message back to its connection."""
+
+    def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        if isinstance(message, WSMessage):
+            self.send(message.conn, WSMessage(message.conn, message.data))
+
+
+async def echo_server(node: Node, **options: Any) -> str:
+    class Owner(Echo):
+        async def init(self) -> None:
+            handler = WebSocketHandler(self.pid, **options)
+            await self.spawn_meta(handler)
+            app = web.Application()
+            app.router.add_get("/ws", handler)
+            self.server = WebServer("127.0.0.1", 0, app)
+            await self.spawn_meta(self.server)
+
+    pid = await node.spawn(Owner)
+    url: str = node._table[pid.id].server.url  # type: ignore[attr-defined]
+    return url.replace("http", "ws") + "/ws"
+
+
+async def test_text_binary_and_lifecycle(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe)
+    async with aiohttp.ClientSession() as s, s.ws_connect(url + "?room=a") as ws:
+        hello = await worker.receive()
+        assert isinstance(hello, WSConnect)
+        assert hello.request_info.query["room"] == "a"
+        conn = hello.conn
+        await ws.send_str("text")
+        assert await worker.receive() == WSMessage(conn, "text")
+        await ws.send_bytes(b"\x00bin")
+        assert await worker.receive() == WSMessage(conn, b"\x00bin")
+        worker.send(conn, WSMessage(conn, "to you"))
+        assert await ws.receive_str() == "to you"
+        worker.send(conn, WSMessage(conn, b"\xff"))
+        assert await ws.receive_bytes() == b"\xff"
+    assert await worker.receive() == WSDisconnect(conn, 1000, "")
+    await wait_until(lambda: conn not in node.metas())
+
+
+async def test_json_codec(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe, codec="json")
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        conn = (await worker.receive()).conn
+        await ws.send_json({"a": [1, 2]})
+        assert await worker.receive() == WSMessage(conn, {"a": [1, 2]})
+        worker.send(conn, WSMessage(conn, {"b": None}))
+        assert await ws.receive_json() == {"b": None}
+        await ws.send_str("{not json")
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1007
+    bye = await worker.receive()
+    assert (bye.conn, bye.code) == (conn, 1007)
+
+
+async def test_websockets_client_against_server(node: Node) -> None:
+    url = await echo_server(node)
+    async with websockets.connect(url) as ws:
+        for text in ("a", "b" * 1000, "ünïcode"):
+            await ws.send(text)
+            assert await ws.recv() == text
+        await ws.send(b"\x01\x02")
+        assert await ws.recv() == b"\x01\x02"
+
+
+async def test_metakit_client_against_server(node: Node, probe: Any) -> None:
+    url = await echo_server(node, codec="json")
+    owner: Probe = await probe()
+    conn = await owner.spawn_meta(WebSocketClient(url, codec="json"))
+    assert isinstance(await owner.receive(), WSConnect)
+    owner.send(conn, WSMessage(conn, {"n": 1}))
+    assert await owner.receive() == WSMessage(conn, {"n": 1})
+    owner.send_exit(conn, "normal")
+    assert await owner.receive() == WSDisconnect(conn, 1000, "normal")
+
+
+async def test_message_at_the_limit_and_over(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe, max_message=1000)
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        conn = (await worker.receive()).conn
+        await ws.send_bytes(b"x" * 1000)
+        assert await worker.receive() == WSMessage(conn, b"x" * 1000)
+        await ws.send_bytes(b"x" * 1001)
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1009  # message too big
+    bye = await worker.receive()
+    assert (bye.conn, bye.code) == (conn, 1009)
+
+
+async def test_origin_refused_before_upgrade(node: Node, probe: Any) -> None:
+    worker, handler, url = await serve(probe, origins=["http://good.example"])
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await s.ws_connect(url, origin="http://evil.example")
+        assert info.value.status == 403
+        async with s.ws_connect(url, origin="http://good.example"):
+            assert isinstance(await worker.receive(), WSConnect)
+    assert node.meta_info(handler.id).inspect["refused_origin"] == "1"
+
+
+async def test_ping_timeout_drops_dead_peer(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe, heartbeat=0.05)
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(url, autoping=False)  # never answers pings
+        conn = (await worker.receive()).conn
+        bye = await worker.receive()
+        assert (bye.conn, bye.code) == (conn, 1006)
+        await ws.close()
+
+
+async def test_abrupt_reset_by_client(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe)
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(url)
+        conn = (await worker.receive()).conn
+        sock = ws._response.connection.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws._response.connection.transport.abort()  # type: ignore[union-attr]
+        bye = await worker.receive()
+        assert (bye.conn, bye.code) == (conn, 1006)
+        await ws.close()
+
+
+@pytest.mark.parametrize(("reason", "code"), [("normal", 1000), ("shutdown", 1001)])
+async def test_send_exit_closes_after_queued_messages(
+    node: Node, probe: Any, reason: str, code: int
+) -> None:
+    worker, _, url = await serve(probe)
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        conn = (await worker.receive()).conn
+        for i in range(20):
+            worker.send(conn, WSMessage(conn, f"m{i}"))
+        worker.send_exit(conn, reason)
+        got = [await ws.receive_str() for _ in range(20)]
+        assert got == [f"m{i}" for i in range(20)]
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == code
+    assert await worker.receive() == WSDisconnect(conn, code, reason)
+
+
+async def test_worker_crash_closes_its_connections_with_1011(node: Node, probe: Any) -> None:
+    owner: Probe = await probe()
+
+    class Fragile(metakit.Process):
+        def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            if isinstance(message, WSMessage) and message.data == "crash":
+                raise RuntimeError("worker crashed")
+
+    worker = await node.spawn(Fragile)
+    handler = WebSocketHandler(worker)
+    await owner.spawn_meta(handler)
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = WebServer("127.0.0.1", 0, app)
+    await owner.spawn_meta(server)
+    url = server.url.replace("http", "ws") + "/ws"
+    async with aiohttp.ClientSession() as s:
+        sockets = [await s.ws_connect(url) for _ in range(3)]
+        await wait_until(lambda: handler._conns and len(handler._conns) == 3)
+        await sockets[0].send_str("crash")
+        for ws in sockets:
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE
+            assert msg.data == 1011
+            await ws.close()
+
+
+async def test_slow_worker_pauses_reading(node: Node, probe: Any) -> None:
+    gate = asyncio.Event()
+
+    class Slow(metakit.Process):
+        async def init(self) -> None:
+            self.got = 0
+            handler = WebSocketHandler(self.pid, high_watermark=8, low_watermark=2)
+            await self.spawn_meta(handler)
+            app = web.Application()
+            app.router.add_get("/ws", handler)
+            self.server = WebServer("127.0.0.1", 0, app)
+            await self.spawn_meta(self.server)
+
+        async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            if isinstance(message, WSMessage):
+                await gate.wait()
+                self.got += 1
+
+    pid = await node.spawn(Slow)
+    slow = node._table[pid.id]
+    url = slow.server.url.replace("http", "ws") + "/ws"  # type: ignore[attr-defined]
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        for i in range(200):
+            await ws.send_str(str(i))
+        await wait_until(lambda: node.process_info(pid).mailbox >= 8)
+        # It stopped reading: the high watermark, plus the resume marker.
+        assert node.process_info(pid).mailbox <= 8 + 2
+        gate.set()
+        await wait_until(lambda: slow.got == 200)  # type: ignore[attr-defined]
+
+
+async def test_thousand_connections(node: Node) -> None:
+    url = await echo_server(node, heartbeat=None)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        sockets = await asyncio.gather(*(s.ws_connect(url) for _ in range(1000)))
+        for i, ws in enumerate(sockets):
+            await ws.send_str(f"hello {i}")
+        answers = [await ws.receive_str() for ws in sockets]
+        assert answers == [f"hello {i}" for i in range(1000)]
+        await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def test_client_reconnects_and_delivers_what_waited(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe)
+    owner: Probe = await probe()
+    client = WebSocketClient(url, reconnect=Backoff(initial=0.01, maximum=0.05), mailbox_size=5)
+    conn = await owner.spawn_meta(client)
+    assert isinstance(await owner.receive(), WSConnect)
+    server_side = (await worker.receive()).conn
+    worker.send_exit(server_side, "kill")  # the server drops it
+    bye = await owner.receive()
+    assert isinstance(bye, WSDisconnect)
+    assert bye.code == 1006
+    # While it is down, messages wait (up to the mailbox bound)...
+    for i in range(5):
+        owner.send(conn, WSMessage(conn, f"queued {i}"))
+    with pytest.raises(metakit.MailboxFull):
+        owner.send(conn, WSMessage(conn, "one too many"))
+    # ...then it is back, and they go out in order.
+    assert isinstance(await owner.receive(), WSConnect)
+    assert client.connects == 2
+    new_side = None
+    got = []
+    while len(got) < 5:
+        message = await worker.receive()
+        if isinstance(message, WSConnect):
+            new_side = message.conn
+        elif isinstance(message, WSMessage):
+            got.append(message.data)
+    assert new_side is not None
+    assert got == [f"queued {i}" for i in range(5)]
+    owner.send_exit(conn, "normal")
+
+
+async def test_client_connect_errors_raise_at_spawn(node: Node, probe: Any) -> None:
+    owner: Probe = await probe()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            await owner.spawn_meta(WebSocketClient(f"ws://127.0.0.1:{port}/ws"))
+    _, _, url = await serve(probe, origins=["http://only.example"])
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        await owner.spawn_meta(WebSocketClient(url))
