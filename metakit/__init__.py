@@ -30,7 +30,7 @@ from .messages import NO_REPLY, Caller, Down, EventMessage, Exit
 from .meta import Meta
 from .node import Node
 from .process import Process
-from .supervisor import ChildSpec, Supervisor
+from .supervisor import ChildSpec, StartChild, Supervisor
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "ProcessExited",
     "ProcessInfo",
     "Ref",
+    "StartChild",
     "Stop",
     "Supervisor",
     "TooManyRestarts",

@@ -27,7 +27,7 @@ from .ids import PID
 from .messages import Caller, Exit
 from .process import Process
 
-__all__ = ["ChildSpec", "Supervisor"]
+__all__ = ["ChildSpec", "StartChild", "Supervisor"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 Restart = Literal["permanent", "transient", "temporary"]
@@ -58,6 +58,23 @@ class ChildSpec:
     def __post_init__(self) -> None:
         if self.restart not in ("permanent", "transient", "temporary"):
             raise ValueError(f"restart must be permanent, transient or temporary: {self.restart!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """Call a supervisor with this to start one more child; the reply is its PID.
+
+    ``pid = await self.call(sup, StartChild(ChildSpec(Room, args=("lobby",), name="room:lobby")))``.
+    The child is supervised like the others (its restart type applies) and
+    goes after them in the order of ``rest_for_one`` and of shutdown. An
+    error in its ``init`` (``NameTaken`` for a taken name, say) is raised at
+    the caller, and the spec is dropped.
+
+    Attributes:
+        spec: how to start it.
+    """
+
+    spec: ChildSpec
 
 
 class Supervisor(Process):
@@ -120,7 +137,18 @@ class Supervisor(Process):
             self._pids[index] = None
             await self._child_exited(index, message.reason)
 
-    def handle_call(self, sender: Caller, request: Any) -> Any:
+    async def handle_call(self, sender: Caller, request: Any) -> Any:
+        """``"which_children"``: ``[(index, pid or None)]``; :class:`StartChild`: the new PID."""
+        if isinstance(request, StartChild):
+            self._specs.append(request.spec)
+            self._pids.append(None)
+            try:
+                await self._start(len(self._specs) - 1)
+            except BaseException:
+                self._specs.pop()
+                self._pids.pop()
+                raise
+            return self._pids[-1]
         if request == "which_children":
             return list(enumerate(self._pids))
         return super().handle_call(sender, request)

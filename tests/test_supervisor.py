@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import metakit
-from metakit import ChildSpec, Down, Node, Process, Supervisor
+from metakit import ChildSpec, Down, Node, Process, StartChild, Supervisor
 from metakit.testing import TIMEOUT, Probe, wait_until
 
 
@@ -150,3 +150,16 @@ async def test_subclass_children_and_inspect(node: Node) -> None:
 def test_childspec_validates_restart() -> None:
     with pytest.raises(ValueError, match="restart"):
         ChildSpec(Child, restart="sometimes")  # type: ignore[arg-type]
+
+
+async def test_start_child_on_demand(node: Node, probe: Any) -> None:
+    p: Probe = await probe()
+    sup = await node.spawn(Supervisor, [])
+    pid = await p.call(sup, StartChild(ChildSpec(Child, name="room:a", restart="permanent")))
+    assert node.whereis("room:a") == pid
+    with pytest.raises(metakit.NameTaken):
+        await p.call(sup, StartChild(ChildSpec(Child, name="room:a")))
+    assert await children(node, sup) == [pid]  # the failed one left nothing
+    node.send(pid, "crash")  # supervised like the others: restarted
+    restarted = await wait_restarted(node, sup, [pid], {0})
+    assert node.whereis("room:a") == restarted[0]
