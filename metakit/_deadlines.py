@@ -29,10 +29,10 @@ _COMPACT = 4096
 class Deadlines:
     """The pending calls' deadlines on one loop."""
 
-    __slots__ = ("_loop", "_queues", "_timer")
+    __slots__ = ("_mk_loop", "_queues", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._mk_loop = loop
         self._queues: dict[float, deque[tuple[float, asyncio.Future[Any], Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
@@ -41,15 +41,15 @@ class Deadlines:
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        deadline = self._loop.time() + timeout
+        deadline = self._mk_loop.time() + timeout
         queue.append((deadline, future, target))
         if self._timer is None:
             wake = min(deadline, deadline - timeout + _SWEEP)
-            self._timer = self._loop.call_at(wake, self._sweep)
+            self._timer = self._mk_loop.call_at(wake, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
-        now = self._loop.time()
+        now = self._mk_loop.time()
         wake = now + _SWEEP
         for timeout, queue in list(self._queues.items()):
             while queue:
@@ -67,7 +67,7 @@ class Deadlines:
             elif len(queue) > _COMPACT:
                 self._queues[timeout] = deque(e for e in queue if not e[1].done())
         if self._queues:
-            self._timer = self._loop.call_at(wake, self._sweep)
+            self._timer = self._mk_loop.call_at(wake, self._sweep)
 
     def close(self) -> None:
         """Stop the timer (the node is stopped)."""

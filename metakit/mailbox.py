@@ -3,6 +3,11 @@
 Theory of operation
 -------------------
 
+Every runtime name on :class:`Mailbox`, :class:`~metakit.Process` and
+:class:`~metakit.Meta` starts with ``_mk_``: those are the classes users
+subclass, and an actor's own ``self._state`` or ``self._events`` must never
+land in the runtime's slots.
+
 :class:`Mailbox` is the base of :class:`~metakit.Process` and
 :class:`~metakit.Meta`. Its queue is one ``deque`` holding each envelope as
 two consecutive entries, sender then message: no tuple per message, because
@@ -24,14 +29,14 @@ handler drain in one Task per burst, which ends when the queue is empty, so
 an idle actor holds no Task. Either way one actor runs one handler at a time.
 
 A process handles exit signals before ordinary messages: they are inserted
-after the signals already waiting at the front of the queue (``_nurgent``
+after the signals already waiting at the front of the queue (``_mk_nurgent``
 counts them). A meta-process handles them in order, so ``send_exit(conn,
 "normal")`` never overtakes writes queued before it. ``"kill"`` acts at once.
 
-Bounds are in deque entries (``_limit`` is twice the mailbox size). A dead
-actor has ``_limit = -1``: every delivery then takes the slow branch, which
+Bounds are in deque entries (``_mk_limit`` is twice the mailbox size). A dead
+actor has ``_mk_limit = -1``: every delivery then takes the slow branch, which
 raises :class:`~metakit.errors.NoProcess` instead of ``MailboxFull``.
-``send`` skips that check for unbounded targets (``_cap == 0``): it found the
+``send`` skips that check for unbounded targets (``_mk_cap == 0``): it found the
 target in the routing table, which holds live actors only.
 """
 
@@ -101,7 +106,7 @@ class Signal:
         return f"<Signal {self.reason!r} from {self.source!r}>"
 
 
-# What Mailbox._trap returns for a signal that changes nothing (a link's "normal").
+# What Mailbox._mk_trap returns for a signal that changes nothing (a link's "normal").
 IGNORE: Any = object()
 
 
@@ -148,140 +153,140 @@ class Mailbox:
 
     __slots__ = (
         "__weakref__",
-        "_cap",
-        "_current_call",
-        "_deferred",
-        "_held",
-        "_in",
-        "_limit",
-        "_links",
-        "_log",
-        "_loop",
-        "_monitors",
-        "_node",
-        "_nurgent",
-        "_out",
-        "_q",
-        "_scheduled",
-        "_size",
-        "_state",
-        "_table",
-        "_task",
-        "_waiters",
-        "_watching",
+        "_mk_cap",
+        "_mk_current_call",
+        "_mk_deferred",
+        "_mk_held",
+        "_mk_in",
+        "_mk_limit",
+        "_mk_links",
+        "_mk_log",
+        "_mk_loop",
+        "_mk_monitors",
+        "_mk_node",
+        "_mk_nurgent",
+        "_mk_out",
+        "_mk_q",
+        "_mk_scheduled",
+        "_mk_size",
+        "_mk_state",
+        "_mk_table",
+        "_mk_task",
+        "_mk_waiters",
+        "_mk_watching",
     )
 
     # Decided once per class (DESIGN.md §3): do any handlers need a Task?
-    _async_mode: ClassVar[bool] = False
-    _call_is_async: ClassVar[bool] = False
-    _terminate_is_async: ClassVar[bool] = False
+    _mk_async_mode: ClassVar[bool] = False
+    _mk_call_is_async: ClassVar[bool] = False
+    _mk_terminate_is_async: ClassVar[bool] = False
     # Processes take exit signals first; metas take them in order.
-    _signals_first: ClassVar[bool] = True
+    _mk_signals_first: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         msg_async = _is_async(cls, "handle_message")
-        cls._call_is_async = _is_async(cls, "handle_call")
-        cls._terminate_is_async = _is_async(cls, "terminate")
-        cls._async_mode = msg_async or cls._call_is_async or cls._terminate_is_async
+        cls._mk_call_is_async = _is_async(cls, "handle_call")
+        cls._mk_terminate_is_async = _is_async(cls, "terminate")
+        cls._mk_async_mode = msg_async or cls._mk_call_is_async or cls._mk_terminate_is_async
 
     # -- setup -------------------------------------------------------------
 
-    def _setup_mailbox(self, node: Node, mailbox_size: int) -> None:
+    def _mk_setup_mailbox(self, node: Node, mailbox_size: int) -> None:
         if mailbox_size < 0:
             raise ValueError(f"mailbox_size must be >= 0, not {mailbox_size}")
-        self._node = node
-        self._loop = node._loop
-        self._table = node._table
-        self._q: deque[Any] = deque()
-        self._size = mailbox_size
-        self._cap = 2 * mailbox_size
-        self._limit = self._cap or sys.maxsize
-        self._nurgent = 0
+        self._mk_node = node
+        self._mk_loop = node._mk_loop
+        self._mk_table = node._mk_table
+        self._mk_q: deque[Any] = deque()
+        self._mk_size = mailbox_size
+        self._mk_cap = 2 * mailbox_size
+        self._mk_limit = self._mk_cap or sys.maxsize
+        self._mk_nurgent = 0
         # True during init, so early messages wait until init has finished.
-        self._scheduled = True
-        self._state = INIT
-        self._task: asyncio.Task[None] | None = None
-        self._in = 0
-        self._out = 0
-        self._links: set[Mailbox] | None = None
-        self._monitors: dict[Any, Mailbox] | None = None
-        self._watching: dict[Any, Any] | None = None
-        self._held = False
-        self._deferred: set[Caller] | None = None
-        self._current_call: Caller | None = None
-        self._waiters: list[asyncio.Future[Any]] | None = None
-        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+        self._mk_scheduled = True
+        self._mk_state = INIT
+        self._mk_task: asyncio.Task[None] | None = None
+        self._mk_in = 0
+        self._mk_out = 0
+        self._mk_links: set[Mailbox] | None = None
+        self._mk_monitors: dict[Any, Mailbox] | None = None
+        self._mk_watching: dict[Any, Any] | None = None
+        self._mk_held = False
+        self._mk_deferred: set[Caller] | None = None
+        self._mk_current_call: Caller | None = None
+        self._mk_waiters: list[asyncio.Future[Any]] | None = None
+        self._mk_log: logging.LoggerAdapter[logging.Logger] | None = None
 
     @property
-    def _ident(self) -> PID | Alias:
+    def _mk_ident(self) -> PID | Alias:
         raise NotImplementedError
 
     # -- delivery (the hot path) -----------------------------------------------
 
-    def _deliver(self, sender: Any, message: Any) -> None:
-        q = self._q
-        if len(q) >= self._limit:
-            self._refuse()
+    def _mk_deliver(self, sender: Any, message: Any) -> None:
+        q = self._mk_q
+        if len(q) >= self._mk_limit:
+            self._mk_refuse()
         q.append(sender)
         q.append(message)
-        if not self._scheduled:
-            self._scheduled = True
-            self._kick()
+        if not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
 
-    def _deliver_system(self, sender: Any, message: Any) -> None:
+    def _mk_deliver_system(self, sender: Any, message: Any) -> None:
         """Deliver past the bound: Down and trapped exits must never be lost."""
-        if self._state == DEAD:
+        if self._mk_state == DEAD:
             return
-        self._q.append(sender)
-        self._q.append(message)
-        if not self._scheduled:
-            self._scheduled = True
-            self._kick()
+        self._mk_q.append(sender)
+        self._mk_q.append(message)
+        if not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
 
-    def _refuse(self) -> None:
-        if self._state == DEAD:
-            raise NoProcess(self._ident)
-        raise MailboxFull(self._ident, self._size)
+    def _mk_refuse(self) -> None:
+        if self._mk_state == DEAD:
+            raise NoProcess(self._mk_ident)
+        raise MailboxFull(self._mk_ident, self._mk_size)
 
-    def _kick(self) -> None:
-        if self._async_mode:
-            self._task = self._loop.create_task(
-                self._drain_async(), name=f"metakit {self._ident!r}"
+    def _mk_kick(self) -> None:
+        if self._mk_async_mode:
+            self._mk_task = self._mk_loop.create_task(
+                self._mk_drain_async(), name=f"metakit {self._mk_ident!r}"
             )
         else:
-            self._loop.call_soon(self._drain)
+            self._mk_loop.call_soon(self._mk_drain)
 
-    def _signal(self, sig: Signal) -> None:
+    def _mk_signal(self, sig: Signal) -> None:
         """Take an exit signal: ``kill`` at once, others through the queue."""
-        if self._state >= EXITING:
+        if self._mk_state >= EXITING:
             return
         if sig.reason == "kill":
-            self._kill()
+            self._mk_kill()
             return
-        if self._signals_first:
-            at = 2 * self._nurgent
-            self._q.insert(at, None)
-            self._q.insert(at, sig)
-            self._nurgent += 1
+        if self._mk_signals_first:
+            at = 2 * self._mk_nurgent
+            self._mk_q.insert(at, None)
+            self._mk_q.insert(at, sig)
+            self._mk_nurgent += 1
         else:
-            self._q.append(sig)
-            self._q.append(None)
-        if not self._scheduled:
-            self._scheduled = True
-            self._kick()
+            self._mk_q.append(sig)
+            self._mk_q.append(None)
+        if not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
 
-    def _release(self) -> None:
+    def _mk_release(self) -> None:
         """Let the drain start: called once init has finished."""
-        self._state = RUNNING
-        self._scheduled = bool(self._q)
-        if self._scheduled:
-            self._kick()
+        self._mk_state = RUNNING
+        self._mk_scheduled = bool(self._mk_q)
+        if self._mk_scheduled:
+            self._mk_kick()
 
     # -- the drain ---------------------------------------------------------------
 
-    def _drain(self) -> None:
-        q = self._q
+    def _mk_drain(self) -> None:
+        q = self._mk_q
         handle = self.handle_message  # type: ignore[attr-defined]
         pid_class = PID
         n = len(q) >> 1
@@ -296,40 +301,40 @@ class Mailbox:
                     try:
                         handle(sender, message)
                     except Exception as exc:
-                        self._end(self._crash_reason(exc))
+                        self._mk_end(self._mk_crash_reason(exc))
                         break
-                elif self._special(sender, message):
+                elif self._mk_special(sender, message):
                     break
         except IndexError:
             pass  # a handler killed this actor, which emptied the queue
-        self._in += handled
-        if self._held:
-            return  # _scheduled stays True: nothing restarts the drain but _unhold
-        if q and self._state == RUNNING:
-            self._loop.call_soon(self._drain)
+        self._mk_in += handled
+        if self._mk_held:
+            return  # _mk_scheduled stays True: nothing restarts the drain but _mk_unhold
+        if q and self._mk_state == RUNNING:
+            self._mk_loop.call_soon(self._mk_drain)
         else:
-            self._scheduled = False
+            self._mk_scheduled = False
 
-    def _special(self, sender: Any, message: Any) -> bool:
+    def _mk_special(self, sender: Any, message: Any) -> bool:
         """Handle anything but a message in a plain drain; True to stop draining."""
         if sender.__class__ is Caller:
             future = sender._future
             if future.done():
                 return False  # the caller gave up; do not run the request
-            self._current_call = sender
+            self._mk_current_call = sender
             try:
                 result = self.handle_call(sender, message)  # type: ignore[attr-defined]
             except Stop as stop:
-                self._end(stop.reason)
+                self._mk_end(stop.reason)
                 return True
             except Exception as exc:
                 future.set_exception(exc)
-                self._current_call = None
+                self._mk_current_call = None
                 return False
-            self._current_call = None
+            self._mk_current_call = None
             # Nothing can settle the future during a plain handler: answer directly.
             if result is NO_REPLY:
-                self._answer(sender, result)
+                self._mk_answer(sender, result)
             else:
                 future.set_result(result)
             return False
@@ -338,51 +343,51 @@ class Mailbox:
             return False
         if sender is HOLD:
             return True
-        self._nurgent -= self._signals_first
-        trapped = self._trap(sender)
+        self._mk_nurgent -= self._mk_signals_first
+        trapped = self._mk_trap(sender)
         if trapped is None:
-            self._end(sender.reason)
+            self._mk_end(sender.reason)
             return True
         if trapped is IGNORE:
             return False
         try:
             self.handle_message(sender.sender, trapped)  # type: ignore[attr-defined]
         except Exception as exc:
-            self._end(self._crash_reason(exc))
+            self._mk_end(self._mk_crash_reason(exc))
             return True
         return False
 
-    async def _drain_async(self) -> None:
+    async def _mk_drain_async(self) -> None:
         token = current_actor.set(self)
         try:
-            await self._drain_async_loop()
+            await self._mk_drain_async_loop()
         except asyncio.CancelledError:
             # Cancelled by a kill: the actor is already reaped.
-            if self._state != DEAD:
+            if self._mk_state != DEAD:
                 raise
         finally:
             current_actor.reset(token)
-            if self._task is asyncio.current_task():
-                self._task = None
+            if self._mk_task is asyncio.current_task():
+                self._mk_task = None
 
-    async def _drain_async_loop(self) -> None:
-        q = self._q
+    async def _mk_drain_async_loop(self) -> None:
+        q = self._mk_q
         handle = self.handle_message  # type: ignore[attr-defined]
         pid_class = PID
         budget = _BUDGET
-        while q and self._state == RUNNING:
+        while q and self._mk_state == RUNNING:
             sender = q.popleft()
             message = q.popleft()
-            self._in += 1
+            self._mk_in += 1
             if sender.__class__ is pid_class:
                 try:
                     result = handle(sender, message)
                     if result is not None:
                         await result
                 except Exception as exc:
-                    await self._end_async(self._crash_reason(exc))
+                    await self._mk_end_async(self._mk_crash_reason(exc))
                     break
-            elif await self._special_async(sender, message):
+            elif await self._mk_special_async(sender, message):
                 break
             budget -= 1
             if not budget:
@@ -390,10 +395,10 @@ class Mailbox:
                 # Let other actors run: a coroutine that never suspends would
                 # otherwise hold the loop for the whole burst.
                 await asyncio.sleep(0)
-        if not self._held:
-            self._scheduled = False
+        if not self._mk_held:
+            self._mk_scheduled = False
 
-    async def _special_async(self, sender: Any, message: Any) -> bool:
+    async def _mk_special_async(self, sender: Any, message: Any) -> bool:
         if sender.__class__ is Notify:
             sender.callback()
             return False
@@ -402,25 +407,25 @@ class Mailbox:
         if sender.__class__ is Caller:
             if sender.done:
                 return False
-            self._current_call = sender
+            self._mk_current_call = sender
             try:
                 result = self.handle_call(sender, message)  # type: ignore[attr-defined]
-                if self._call_is_async:
+                if self._mk_call_is_async:
                     result = await result
             except Stop as stop:
-                await self._end_async(stop.reason)
+                await self._mk_end_async(stop.reason)
                 return True
             except Exception as exc:
                 sender._fail(exc)
                 return False
             finally:
-                self._current_call = None
-            self._answer(sender, result)
+                self._mk_current_call = None
+            self._mk_answer(sender, result)
             return False
-        self._nurgent -= self._signals_first
-        trapped = self._trap(sender)
+        self._mk_nurgent -= self._mk_signals_first
+        trapped = self._mk_trap(sender)
         if trapped is None:
-            await self._end_async(sender.reason)
+            await self._mk_end_async(sender.reason)
             return True
         if trapped is IGNORE:
             return False
@@ -429,109 +434,109 @@ class Mailbox:
             if result is not None:
                 await result
         except Exception as exc:
-            await self._end_async(self._crash_reason(exc))
+            await self._mk_end_async(self._mk_crash_reason(exc))
             return True
         return False
 
     # -- notify and hold (used by the network metas) ----------------------------
 
-    def _notify(self, callback: Any, behind: int = 0) -> bool:
+    def _mk_notify(self, callback: Any, behind: int = 0) -> bool:
         """Run ``callback()`` when the drain gets to ``behind`` messages from the end.
 
         Returns False (and never calls it) if the actor is dead; the marker is
         dropped with the mailbox if the actor dies first.
         """
-        if self._state == DEAD:
+        if self._mk_state == DEAD:
             return False
-        q = self._q
-        at = max(len(q) - 2 * behind, 2 * self._nurgent)
+        q = self._mk_q
+        at = max(len(q) - 2 * behind, 2 * self._mk_nurgent)
         q.insert(at, None)
         q.insert(at, Notify(callback))
-        if not self._scheduled:
-            self._scheduled = True
-            self._kick()
+        if not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
         return True
 
-    def _hold(self) -> None:
-        """Stop draining after the current message, until :meth:`_unhold`.
+    def _mk_hold(self) -> None:
+        """Stop draining after the current message, until :meth:`_mk_unhold`.
 
         Deliveries still queue (up to the bound). Used when the object the
         actor writes to cannot take more, so the mailbox bound pushes back.
         """
-        if self._held or self._state == DEAD:
+        if self._mk_held or self._mk_state == DEAD:
             return
-        self._held = True
-        self._scheduled = True
-        self._q.appendleft(None)
-        self._q.appendleft(HOLD)
-        if self._cap:  # the marker must not take a bounded mailbox's place
-            self._cap += 2
-            self._limit += 2
+        self._mk_held = True
+        self._mk_scheduled = True
+        self._mk_q.appendleft(None)
+        self._mk_q.appendleft(HOLD)
+        if self._mk_cap:  # the marker must not take a bounded mailbox's place
+            self._mk_cap += 2
+            self._mk_limit += 2
 
-    def _unhold(self) -> None:
-        if not self._held:
+    def _mk_unhold(self) -> None:
+        if not self._mk_held:
             return
-        self._held = False
-        if self._cap:
-            self._cap -= 2
-            if self._limit > 0:
-                self._limit -= 2
-        q = self._q
+        self._mk_held = False
+        if self._mk_cap:
+            self._mk_cap -= 2
+            if self._mk_limit > 0:
+                self._mk_limit -= 2
+        q = self._mk_q
         if q and q[0] is HOLD:
             q.popleft()
             q.popleft()
-        self._scheduled = bool(q) and self._state == RUNNING
-        if self._scheduled:
-            self._kick()
+        self._mk_scheduled = bool(q) and self._mk_state == RUNNING
+        if self._mk_scheduled:
+            self._mk_kick()
 
-    def _answer(self, caller: Caller, result: Any) -> None:
+    def _mk_answer(self, caller: Caller, result: Any) -> None:
         if result is NO_REPLY:
-            if self._deferred is None:
-                self._deferred = set()
-            self._deferred.add(caller)
+            if self._mk_deferred is None:
+                self._mk_deferred = set()
+            self._mk_deferred.add(caller)
         else:
             caller._resolve(result)
 
     # -- ending (the subclasses say how) -----------------------------------------
 
-    def _crash_reason(self, exc: Exception) -> Any:
+    def _mk_crash_reason(self, exc: Exception) -> Any:
         if isinstance(exc, Stop):
             return exc.reason
         self.log.error("terminated by an exception in a handler", exc_info=exc)
         return exc
 
-    def _trap(self, sig: Signal) -> Any:
+    def _mk_trap(self, sig: Signal) -> Any:
         """What a dequeued signal does: a message to handle, IGNORE, or None to end."""
         raise NotImplementedError
 
-    def _end(self, reason: Any) -> None:
+    def _mk_end(self, reason: Any) -> None:
         raise NotImplementedError
 
-    async def _end_async(self, reason: Any) -> None:
-        self._end(reason)
+    async def _mk_end_async(self, reason: Any) -> None:
+        self._mk_end(reason)
 
-    def _kill(self) -> None:
+    def _mk_kill(self) -> None:
         raise NotImplementedError
 
-    def _fail_calls(self, reason: Any) -> None:
+    def _mk_fail_calls(self, reason: Any) -> None:
         """Every call this actor holds gets ProcessExited: queued, deferred, running."""
-        exc = ProcessExited(self._ident, reason)
-        for sender in self._q:
+        exc = ProcessExited(self._mk_ident, reason)
+        for sender in self._mk_q:
             if sender.__class__ is Caller:
                 sender._fail(exc)
-        self._q.clear()
-        self._nurgent = 0
-        if self._deferred:
-            for caller in self._deferred:
+        self._mk_q.clear()
+        self._mk_nurgent = 0
+        if self._mk_deferred:
+            for caller in self._mk_deferred:
                 caller._fail(exc)
-            self._deferred = None
-        if self._current_call is not None:
-            self._current_call._fail(exc)
-            self._current_call = None
+            self._mk_deferred = None
+        if self._mk_current_call is not None:
+            self._mk_current_call._fail(exc)
+            self._mk_current_call = None
 
-    def _reply(self, caller: Caller, value: Any) -> None:
-        if self._deferred is not None:
-            self._deferred.discard(caller)
+    def _mk_reply(self, caller: Caller, value: Any) -> None:
+        if self._mk_deferred is not None:
+            self._mk_deferred.discard(caller)
         caller._resolve(value)
 
     # -- introspection -------------------------------------------------------
@@ -539,17 +544,17 @@ class Mailbox:
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
         """A stdlib logger adapter that prefixes each record with this actor's id."""
-        log = self._log
+        log = self._mk_log
         if log is None:
-            log = self._log = _ActorLog(self._node._logger, {"metakit_id": self._ident})
+            log = self._mk_log = _ActorLog(self._mk_node._logger, {"metakit_id": self._mk_ident})
         return log
 
     @property
-    def _mailbox_len(self) -> int:
-        return len(self._q) >> 1
+    def _mk_mailbox_len(self) -> int:
+        return len(self._mk_q) >> 1
 
     @property
-    def _state_name(self) -> str:
-        if self._state == RUNNING:
-            return "running" if self._scheduled else "idle"
-        return _STATE_NAMES[self._state]
+    def _mk_state_name(self) -> str:
+        if self._mk_state == RUNNING:
+            return "running" if self._mk_scheduled else "idle"
+        return _STATE_NAMES[self._mk_state]

@@ -69,24 +69,24 @@ class Meta(Mailbox):
         Processes that linked or monitored the Alias are told.
     """
 
-    __slots__ = ("_alias", "_main", "_parent_proc", "_thread")
+    __slots__ = ("_mk_alias", "_mk_main", "_mk_parent_proc", "_mk_thread")
 
-    _signals_first: ClassVar[bool] = False
-    _main_kind: ClassVar[str] = "none"
+    _mk_signals_first: ClassVar[bool] = False
+    _mk_main_kind: ClassVar[str] = "none"
 
     mailbox_size: int = 0
     """The bound of this meta's mailbox when ``spawn_meta`` gives none (0: unbounded)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls._terminate_is_async:
+        if cls._mk_terminate_is_async:
             raise TypeError(f"{cls.__name__}.terminate must be a plain def: it closes the object")
         if cls.start is Meta.start:
-            cls._main_kind = "none"
+            cls._mk_main_kind = "none"
         elif inspect.iscoroutinefunction(cls.start):
-            cls._main_kind = "task"
+            cls._mk_main_kind = "task"
         else:
-            cls._main_kind = "thread"
+            cls._mk_main_kind = "thread"
 
     # -- callbacks -------------------------------------------------------------
 
@@ -118,38 +118,38 @@ class Meta(Mailbox):
 
     # -- identity and API --------------------------------------------------------
 
-    def _setup(self, node: Node, alias: Alias, parent: Process, mailbox_size: int) -> None:
-        if getattr(self, "_alias", None) is not None:
+    def _mk_setup(self, node: Node, alias: Alias, parent: Process, mailbox_size: int) -> None:
+        if getattr(self, "_mk_alias", None) is not None:
             raise ValueError(f"{self!r} has been spawned already; create a new instance")
-        self._setup_mailbox(node, mailbox_size)
-        self._alias = alias
-        self._parent_proc = parent
-        self._main: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
+        self._mk_setup_mailbox(node, mailbox_size)
+        self._mk_alias = alias
+        self._mk_parent_proc = parent
+        self._mk_main: asyncio.Task[None] | None = None
+        self._mk_thread: threading.Thread | None = None
 
     @property
-    def _ident(self) -> Alias:
-        return self._alias
+    def _mk_ident(self) -> Alias:
+        return self._mk_alias
 
     @property
     def id(self) -> Alias:
         """This meta-process's Alias."""
-        return self._alias
+        return self._mk_alias
 
     @property
     def parent(self) -> PID:
         """The PID of the process that owns this meta."""
-        return self._parent_proc._pid
+        return self._mk_parent_proc._mk_pid
 
     @property
     def node(self) -> Node:
         """The node this meta runs on."""
-        return self._node
+        return self._mk_node
 
     @property
     def alive(self) -> bool:
         """Whether the meta has been spawned and not yet ended."""
-        return getattr(self, "_alias", None) is not None and self._state < EXITING
+        return getattr(self, "_mk_alias", None) is not None and self._mk_state < EXITING
 
     def send(self, to: Target, message: Any) -> None:
         """Send ``message``; the receiver sees the parent's PID as sender.
@@ -162,47 +162,47 @@ class Meta(Mailbox):
             NoProcess: no live process or meta answers to ``to``.
             MailboxFull: the target's bounded mailbox is full.
         """
-        if self._thread is not None and threading.get_ident() != self._node._thread_id:
-            self._from_thread(self.send, to, message)
+        if self._mk_thread is not None and threading.get_ident() != self._mk_node._thread_id:
+            self._mk_from_thread(self.send, to, message)
             return
         try:
-            target = self._table[to.id]  # type: ignore[union-attr]
+            target = self._mk_table[to.id]  # type: ignore[union-attr]
         except (KeyError, AttributeError):
-            target = self._node._resolve(to)
-        q = target._q
+            target = self._mk_node._resolve(to)
+        q = target._mk_q
         # Whatever is in the table is alive: only a bounded mailbox needs a check.
-        if target._cap and len(q) >= target._cap:
-            target._refuse()
-        q.append(self._parent_proc._pid)
+        if target._mk_cap and len(q) >= target._mk_cap:
+            target._mk_refuse()
+        q.append(self._mk_parent_proc._mk_pid)
         q.append(message)
-        self._out += 1
-        if not target._scheduled:
-            target._scheduled = True
-            target._kick()
+        self._mk_out += 1
+        if not target._mk_scheduled:
+            target._mk_scheduled = True
+            target._mk_kick()
 
     def reply(self, caller: Caller, value: Any) -> None:
         """Answer a call for which ``handle_call`` returned ``NO_REPLY``."""
-        self._reply(caller, value)
+        self._mk_reply(caller, value)
 
     async def spawn(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
         """Start another meta owned by the same parent process.
 
         From a plain ``def start`` thread, call :meth:`spawn_from_thread` instead.
         """
-        return await self._node._spawn_meta(meta, self._parent_proc, mailbox_size)
+        return await self._mk_node._spawn_meta(meta, self._mk_parent_proc, mailbox_size)
 
     def spawn_from_thread(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
         """:meth:`spawn` for the main-loop thread of a plain ``def start``; blocks."""
         future = asyncio.run_coroutine_threadsafe(
-            self.spawn(meta, mailbox_size=mailbox_size), self._loop
+            self.spawn(meta, mailbox_size=mailbox_size), self._mk_loop
         )
         return future.result()
 
     def env(self, key: str, default: Any = None) -> Any:
         """The parent's environment (a meta has none of its own)."""
-        return self._node._env_lookup(self._parent_proc, key, default)
+        return self._mk_node._env_lookup(self._mk_parent_proc, key, default)
 
-    def _from_thread(self, fn: Any, *args: Any) -> Any:
+    def _mk_from_thread(self, fn: Any, *args: Any) -> Any:
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def run() -> None:
@@ -212,90 +212,90 @@ class Meta(Mailbox):
                 result.set_exception(exc)
 
         try:
-            self._loop.call_soon_threadsafe(run)
+            self._mk_loop.call_soon_threadsafe(run)
         except RuntimeError as exc:  # the loop is closed
-            raise NoProcess(args[0] if args else self._alias) from exc
+            raise NoProcess(args[0] if args else self._mk_alias) from exc
         # Wait in slices so a loop that stops for good cannot strand the thread.
         while True:
             try:
                 return result.result(timeout=0.25)
             except TimeoutError:
-                if self._state == DEAD or self._loop.is_closed():
-                    raise ProcessExited(self._alias, "terminated") from None
+                if self._mk_state == DEAD or self._mk_loop.is_closed():
+                    raise ProcessExited(self._mk_alias, "terminated") from None
 
     # -- runtime ---------------------------------------------------------------
 
-    def _start_main(self) -> None:
-        kind = self._main_kind
+    def _mk_start_main(self) -> None:
+        kind = self._mk_main_kind
         if kind == "task":
-            self._main = self._loop.create_task(
-                self._run_task(), name=f"metakit main {self._alias!r}"
+            self._mk_main = self._mk_loop.create_task(
+                self._mk_run_task(), name=f"metakit main {self._mk_alias!r}"
             )
         elif kind == "thread":
             thread = threading.Thread(
-                target=self._run_thread, name=f"metakit {self._alias!r}", daemon=True
+                target=self._mk_run_thread, name=f"metakit {self._mk_alias!r}", daemon=True
             )
-            self._thread = thread
-            self._node._threads.add(thread)
+            self._mk_thread = thread
+            self._mk_node._threads.add(thread)
             thread.start()
 
-    async def _run_task(self) -> None:
+    async def _mk_run_task(self) -> None:
         try:
             await self.start()  # type: ignore[misc]
         except asyncio.CancelledError:
-            if self._state == RUNNING:
+            if self._mk_state == RUNNING:
                 raise
             return
         except Exception as exc:
-            if self._state == RUNNING:
+            if self._mk_state == RUNNING:
                 self.log.error("main loop raised", exc_info=exc)
-                self._end(exc)
+                self._mk_end(exc)
             return
-        if self._state == RUNNING:
-            self._end("normal")
+        if self._mk_state == RUNNING:
+            self._mk_end("normal")
 
-    def _run_thread(self) -> None:
+    def _mk_run_thread(self) -> None:
         reason: Any = "normal"
         try:
             self.start()
         except BaseException as exc:
             reason = exc
         try:
-            self._loop.call_soon_threadsafe(self._thread_done, reason)
+            self._mk_loop.call_soon_threadsafe(self._mk_thread_done, reason)
         except RuntimeError:  # the loop is closed: nobody is left to tell
             pass
 
-    def _thread_done(self, reason: Any) -> None:
-        self._node._thread_ended(self._thread)
-        if self._state == RUNNING:
+    def _mk_thread_done(self, reason: Any) -> None:
+        self._mk_node._thread_ended(self._mk_thread)
+        if self._mk_state == RUNNING:
             if isinstance(reason, BaseException):
                 self.log.error("main loop raised", exc_info=reason)
-            self._end(reason)
+            self._mk_end(reason)
 
-    def _trap(self, sig: Signal) -> Any:
+    def _mk_trap(self, sig: Signal) -> Any:
         if sig.link and sig.reason == "normal":
             return IGNORE
         return None
 
-    def _end(self, reason: Any) -> None:
-        if self._state >= EXITING:
+    def _mk_end(self, reason: Any) -> None:
+        if self._mk_state >= EXITING:
             return
-        self._state = EXITING
+        self._mk_state = EXITING
         try:
             self.terminate(reason)
         except Exception:
             self.log.exception("exception in terminate")
-        main = self._main
+        main = self._mk_main
         if main is not None and main is not asyncio.current_task():
             main.cancel()
-        self._node._reap(self, reason)
+        self._mk_node._reap(self, reason)
 
-    def _kill(self) -> None:
-        if self._state >= EXITING:
+    def _mk_kill(self) -> None:
+        if self._mk_state >= EXITING:
             return
-        self._node._cancel_drain(self)
-        self._end("kill")
+        self._mk_node._cancel_drain(self)
+        self._mk_end("kill")
 
     def __repr__(self) -> str:
-        alias = getattr(self, "_alias", None)
+        alias = getattr(self, "_mk_alias", None)
         return f"<{type(self).__name__} {alias!r}>"

@@ -72,13 +72,13 @@ class Node(PubSub):
         self.env: dict[str, Any] = dict(env or {})
         self._logger = logging.getLogger("metakit").getChild(name)
         self._logger.setLevel(log_level.upper() if isinstance(log_level, str) else log_level)
-        self._pid = PID(name, _next_id())
-        self._table: dict[int, Mailbox] = {}
+        self._mk_pid = PID(name, _next_id())
+        self._mk_table: dict[int, Mailbox] = {}
         self._names: dict[str, Process] = {}
-        self._events: dict[str, _Event] = {}
+        self._mk_events: dict[str, _Event] = {}
         self._threads: set[threading.Thread] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._mk_loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._thread_id = 0
         self._started_at = 0.0
         self._running = False
@@ -94,8 +94,8 @@ class Node(PubSub):
             raise MetakitError(f"node {self.name!r} is already running")
         if self._stop_task is not None:
             raise NodeNotRunning(f"node {self.name!r} was stopped; create a new Node")
-        self._loop = asyncio.get_running_loop()
-        self._deadlines = Deadlines(self._loop)
+        self._mk_loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._mk_loop)
         self._thread_id = threading.get_ident()
         self._started_at = time.monotonic()
         self._running = True
@@ -110,7 +110,7 @@ class Node(PubSub):
     @property
     def pid(self) -> PID:
         """The node's own PID: the sender of ``node.send`` and parent of top-level processes."""
-        return self._pid
+        return self._mk_pid
 
     @property
     def running(self) -> bool:
@@ -134,8 +134,8 @@ class Node(PubSub):
         returns at once and the shutdown carries on in the background; from a
         plain handler, call it without ``await``.
         """
-        loop = self._loop or asyncio.get_running_loop()
-        if self._loop is None:
+        loop = self._mk_loop or asyncio.get_running_loop()
+        if self._mk_loop is None:
             done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
             return done
@@ -151,25 +151,25 @@ class Node(PubSub):
     def stop_force(self) -> None:
         """Kill every process at once (no ``terminate`` callbacks; metas still close)."""
         self._running = False
-        for actor in reversed(list(self._table.values())):
+        for actor in reversed(list(self._mk_table.values())):
             if isinstance(actor, Process):
-                actor._kill()
+                actor._mk_kill()
 
     async def _shutdown(self, timeout: float) -> None:
-        loop = self._loop
+        loop = self._mk_loop
         deadline = loop.time() + timeout
-        processes = [a for a in self._table.values() if isinstance(a, Process)]
+        processes = [a for a in self._mk_table.values() if isinstance(a, Process)]
         # Newest first, so children tend to go before the supervisors that own them.
         for proc in reversed(processes):
-            proc._signal(Signal(self._pid, self._pid, "shutdown", forced=True))
-        if self._table:
+            proc._mk_signal(Signal(self._mk_pid, self._mk_pid, "shutdown", forced=True))
+        if self._mk_table:
             self._empty = loop.create_future()
             try:
                 await asyncio.wait_for(
                     asyncio.shield(self._empty), max(0.0, deadline - loop.time())
                 )
             except TimeoutError:
-                alive = [a._ident for a in self._table.values() if isinstance(a, Process)]
+                alive = [a._mk_ident for a in self._mk_table.values() if isinstance(a, Process)]
                 self._logger.warning("still alive %g s after stop(); killing %s", timeout, alive)
                 self.stop_force()
         # Meta threads were told to stop (terminate closed their objects).
@@ -245,13 +245,13 @@ class Node(PubSub):
             raise TypeError(f"spawn() needs a Process subclass, not {cls!r}")
         proc = cls()
         pid = PID(self.name, _next_id())
-        merged = dict(parent._env) if parent is not None and parent._env else None
+        merged = dict(parent._mk_env) if parent is not None and parent._mk_env else None
         if env:
             merged = {**(merged or {}), **env}
-        proc._setup(
-            self, pid, parent._pid if parent is not None else self._pid, mailbox_size, merged
+        proc._mk_setup(
+            self, pid, parent._mk_pid if parent is not None else self._mk_pid, mailbox_size, merged
         )
-        self._table[pid.id] = proc
+        self._mk_table[pid.id] = proc
         try:
             if name is not None:
                 self.register_name(name, pid)
@@ -265,9 +265,9 @@ class Node(PubSub):
             if isinstance(exc, Stop):
                 raise ProcessExited(pid, exc.reason) from exc
             raise
-        if proc._state == DEAD:
+        if proc._mk_state == DEAD:
             raise ProcessExited(pid, "kill")
-        proc._release()
+        proc._mk_release()
         return pid
 
     async def _spawn_meta(self, meta: Meta, parent: Process, mailbox_size: int) -> Alias:
@@ -291,43 +291,43 @@ class Node(PubSub):
         self._check_running()
         if not isinstance(meta, Meta):
             raise TypeError(f"spawn_meta() needs a Meta instance, not {meta!r}")
-        if parent._state >= EXITING:  # init is fine: servers bind in init
-            raise NoProcess(parent._pid)
+        if parent._mk_state >= EXITING:  # init is fine: servers bind in init
+            raise NoProcess(parent._mk_pid)
         alias = Alias(self.name, _next_id())
-        meta._setup(self, alias, parent, mailbox_size or meta.mailbox_size)
-        self._table[alias.id] = meta
-        if parent._metas is None:
-            parent._metas = set()
-        parent._metas.add(meta)
+        meta._mk_setup(self, alias, parent, mailbox_size or meta.mailbox_size)
+        self._mk_table[alias.id] = meta
+        if parent._mk_metas is None:
+            parent._mk_metas = set()
+        parent._mk_metas.add(meta)
         return alias
 
     def _run_meta(self, meta: Meta) -> None:
-        if meta._state == DEAD:
-            raise ProcessExited(meta._alias, "kill")
-        meta._release()
-        meta._start_main()
-        if meta._main is not None:
-            self._tasks.add(meta._main)
-            meta._main.add_done_callback(self._tasks.discard)
+        if meta._mk_state == DEAD:
+            raise ProcessExited(meta._mk_alias, "kill")
+        meta._mk_release()
+        meta._mk_start_main()
+        if meta._mk_main is not None:
+            self._tasks.add(meta._mk_main)
+            meta._mk_main.add_done_callback(self._tasks.discard)
 
     def _linger(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run cleanup that outlives a meta's (plain) terminate; stop() waits for it."""
-        task = self._loop.create_task(coro, name=name)
+        task = self._mk_loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     def _abort(self, actor: Mailbox, reason: Any) -> None:
         """Undo a spawn whose init failed: no signals to links, metas closed now."""
-        if actor._state == DEAD:
+        if actor._mk_state == DEAD:
             return
-        if actor._links:
-            for other in list(actor._links):
+        if actor._mk_links:
+            for other in list(actor._mk_links):
                 self._unlink(actor, other)
-        metas = getattr(actor, "_metas", None)
+        metas = getattr(actor, "_mk_metas", None)
         if metas:
             for meta in list(metas):
-                meta._end(reason)
+                meta._mk_end(reason)
         self._reap(actor, reason)
 
     def _check_running(self) -> None:
@@ -339,7 +339,7 @@ class Node(PubSub):
     def _lookup(self, to: Any) -> Mailbox | None:
         cls = to.__class__
         if cls is PID or cls is Alias:
-            return self._table.get(to.id)
+            return self._mk_table.get(to.id)
         if cls is str:
             return self._names.get(to)
         raise TypeError(f"expected a PID, an Alias or a registered name, not {to!r}")
@@ -352,8 +352,8 @@ class Node(PubSub):
 
     def _sender_of(self, actor: Mailbox) -> PID:
         if isinstance(actor, Process):
-            return actor._pid
-        return actor._parent_proc._pid  # type: ignore[attr-defined,no-any-return]
+            return actor._mk_pid
+        return actor._mk_parent_proc._mk_pid  # type: ignore[attr-defined,no-any-return]
 
     def send(self, to: Target, message: Any) -> None:
         """Send from outside any process (the sender is :attr:`pid`).
@@ -362,7 +362,7 @@ class Node(PubSub):
             NoProcess: nothing answers to ``to``.
             MailboxFull: the target's bounded mailbox is full.
         """
-        self._resolve(to)._deliver(self._pid, message)
+        self._resolve(to)._mk_deliver(self._mk_pid, message)
 
     def call(self, to: Target, request: Any, timeout: float = 5.0) -> asyncio.Future[Any]:
         """Call ``to``'s ``handle_call`` from outside any process; await it for the reply.
@@ -370,27 +370,27 @@ class Node(PubSub):
         Raises:
             NoProcess, MailboxFull, CallTimeout, ProcessExited: as :meth:`Process.call`.
         """
-        return self._call(self._pid, to, request, timeout)
+        return self._call(self._mk_pid, to, request, timeout)
 
     def _call(
         self, pid: PID, to: Target, request: Any, timeout: float, caller: Mailbox | None = None
     ) -> asyncio.Future[Any]:
         try:
-            target = self._table[to.id]  # type: ignore[union-attr]
+            target = self._mk_table[to.id]  # type: ignore[union-attr]
         except (KeyError, AttributeError):
             target = self._resolve(to)
         if target is caller:
             raise MetakitError(f"{pid!r} cannot call itself: it would wait for its own reply")
-        future = self._loop.create_future()
+        future = self._mk_loop.create_future()
         # Process.send's delivery, inlined: this is the call hot path.
-        q = target._q
-        if target._cap and len(q) >= target._cap:
-            target._refuse()
+        q = target._mk_q
+        if target._mk_cap and len(q) >= target._mk_cap:
+            target._mk_refuse()
         q.append(Caller(pid, future))
         q.append(request)
-        if not target._scheduled:
-            target._scheduled = True
-            target._kick()
+        if not target._mk_scheduled:
+            target._mk_scheduled = True
+            target._mk_kick()
         self._deadlines.add(future, timeout, to)
         return future
 
@@ -400,14 +400,14 @@ class Node(PubSub):
         A process spawned by another process and trapping exits gets an
         ``Exit`` message instead. ``"kill"`` ends anything at once.
         """
-        self._resolve(to)._signal(Signal(self._pid, self._pid, reason))
+        self._resolve(to)._mk_signal(Signal(self._mk_pid, self._mk_pid, reason))
 
     def kill(self, to: Target) -> None:
         """End a process or meta at once with reason ``"kill"``."""
-        self._resolve(to)._kill()
+        self._resolve(to)._mk_kill()
 
     def _cancel_drain(self, actor: Mailbox) -> None:
-        task = actor._task
+        task = actor._mk_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
@@ -420,39 +420,39 @@ class Node(PubSub):
             NameTaken: the name is taken, or the process already has a name.
             NoProcess: ``pid`` is not a live process.
         """
-        proc = self._table.get(pid.id)
+        proc = self._mk_table.get(pid.id)
         if not isinstance(proc, Process):
             raise NoProcess(pid)
         owner = self._names.get(name)
         if owner is not None:
-            raise NameTaken(name, owner._pid)
-        if proc._name is not None:
-            raise NameTaken(name, None, f"{pid!r} is already registered as {proc._name!r}")
+            raise NameTaken(name, owner._mk_pid)
+        if proc._mk_name is not None:
+            raise NameTaken(name, None, f"{pid!r} is already registered as {proc._mk_name!r}")
         self._names[name] = proc
-        proc._name = name
+        proc._mk_name = name
 
     def unregister_name(self, name: str) -> PID | None:
         """Drop a name; returns the PID it pointed to, or None."""
         proc = self._names.pop(name, None)
         if proc is None:
             return None
-        proc._name = None
-        return proc._pid
+        proc._mk_name = None
+        return proc._mk_pid
 
     def whereis(self, name: str) -> PID | None:
         """The PID registered under ``name``, or None."""
         proc = self._names.get(name)
-        return proc._pid if proc is not None else None
+        return proc._mk_pid if proc is not None else None
 
     # -- introspection -------------------------------------------------------------
 
     def processes(self) -> list[PID]:
         """PIDs of the live processes, oldest first."""
-        return [a._pid for a in self._table.values() if isinstance(a, Process)]
+        return [a._mk_pid for a in self._mk_table.values() if isinstance(a, Process)]
 
     def metas(self) -> list[Alias]:
         """Aliases of the live meta-processes, oldest first."""
-        return [a._alias for a in self._table.values() if isinstance(a, Meta)]
+        return [a._mk_alias for a in self._mk_table.values() if isinstance(a, Meta)]
 
     def process_info(self, pid: PID | str) -> ProcessInfo:
         """An immutable snapshot of a live process.
@@ -464,20 +464,20 @@ class Node(PubSub):
         if not isinstance(proc, Process):
             raise NoProcess(pid)
         return ProcessInfo(
-            pid=proc._pid,
-            name=proc._name,
-            parent=proc._parent,
-            state=proc._state_name,
-            mailbox=proc._mailbox_len,
-            mailbox_size=proc._size,
-            messages_in=proc._in + proc._mailbox_len,
-            messages_out=proc._out,
-            handlers="coroutine" if proc._async_mode else "plain",
+            pid=proc._mk_pid,
+            name=proc._mk_name,
+            parent=proc._mk_parent,
+            state=proc._mk_state_name,
+            mailbox=proc._mk_mailbox_len,
+            mailbox_size=proc._mk_size,
+            messages_in=proc._mk_in + proc._mk_mailbox_len,
+            messages_out=proc._mk_out,
+            handlers="coroutine" if proc._mk_async_mode else "plain",
             trap_exit=proc.trap_exit,
-            links=tuple(a._ident for a in proc._links or ()),
-            monitors=tuple(proc._monitors or ()),
-            metas=tuple(m._alias for m in proc._metas or ()),
-            events=tuple(sorted(proc._events or ())),
+            links=tuple(a._mk_ident for a in proc._mk_links or ()),
+            monitors=tuple(proc._mk_monitors or ()),
+            metas=tuple(m._mk_alias for m in proc._mk_metas or ()),
+            events=tuple(sorted(proc._mk_events or ())),
             inspect=MappingProxyType(dict(proc.handle_inspect())),
         )
 
@@ -491,56 +491,56 @@ class Node(PubSub):
         if not isinstance(meta, Meta):
             raise NoProcess(alias)
         return MetaInfo(
-            alias=meta._alias,
-            parent=meta._parent_proc._pid,
+            alias=meta._mk_alias,
+            parent=meta._mk_parent_proc._mk_pid,
             behavior=type(meta).__name__,
-            state=meta._state_name,
-            mailbox=meta._mailbox_len,
-            mailbox_size=meta._size,
-            messages_in=meta._in + meta._mailbox_len,
-            messages_out=meta._out,
-            main_loop=meta._main_kind,
-            links=tuple(a._ident for a in meta._links or ()),
-            monitors=tuple(meta._monitors or ()),
+            state=meta._mk_state_name,
+            mailbox=meta._mk_mailbox_len,
+            mailbox_size=meta._mk_size,
+            messages_in=meta._mk_in + meta._mk_mailbox_len,
+            messages_out=meta._mk_out,
+            main_loop=meta._mk_main_kind,
+            links=tuple(a._mk_ident for a in meta._mk_links or ()),
+            monitors=tuple(meta._mk_monitors or ()),
             inspect=MappingProxyType(dict(meta.handle_inspect())),
         )
 
     def _env_lookup(self, proc: Process, key: str, default: Any) -> Any:
-        if proc._env and key in proc._env:
-            return proc._env[key]
+        if proc._mk_env and key in proc._mk_env:
+            return proc._mk_env[key]
         return self.env.get(key, default)
 
     # -- death -----------------------------------------------------------------------
 
     def _reap(self, actor: Mailbox, reason: Any) -> None:
         """Remove a dead actor and tell everyone who asked to know."""
-        if actor._state == DEAD:
+        if actor._mk_state == DEAD:
             return
-        actor._state = DEAD
-        actor._limit = -1
-        self._table.pop(actor._ident.id, None)
-        actor._fail_calls(reason)
+        actor._mk_state = DEAD
+        actor._mk_limit = -1
+        self._mk_table.pop(actor._mk_ident.id, None)
+        actor._mk_fail_calls(reason)
         if isinstance(actor, Process):
-            if actor._name is not None and self._names.get(actor._name) is actor:
-                del self._names[actor._name]
-            metas = actor._metas
+            if actor._mk_name is not None and self._names.get(actor._mk_name) is actor:
+                del self._names[actor._mk_name]
+            metas = actor._mk_metas
             if metas:
-                actor._metas = None
-                parent_exit = Signal(actor._pid, actor._pid, reason, forced=True)
+                actor._mk_metas = None
+                parent_exit = Signal(actor._mk_pid, actor._mk_pid, reason, forced=True)
                 for meta in list(metas):
-                    meta._signal(parent_exit)
+                    meta._mk_signal(parent_exit)
         elif isinstance(actor, Meta):
-            owner = actor._parent_proc._metas
+            owner = actor._mk_parent_proc._mk_metas
             if owner:
                 owner.discard(actor)
         self._notify_death(actor, reason)
-        waiters = actor._waiters
+        waiters = actor._mk_waiters
         if waiters:
-            actor._waiters = None
+            actor._mk_waiters = None
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(reason)
-        if not self._table and self._empty is not None and not self._empty.done():
+        if not self._mk_table and self._empty is not None and not self._empty.done():
             self._empty.set_result(None)
 
     def wait_exit(self, to: Target, timeout: float | None = None) -> Awaitable[Any]:
@@ -553,16 +553,16 @@ class Node(PubSub):
         Raises:
             TimeoutError: (when awaited) still alive after ``timeout`` seconds.
         """
-        waiter: asyncio.Future[Any] = self._loop.create_future()
+        waiter: asyncio.Future[Any] = self._mk_loop.create_future()
         actor = self._lookup(to)
         if actor is None:
             waiter.set_result("noproc")
         else:
-            if actor._waiters is None:
-                actor._waiters = []
-            actor._waiters.append(waiter)
+            if actor._mk_waiters is None:
+                actor._mk_waiters = []
+            actor._mk_waiters.append(waiter)
         return asyncio.wait_for(waiter, timeout)
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
-        return f"<Node {self.name!r} {state}, {len(self._table)} actors>"
+        return f"<Node {self.name!r} {state}, {len(self._mk_table)} actors>"

@@ -58,7 +58,15 @@ class Process(Mailbox):
         carries on. ``raise metakit.Stop(reason)`` ends it deliberately.
     """
 
-    __slots__ = ("_env", "_events", "_metas", "_name", "_parent", "_pid", "_subs")
+    __slots__ = (
+        "_mk_env",
+        "_mk_events",
+        "_mk_metas",
+        "_mk_name",
+        "_mk_parent",
+        "_mk_pid",
+        "_mk_subs",
+    )
 
     trap_exit: bool = False
 
@@ -111,41 +119,41 @@ class Process(Mailbox):
 
     # -- identity --------------------------------------------------------------
 
-    def _setup(
+    def _mk_setup(
         self, node: Node, pid: PID, parent: PID, mailbox_size: int, env: dict[str, Any] | None
     ) -> None:
-        self._setup_mailbox(node, mailbox_size)
-        self._pid = pid
-        self._parent = parent
-        self._name: str | None = None
-        self._env = env
-        self._metas: set[Meta] | None = None
-        self._events: set[str] | None = None
-        self._subs: dict[str, Ref | None] | None = None
+        self._mk_setup_mailbox(node, mailbox_size)
+        self._mk_pid = pid
+        self._mk_parent = parent
+        self._mk_name: str | None = None
+        self._mk_env = env
+        self._mk_metas: set[Meta] | None = None
+        self._mk_events: set[str] | None = None
+        self._mk_subs: dict[str, Ref | None] | None = None
 
     @property
-    def _ident(self) -> PID:
-        return self._pid
+    def _mk_ident(self) -> PID:
+        return self._mk_pid
 
     @property
     def pid(self) -> PID:
         """This process's PID."""
-        return self._pid
+        return self._mk_pid
 
     @property
     def name(self) -> str | None:
         """The registered name, if any."""
-        return self._name
+        return self._mk_name
 
     @property
     def parent(self) -> PID:
         """The spawner's PID (the node's own PID for processes the node spawned)."""
-        return self._parent
+        return self._mk_parent
 
     @property
     def node(self) -> Node:
         """The node this process runs on."""
-        return self._node
+        return self._mk_node
 
     # -- messaging -------------------------------------------------------------
 
@@ -159,19 +167,19 @@ class Process(Mailbox):
         # PID and Alias carry the int key of the routing table; a name (or
         # anything else) has no .id and takes the slow path.
         try:
-            target = self._table[to.id]  # type: ignore[union-attr]
+            target = self._mk_table[to.id]  # type: ignore[union-attr]
         except (KeyError, AttributeError):
-            target = self._node._resolve(to)
-        q = target._q
+            target = self._mk_node._resolve(to)
+        q = target._mk_q
         # Whatever is in the table is alive: only a bounded mailbox needs a check.
-        if target._cap and len(q) >= target._cap:
-            target._refuse()
-        q.append(self._pid)
+        if target._mk_cap and len(q) >= target._mk_cap:
+            target._mk_refuse()
+        q.append(self._mk_pid)
         q.append(message)
-        self._out += 1
-        if not target._scheduled:
-            target._scheduled = True
-            target._kick()
+        self._mk_out += 1
+        if not target._mk_scheduled:
+            target._mk_scheduled = True
+            target._mk_kick()
 
     def call(self, to: Target, request: Any, timeout: float = 5.0) -> asyncio.Future[Any]:
         """Send ``request`` to ``to``'s ``handle_call``; await the result for its reply.
@@ -187,8 +195,8 @@ class Process(Mailbox):
             ProcessExited: the callee ended before replying.
             Exception: whatever the callee's ``handle_call`` raised.
         """
-        future = self._node._call(self._pid, to, request, timeout, self)
-        self._out += 1
+        future = self._mk_node._call(self._mk_pid, to, request, timeout, self)
+        self._mk_out += 1
         return future
 
     def reply(self, caller: Caller, value: Any) -> None:
@@ -196,7 +204,7 @@ class Process(Mailbox):
 
         A reply to a caller that timed out or is gone is discarded.
         """
-        self._reply(caller, value)
+        self._mk_reply(caller, value)
 
     def send_exit(self, to: Target, reason: Any) -> None:
         """Send an exit signal: ``to`` ends with ``reason`` unless it traps exits.
@@ -205,9 +213,9 @@ class Process(Mailbox):
         after the messages already in its mailbox, so ``send_exit(conn,
         "normal")`` closes a connection after the writes sent before it.
         """
-        target = self._node._resolve(to)
-        forced = isinstance(target, Process) and target._parent == self._pid
-        target._signal(Signal(self._pid, self._pid, reason, forced=forced))
+        target = self._mk_node._resolve(to)
+        forced = isinstance(target, Process) and target._mk_parent == self._mk_pid
+        target._mk_signal(Signal(self._mk_pid, self._mk_pid, reason, forced=forced))
 
     # -- spawning --------------------------------------------------------------
 
@@ -231,7 +239,7 @@ class Process(Mailbox):
             mailbox_size: bound of the child's mailbox (0: unbounded).
             env: environment entries for the child (it inherits the rest from this process).
         """
-        return await self._node._spawn(
+        return await self._mk_node._spawn(
             cls, args, kwargs, parent=self, name=name, link=link, mailbox_size=mailbox_size, env=env
         )
 
@@ -241,18 +249,18 @@ class Process(Mailbox):
         Returns once the meta's ``init`` has finished; an exception there is
         raised here. The meta ends when this process ends.
         """
-        return await self._node._spawn_meta(meta, self, mailbox_size)
+        return await self._mk_node._spawn_meta(meta, self, mailbox_size)
 
     # -- names, links, monitors ------------------------------------------------
 
     def register_name(self, name: str) -> None:
         """Register this process under ``name`` (one name per process)."""
-        self._node.register_name(name, self._pid)
+        self._mk_node.register_name(name, self._mk_pid)
 
     def unregister_name(self) -> None:
         """Drop this process's registered name, if any."""
-        if self._name is not None:
-            self._node.unregister_name(self._name)
+        if self._mk_name is not None:
+            self._mk_node.unregister_name(self._mk_name)
 
     def link(self, target: Target) -> None:
         """Link to ``target`` (a PID, a name or a meta Alias), both ways.
@@ -266,34 +274,34 @@ class Process(Mailbox):
         Raises:
             NoProcess: ``target`` is not alive.
         """
-        self._node._link(self, self._node._resolve(target))
+        self._mk_node._link(self, self._mk_node._resolve(target))
 
     def unlink(self, target: Target) -> None:
         """Remove a link; does nothing if there is none or the target is gone."""
-        other = self._node._lookup(target)
+        other = self._mk_node._lookup(target)
         if other is not None:
-            self._node._unlink(self, other)
+            self._mk_node._unlink(self, other)
 
     def monitor(self, target: Target) -> Ref:
         """Watch ``target``: one ``Down(target, ref, reason)`` arrives when it ends.
 
         If it is already gone, ``Down`` arrives at once with reason ``"noproc"``.
         """
-        return self._node._monitor(self, target)
+        return self._mk_node._monitor(self, target)
 
     def demonitor(self, ref: Ref) -> None:
         """Stop watching; a ``Down`` for ``ref`` already in the mailbox is removed."""
-        self._node._demonitor(self, ref)
+        self._mk_node._demonitor(self, ref)
 
     # -- events ----------------------------------------------------------------
 
     def register_event(self, name: str) -> None:
         """Declare this process the producer of event ``name``."""
-        self._node._register_event(self, name)
+        self._mk_node._register_event(self, name)
 
     def unregister_event(self, name: str) -> None:
         """Withdraw event ``name``; its monitors get ``Down(name, ref, "unregistered")``."""
-        self._node._unregister_event(self, name, "unregistered")
+        self._mk_node._unregister_event(self, name, "unregistered")
 
     def send_event(self, name: str, message: Any) -> int:
         """Publish ``message`` to every subscriber of ``name``, in one pass.
@@ -302,54 +310,54 @@ class Process(Mailbox):
             how many subscribers received it; a subscriber whose bounded
             mailbox is full misses it, and that is counted and logged.
         """
-        return self._node._send_event(self, name, message)
+        return self._mk_node._send_event(self, name, message)
 
     def monitor_event(self, name: str) -> Ref:
         """Subscribe to ``name``: ``EventMessage``s, then ``Down`` when the producer ends."""
-        return self._node._subscribe(self, name, monitor=True)
+        return self._mk_node._subscribe(self, name, monitor=True)
 
     def link_event(self, name: str) -> None:
         """Subscribe to ``name``: ``EventMessage``s, then an exit signal when the producer ends."""
-        self._node._subscribe(self, name, monitor=False)
+        self._mk_node._subscribe(self, name, monitor=False)
 
     def demonitor_event(self, name: str) -> None:
         """Unsubscribe from ``name`` (after ``monitor_event``)."""
-        self._node._unsubscribe(self, name)
+        self._mk_node._unsubscribe(self, name)
 
     def unlink_event(self, name: str) -> None:
         """Unsubscribe from ``name`` (after ``link_event``)."""
-        self._node._unsubscribe(self, name)
+        self._mk_node._unsubscribe(self, name)
 
     # -- environment -----------------------------------------------------------
 
     def env(self, key: str, default: Any = None) -> Any:
         """Look ``key`` up in this process's env, then its parents', then the node's."""
-        return self._node._env_lookup(self, key, default)
+        return self._mk_node._env_lookup(self, key, default)
 
     # -- runtime hooks ---------------------------------------------------------
 
-    def _trap(self, sig: Signal) -> Any:
-        if self.trap_exit and not sig.forced and sig.source != self._parent:
+    def _mk_trap(self, sig: Signal) -> Any:
+        if self.trap_exit and not sig.forced and sig.source != self._mk_parent:
             return Exit(sig.source, sig.reason)
         if sig.link and sig.reason == "normal":
             return IGNORE
         return None
 
-    def _end(self, reason: Any) -> None:
-        if self._state >= EXITING:
+    def _mk_end(self, reason: Any) -> None:
+        if self._mk_state >= EXITING:
             return
-        self._state = EXITING
+        self._mk_state = EXITING
         if reason != "kill":
             try:
                 self.terminate(reason)
             except Exception:
                 self.log.exception("exception in terminate")
-        self._node._reap(self, reason)
+        self._mk_node._reap(self, reason)
 
-    async def _end_async(self, reason: Any) -> None:
-        if self._state >= EXITING:
+    async def _mk_end_async(self, reason: Any) -> None:
+        if self._mk_state >= EXITING:
             return
-        self._state = EXITING
+        self._mk_state = EXITING
         if reason != "kill":
             try:
                 result = self.terminate(reason)
@@ -357,16 +365,16 @@ class Process(Mailbox):
                     await result
             except Exception:
                 self.log.exception("exception in terminate")
-        if self._state != DEAD:
-            self._node._reap(self, reason)
+        if self._mk_state != DEAD:
+            self._mk_node._reap(self, reason)
 
-    def _kill(self) -> None:
-        if self._state == DEAD:
+    def _mk_kill(self) -> None:
+        if self._mk_state == DEAD:
             return
-        self._state = EXITING
-        self._node._cancel_drain(self)
-        self._node._reap(self, "kill")
+        self._mk_state = EXITING
+        self._mk_node._cancel_drain(self)
+        self._mk_node._reap(self, "kill")
 
     def __repr__(self) -> str:
-        pid = getattr(self, "_pid", None)
+        pid = getattr(self, "_mk_pid", None)
         return f"<{type(self).__name__} {pid!r}>"

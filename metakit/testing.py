@@ -174,7 +174,7 @@ async def _node_fixture() -> AsyncIterator[Node]:
         yield node
     finally:
         await node.stop(timeout=TIMEOUT)
-    alive = [repr(a) for a in node._table.values()]
+    alive = [repr(a) for a in node._mk_table.values()]
     assert not alive, f"still alive after node.stop(): {alive}"
     await leaks.check()
 
@@ -182,7 +182,7 @@ async def _node_fixture() -> AsyncIterator[Node]:
 async def _probe_fixture(node: Node) -> AsyncIterator[Callable[..., Awaitable[Probe]]]:
     async def make(name: str | None = None) -> Probe:
         pid = await node.spawn(Probe, name=name)
-        return node._table[pid.id]  # type: ignore[return-value]
+        return node._mk_table[pid.id]  # type: ignore[return-value]
 
     yield make
 

@@ -106,7 +106,7 @@ async def test_dead_subscriber_is_unsubscribed(node: Node) -> None:
     assert await node.call(producer, 1) == 3
     node.kill(subs[0])
     assert await node.call(producer, 2) == 2
-    assert len(node._events["prices"].subs) == 2
+    assert len(node._mk_events["prices"].subs) == 2
 
 
 async def test_demonitor_and_unlink_event(node: Node, probe: Any) -> None:
@@ -139,7 +139,7 @@ async def test_full_subscriber_misses_and_is_counted(node: Node) -> None:
     await wait_until(lambda: node.process_info(blocked).mailbox == 0)
     assert await node.call(producer, 2) == 1  # queued
     assert await node.call(producer, 3) == 0  # full: missed, counted, logged
-    assert node._events["prices"].dropped == 1
+    assert node._mk_events["prices"].dropped == 1
     gate.set()
 
 
@@ -152,5 +152,5 @@ async def test_ten_thousand_subscribers_one_pass_no_tasks(node: Node) -> None:
     # Publishing created no Task: each subscriber got an append and, being
     # idle, one scheduled drain callback.
     assert asyncio.all_tasks() == tasks_before
-    counters = [node._table[pid.id] for pid in subs]
+    counters = [node._mk_table[pid.id] for pid in subs]
     await wait_until(lambda: all(c.count == 1 for c in counters))  # type: ignore[attr-defined]

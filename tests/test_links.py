@@ -61,14 +61,14 @@ async def test_trap_exit_turns_signal_into_message(node: Node) -> None:
     worker = await node.spawn(Worker)
     linker = await node.spawn(Linker, worker, True)
     node.send(worker, "crash")
-    exits = await wait_until(lambda: node._table[linker.id].exits)  # type: ignore[attr-defined]
+    exits = await wait_until(lambda: node._mk_table[linker.id].exits)  # type: ignore[attr-defined]
     assert exits[0].source == worker
     assert isinstance(exits[0].reason, RuntimeError)
     # A trapping process also sees a linked "normal" exit, as a message.
     worker2 = await node.spawn(Worker)
-    node._table[linker.id].link(worker2)  # type: ignore[attr-defined]
+    node._mk_table[linker.id].link(worker2)  # type: ignore[attr-defined]
     node.send(worker2, "stop")
-    await wait_until(lambda: len(node._table[linker.id].exits) == 2)  # type: ignore[attr-defined]
+    await wait_until(lambda: len(node._mk_table[linker.id].exits) == 2)  # type: ignore[attr-defined]
     assert (await node.call(linker, "exits"))[1] == Exit(worker2, "normal")
 
 
@@ -101,7 +101,7 @@ async def test_unlink(node: Node, probe: Any) -> None:
     p: Probe = await probe()
     worker = await node.spawn(Worker)
     linker = await node.spawn(Linker, worker)
-    node._table[linker.id].unlink(worker)  # type: ignore[attr-defined]
+    node._mk_table[linker.id].unlink(worker)  # type: ignore[attr-defined]
     ref = p.monitor(worker)
     node.send(worker, "crash")
     assert (await p.receive()).ref == ref
@@ -143,12 +143,12 @@ async def test_demonitor_removes_queued_down(node: Node, probe: Any) -> None:
     # Down that is queued but not yet handled is withdrawn as well.
     w2 = await node.spawn(Worker)
     ref2 = p.monitor(w2)
-    p._scheduled = True  # hold the probe's drain so the Down stays queued
+    p._mk_scheduled = True  # hold the probe's drain so the Down stays queued
     node.kill(w2)
     assert node.process_info(p.pid).mailbox == 1
     p.demonitor(ref2)
     assert node.process_info(p.pid).mailbox == 0
-    p._scheduled = False
+    p._mk_scheduled = False
     p.send(p.pid, "marker")
     assert await p.receive() == "marker"
 

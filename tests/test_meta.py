@@ -117,8 +117,8 @@ async def test_meta_ends_and_terminates_once(
         assert down.reason == expected
     assert meta.terminated == [down.reason]  # exactly once, with the reason
     assert alias not in node.metas()
-    assert meta._main is not None
-    await wait_until(lambda: meta._main.done())  # type: ignore[union-attr]
+    assert meta._mk_main is not None
+    await wait_until(lambda: meta._mk_main.done())  # type: ignore[union-attr]
 
 
 async def test_meta_exit_does_not_overtake_queued_messages(node: Node, probe: Any) -> None:
@@ -241,7 +241,7 @@ async def test_thread_meta_reads_blocking_socket(node: Node, probe: Any) -> None
         ours.shutdown(socket.SHUT_WR)
         assert await owner.receive() == Down(alias, ref, "normal")
     assert meta.terminated == ["normal"]
-    await wait_until(lambda: meta._thread is not None and not meta._thread.is_alive())
+    await wait_until(lambda: meta._mk_thread is not None and not meta._mk_thread.is_alive())
 
 
 async def test_thread_meta_closed_when_parent_exits(node: Node, probe: Any) -> None:
@@ -256,7 +256,7 @@ async def test_thread_meta_closed_when_parent_exits(node: Node, probe: Any) -> N
         assert await watcher.receive() == Down(alias, ref, "shutdown")
         assert meta.terminated == ["shutdown"]
         assert theirs.fileno() == -1
-        await wait_until(lambda: meta._thread is not None and not meta._thread.is_alive())
+        await wait_until(lambda: meta._mk_thread is not None and not meta._mk_thread.is_alive())
 
 
 async def test_thread_meta_send_errors_raise_in_thread(node: Node, probe: Any) -> None:
@@ -282,8 +282,8 @@ async def test_node_stop_leaves_no_thread() -> None:
                 await self.spawn_meta(self.meta)
 
         pid = await node.spawn(Owner)
-        meta = node._table[pid.id].meta  # type: ignore[attr-defined]
-        await wait_until(lambda: meta._thread is not None and meta._thread.is_alive())
+        meta = node._mk_table[pid.id].meta  # type: ignore[attr-defined]
+        await wait_until(lambda: meta._mk_thread is not None and meta._mk_thread.is_alive())
     assert meta.terminated == ["shutdown"]
     assert set(threading.enumerate()) - before == set()
     ours.close()
@@ -299,7 +299,7 @@ async def test_node_stop_waits_for_async_main_loops() -> None:
                     await self.spawn_meta(meta)
 
         pid = await node.spawn(Owner)
-        metas = node._table[pid.id].metas  # type: ignore[attr-defined]
+        metas = node._mk_table[pid.id].metas  # type: ignore[attr-defined]
         await node.stop(timeout=TIMEOUT)
-        assert all(m._main.done() for m in metas)
+        assert all(m._mk_main.done() for m in metas)
         assert [m.terminated for m in metas] == [["shutdown"]] * 3

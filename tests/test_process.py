@@ -340,3 +340,32 @@ async def test_call_timeouts_mixed_and_behind_a_pending_call(node: Node) -> None
     node.kill(pid)
     with pytest.raises(metakit.ProcessExited):
         await long_wait
+
+
+async def test_subclass_private_names_do_not_touch_the_runtime(node: Node) -> None:
+    class StateMachine(Process):
+        """Uses the names an actor author reaches for first."""
+
+        async def init(self) -> None:
+            self._state = "idle"
+            self._name = "machine"
+            self._events: list[Any] = []
+            self._log = "mine"
+            self._q: list[Any] = []
+            self._parent = None
+
+        def _end(self, reason: Any) -> None:  # a helper of the user's own
+            self._events.append(("end", reason))
+
+        def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            self._events.append(message)
+            self._end("step")
+
+        def handle_call(self, sender: Caller, request: Any) -> Any:
+            return self._state, list(self._events)
+
+    pid = await node.spawn(StateMachine, name="sm")
+    node.send("sm", "go")
+    assert await node.call(pid, None) == ("idle", ["go", ("end", "step")])
+    assert node.whereis("sm") == pid
+    assert node.process_info(pid).state == "idle"

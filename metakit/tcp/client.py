@@ -82,5 +82,5 @@ class TCPClient(TCPConnection):
         )
 
     def _connection_made(self, protocol: _Protocol, transport: asyncio.BaseTransport) -> Any:
-        self._attach(transport, self._parent_proc, None)
+        self._attach(transport, self._mk_parent_proc, None)
         return self

@@ -34,7 +34,7 @@ into the worker's mailbox ``low_watermark`` messages from its end; reading
 resumes when the worker gets there. A full bounded mailbox parks the frames
 in the connection (reading paused) until the marker fires: nothing is lost.
 When the transport's write buffer passes its high-water mark, the meta stops
-taking writes from its mailbox (``Mailbox._hold``) until it drains.
+taking writes from its mailbox (``Mailbox._mk_hold``) until it drains.
 """
 
 from __future__ import annotations
@@ -102,11 +102,11 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         if self.conn is not None:
-            self.conn._hold()
+            self.conn._mk_hold()
 
     def resume_writing(self) -> None:
         if self.conn is not None:
-            self.conn._unhold()
+            self.conn._mk_unhold()
 
 
 class TCPConnection(Meta):
@@ -171,20 +171,20 @@ class TCPConnection(Meta):
         self._server = server
         self.peer = transport.get_extra_info("peername")
         self.local = transport.get_extra_info("sockname")
-        if worker is not self._parent_proc:
+        if worker is not self._mk_parent_proc:
             # A pool worker: the connection must close when it ends.
-            self._node._monitor(self, worker._ident)
+            self._mk_node._monitor(self, worker._mk_ident)
         if self._idle is not None:
-            self._last = self._loop.time()
-            self._timer = self._loop.call_later(self._idle, self._check_idle)
-        worker._deliver_system(
-            self._parent_proc._pid, TCPConnect(self._alias, self.peer, self.local)
+            self._last = self._mk_loop.time()
+            self._timer = self._mk_loop.call_later(self._idle, self._check_idle)
+        worker._mk_deliver_system(
+            self._mk_parent_proc._mk_pid, TCPConnect(self._mk_alias, self.peer, self.local)
         )
 
     @property
     def worker(self) -> PID | None:
         """The process that receives this connection's messages."""
-        return self._worker._ident if self._worker is not None else None  # type: ignore[return-value]
+        return self._worker._mk_ident if self._worker is not None else None  # type: ignore[return-value]
 
     # -- reading (the hot path) --------------------------------------------------
 
@@ -196,7 +196,7 @@ class TCPConnection(Meta):
             self._finish(exc)
             return
         if self._idle is not None:
-            self._last = self._loop.time()
+            self._last = self._mk_loop.time()
         if not frames:
             return
         if self._backlog:
@@ -204,10 +204,10 @@ class TCPConnection(Meta):
             return
         worker = self._worker
         assert worker is not None
-        q = worker._q
-        sender = self._parent_proc._pid
-        alias = self._alias
-        limit = worker._limit
+        q = worker._mk_q
+        sender = self._mk_parent_proc._mk_pid
+        alias = self._mk_alias
+        limit = worker._mk_limit
         for i, frame in enumerate(frames):
             if len(q) >= limit:  # full, or the worker is dead (limit -1)
                 self._park(frames[i:])
@@ -216,10 +216,10 @@ class TCPConnection(Meta):
             q.append(TCPMessage(alias, frame))
         else:
             i = len(frames)
-        self._out += i
-        if not worker._scheduled and q:
-            worker._scheduled = True
-            worker._kick()
+        self._mk_out += i
+        if not worker._mk_scheduled and q:
+            worker._mk_scheduled = True
+            worker._mk_kick()
         if len(q) > self._high2 and not self._paused:
             self._pause()
 
@@ -231,7 +231,7 @@ class TCPConnection(Meta):
 
     def _park(self, frames: list[Any]) -> None:
         assert self._worker is not None
-        if self._worker._state == DEAD:
+        if self._worker._mk_state == DEAD:
             return  # the Down from our monitor (or the parent's exit) ends us
         self._backlog.extend(frames)
         self._pause()
@@ -244,11 +244,11 @@ class TCPConnection(Meta):
             self._pauses += 1
             if not self._closed:
                 self._transport.pause_reading()
-        self._worker._notify(self._resume, behind=self._low)
+        self._worker._mk_notify(self._resume, behind=self._low)
 
     def _resume(self) -> None:
         """Run by the worker's drain when it reaches our marker."""
-        if self._state != RUNNING or not self._flush():
+        if self._mk_state != RUNNING or not self._flush():
             return
         if self._pending_end is not None:
             reason, self._pending_end = self._pending_end, None
@@ -268,18 +268,18 @@ class TCPConnection(Meta):
         worker = self._worker
         assert worker is not None
         backlog = self._backlog
-        sender = self._parent_proc._pid
+        sender = self._mk_parent_proc._mk_pid
         while backlog:
-            if worker._state == DEAD:
+            if worker._mk_state == DEAD:
                 backlog.clear()
                 return False
             try:
-                worker._deliver(sender, TCPMessage(self._alias, backlog[0]))
+                worker._mk_deliver(sender, TCPMessage(self._mk_alias, backlog[0]))
             except Exception:  # MailboxFull: wait for the worker to make room
                 self._pause()
                 return False
             backlog.pop(0)
-            self._out += 1
+            self._mk_out += 1
         return True
 
     def _on_eof(self) -> bool:
@@ -291,14 +291,14 @@ class TCPConnection(Meta):
 
     def _mark_eof(self) -> None:
         worker = self._worker
-        if worker is None or not worker._notify(self._eof_reached):
+        if worker is None or not worker._mk_notify(self._eof_reached):
             self._eof_reached()
 
     def _eof_reached(self) -> None:
         # The worker has handled every message read before EOF; what it sent
         # meanwhile is queued here. Close after those writes, in order.
-        if self._state == RUNNING and not self._closed:
-            self._notify(self._close_after_eof)
+        if self._mk_state == RUNNING and not self._closed:
+            self._mk_notify(self._close_after_eof)
 
     def _close_after_eof(self) -> None:
         self._finish("closed")
@@ -311,18 +311,18 @@ class TCPConnection(Meta):
 
     def _check_idle(self) -> None:
         self._timer = None
-        if self._state != RUNNING or self._closed:
+        if self._mk_state != RUNNING or self._closed:
             return
         assert self._idle is not None
-        left = self._last + self._idle - self._loop.time()
+        left = self._last + self._idle - self._mk_loop.time()
         if left > 0:
-            self._timer = self._loop.call_later(left, self._check_idle)
+            self._timer = self._mk_loop.call_later(left, self._check_idle)
         else:
             self._finish("idle")
 
     def _finish(self, reason: Any) -> None:
         """End gracefully: close, tell the worker, linger until it has handled that."""
-        if self._state != RUNNING or self._lingering:
+        if self._mk_state != RUNNING or self._lingering:
             return
         if self._backlog:
             self._pending_end = reason  # deliver what was read first
@@ -331,8 +331,8 @@ class TCPConnection(Meta):
         self._send_disconnect(reason)
         self._lingering = True
         worker = self._worker
-        if worker is None or not worker._notify(lambda: self._end(reason)):
-            self._end(reason)
+        if worker is None or not worker._mk_notify(lambda: self._mk_end(reason)):
+            self._mk_end(reason)
 
     # -- writing -------------------------------------------------------------------
 
@@ -346,33 +346,33 @@ class TCPConnection(Meta):
             assert self._transport is not None
             self._transport.write(data if self._encode is None else self._encode(data))
             if self._idle is not None:
-                self._last = self._loop.time()
+                self._last = self._mk_loop.time()
         elif message.__class__ is Down:
             # Our pool worker ended, however it ended: close gracefully (the
             # peer sees EOF); nobody reads this connection any more.
             self._close_transport(abort=False)
-            self._end(message.reason)
+            self._mk_end(message.reason)
         else:
             self.log.warning("unexpected message %r from %r", message, sender)
 
     # -- ending --------------------------------------------------------------------
 
-    def _trap(self, sig: Signal) -> Any:
+    def _mk_trap(self, sig: Signal) -> Any:
         if sig.link and sig.reason == "normal":
             return IGNORE
         worker = self._worker
-        if not sig.forced and worker is not None and worker._state != DEAD:
+        if not sig.forced and worker is not None and worker._mk_state != DEAD:
             self._finish(sig.reason)  # the meta ends once the worker has seen TCPDisconnect
             return IGNORE
         return None
 
-    def _signal(self, sig: Signal) -> None:
+    def _mk_signal(self, sig: Signal) -> None:
         # A forced exit (parent or server ending) cannot wait behind writes the
         # peer is not reading: end now.
-        if sig.forced and self._held and self._state == RUNNING:
-            self._end(sig.reason)
+        if sig.forced and self._mk_held and self._mk_state == RUNNING:
+            self._mk_end(sig.reason)
         else:
-            super()._signal(sig)
+            super()._mk_signal(sig)
 
     def _close_transport(self, abort: bool) -> None:
         if self._timer is not None:
@@ -381,7 +381,7 @@ class TCPConnection(Meta):
         transport = self._transport
         if transport is not None and not self._closed:
             self._closed = True
-            if abort or self._held:
+            if abort or self._mk_held:
                 _reset(transport)
             else:
                 transport.close()  # flushes what is buffered, then closes
@@ -392,8 +392,10 @@ class TCPConnection(Meta):
             return
         self._disconnected = True
         worker = self._worker
-        if worker is not None and worker._state != DEAD:
-            worker._deliver_system(self._parent_proc._pid, TCPDisconnect(self._alias, reason))
+        if worker is not None and worker._mk_state != DEAD:
+            worker._mk_deliver_system(
+                self._mk_parent_proc._mk_pid, TCPDisconnect(self._mk_alias, reason)
+            )
 
     def terminate(self, reason: Any) -> None:
         """Close the socket (abort on ``"kill"``) and send ``TCPDisconnect`` once."""
@@ -411,6 +413,6 @@ class TCPConnection(Meta):
             "worker": repr(self.worker),
             "reading": "paused" if self._paused else "on",
             "pauses": str(self._pauses),
-            "writing": "held" if self._held else "on",
+            "writing": "held" if self._mk_held else "on",
             "dropped_writes": str(self._dropped_writes),
         }

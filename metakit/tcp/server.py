@@ -128,19 +128,19 @@ class TCPServer(Meta):
 
     def _pick_worker(self) -> Mailbox | None:
         if self._pool is None:
-            return self._parent_proc
+            return self._mk_parent_proc
         for _ in range(len(self._pool)):
             target = self._pool[self._next % len(self._pool)]
             self._next += 1
-            worker = self._node._lookup(target)
-            if worker is not None and worker._state == RUNNING:
+            worker = self._mk_node._lookup(target)
+            if worker is not None and worker._mk_state == RUNNING:
                 return worker
         return None
 
     def _connection_made(
         self, protocol: _Protocol, transport: asyncio.BaseTransport
     ) -> TCPConnection | None:
-        worker = self._pick_worker() if self._state == RUNNING else None
+        worker = self._pick_worker() if self._mk_state == RUNNING else None
         full = self._max_connections is not None and len(self._conns) >= self._max_connections
         if worker is None or full:
             self._rejected += 1
@@ -151,7 +151,7 @@ class TCPServer(Meta):
             self._framing, idle_timeout=self._idle, high_watermark=high, low_watermark=low
         )
         try:
-            self._node._spawn_meta_now(conn, self._parent_proc, self._conn_mailbox)
+            self._mk_node._spawn_meta_now(conn, self._mk_parent_proc, self._conn_mailbox)
         except MetakitError:  # the node is stopping
             self._rejected += 1
             transport.close()
@@ -168,9 +168,9 @@ class TCPServer(Meta):
         """Stop listening (the port is free at once) and end every connection."""
         if self._server is not None:
             self._server.close()
-        ending = Signal(self._alias, self._parent_proc._pid, reason, forced=True)
+        ending = Signal(self._mk_alias, self._mk_parent_proc._mk_pid, reason, forced=True)
         for conn in list(self._conns):
-            conn._signal(ending)
+            conn._mk_signal(ending)
 
     def handle_inspect(self) -> dict[str, str]:
         """Address, open connections, accepted and rejected counts."""

@@ -56,7 +56,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.server._pause_writing()
 
     def resume_writing(self) -> None:
-        self.server._unhold()
+        self.server._mk_unhold()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._lost(exc)
@@ -179,13 +179,13 @@ class UDPServer(Meta):
 
     def _pick_worker(self) -> Mailbox | None:
         if self._pool is None:
-            return self._parent_proc
+            return self._mk_parent_proc
         pool = self._pool
         for _ in range(len(pool)):
             target = pool[self._next % len(pool)]
             self._next += 1
-            worker = self._node._lookup(target)
-            if worker is not None and worker._state == RUNNING:
+            worker = self._mk_node._lookup(target)
+            if worker is not None and worker._mk_state == RUNNING:
                 return worker
         return None
 
@@ -195,20 +195,20 @@ class UDPServer(Meta):
         if len(data) > self._max_datagram:
             self._count("dropped_oversize", f"datagram of {len(data)} bytes from {addr!r}")
             return
-        worker = self._parent_proc if self._pool is None else self._pick_worker()
+        worker = self._mk_parent_proc if self._pool is None else self._pick_worker()
         if worker is None:
             self._count("dropped_no_worker", "no live pool member")
             return
-        q = worker._q
-        if len(q) >= self._queue_entries or len(q) >= worker._limit:
-            self._count("dropped_full", f"the mailbox of {worker._ident!r} is full")
+        q = worker._mk_q
+        if len(q) >= self._queue_entries or len(q) >= worker._mk_limit:
+            self._count("dropped_full", f"the mailbox of {worker._mk_ident!r} is full")
             return
-        q.append(self._parent_proc._pid)
-        q.append(UDPPacket(self._alias, addr, data))
-        self._out += 1
-        if not worker._scheduled:
-            worker._scheduled = True
-            worker._kick()
+        q.append(self._mk_parent_proc._mk_pid)
+        q.append(UDPPacket(self._mk_alias, addr, data))
+        self._mk_out += 1
+        if not worker._mk_scheduled:
+            worker._mk_scheduled = True
+            worker._mk_kick()
 
     def _count(self, kind: str, what: str) -> None:
         self.stats[kind] += 1
@@ -232,7 +232,7 @@ class UDPServer(Meta):
             else:
                 self._send_empty(message.addr)
             self.stats["sent"] += 1
-            writer = self._node._table.get(sender.id)
+            writer = self._mk_node._mk_table.get(sender.id)
             if writer is not None:
                 writers = self._writers
                 if len(writers) > 4096:
@@ -252,7 +252,7 @@ class UDPServer(Meta):
 
     def _pause_writing(self) -> None:
         self._count("send_paused", "the socket's send buffer is full; replies wait")
-        self._hold()
+        self._mk_hold()
 
     def _error(self, exc: Exception) -> None:
         failed: list[Any] = []
@@ -266,14 +266,16 @@ class UDPServer(Meta):
         error = exc if isinstance(exc, OSError) else OSError(str(exc))
         for addr in failed or [None]:
             worker = self._writers.pop(addr, None) if addr is not None else None
-            if worker is None or worker._state != RUNNING:
+            if worker is None or worker._mk_state != RUNNING:
                 worker = self._pick_worker()
             if worker is not None:
-                worker._deliver_system(self._parent_proc._pid, UDPError(self._alias, addr, error))
+                worker._mk_deliver_system(
+                    self._mk_parent_proc._mk_pid, UDPError(self._mk_alias, addr, error)
+                )
 
     def _lost(self, exc: Exception | None) -> None:
-        if self._state == RUNNING:
-            self._end(exc if exc is not None else "closed")
+        if self._mk_state == RUNNING:
+            self._mk_end(exc if exc is not None else "closed")
 
     # -- ending -------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ class WebHandler(Meta):
         if not self._workers:
             raise ValueError("the pool is empty")
         self._next = 0
-        self._state = DEAD  # not spawned yet: answer 503 (spawning sets it up)
+        self._mk_state = DEAD  # not spawned yet: answer 503 (spawning sets it up)
         # aiohttp warns about handlers that asyncio.iscoroutinefunction()
         # rejects, which a callable object is: carry the marks it looks for.
         self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
@@ -140,8 +140,8 @@ class WebHandler(Meta):
         for _ in range(len(workers)):
             target = workers[self._next % len(workers)]
             self._next += 1
-            actor = self._node._lookup(target)
-            if actor is not None and actor._state == RUNNING:
+            actor = self._mk_node._lookup(target)
+            if actor is not None and actor._mk_state == RUNNING:
                 return target
         return None
 
@@ -165,7 +165,7 @@ class WebHandler(Meta):
         """Handle one request (aiohttp calls this)."""
         stats = self._stats
         stats["requests"] += 1
-        if self._state != RUNNING:
+        if self._mk_state != RUNNING:
             stats["503"] += 1
             return _error(503)
         body = await self._read_body(request)
@@ -187,14 +187,14 @@ class WebHandler(Meta):
             request,
         )
         try:
-            future = self._node._call(self._parent_proc._pid, target, value, self.timeout)
+            future = self._mk_node._call(self._mk_parent_proc._mk_pid, target, value, self.timeout)
         except NoProcess:
             stats["503"] += 1
             return _error(503)
         except MailboxFull:
             stats["503"] += 1
             return _error(503, retry_after=1)
-        self._out += 1
+        self._mk_out += 1
         try:
             result = await future
         except CallTimeout:

@@ -111,8 +111,8 @@ class WebServer(Meta):
         """Stop accepting now; finish in-flight requests and close in the background."""
         # aiohttp's graceful shutdown awaits; terminate must not, so the node
         # runs it and node.stop() waits for it.
-        self._closing = self._node._linger(
-            self._runner.cleanup(), f"metakit web stop {self._alias!r}"
+        self._closing = self._mk_node._linger(
+            self._runner.cleanup(), f"metakit web stop {self._mk_alias!r}"
         )
 
     def handle_inspect(self) -> dict[str, str]:

@@ -122,14 +122,14 @@ class WebSocketClient(WSConnectionBase):
             ping_interval=self._ping_interval,
         )
         self.connects += 1
-        self._connected(self._parent_proc, self._ws.remote_address, None)
+        self._connected(self._mk_parent_proc, self._ws.remote_address, None)
 
     async def start(self) -> None:
         """Read; after a drop, reconnect under ``reconnect``, else wait to be ended."""
         while True:
             await self._read()
             backoff = self.reconnect
-            if backoff is None or self._closing_here or self._state != RUNNING:
+            if backoff is None or self._closing_here or self._mk_state != RUNNING:
                 await asyncio.Future()  # lingering: ended once the parent saw WSDisconnect
                 return
             for delay in backoff.delays():
@@ -140,7 +140,7 @@ class WebSocketClient(WSConnectionBase):
                     self.log.info("reconnecting to %s failed: %r", self.url, exc)
                     continue
                 break
-            self._unhold()  # what was sent while it was down goes out now
+            self._mk_unhold()  # what was sent while it was down goes out now
 
     async def _read(self) -> None:
         ws = self._ws
@@ -162,25 +162,25 @@ class WebSocketClient(WSConnectionBase):
             self._remote_end(ws.close_code or 1006, ws.close_reason or "connection lost")
 
     def _remote_end(self, code: int, reason: Any) -> None:
-        if self.reconnect is None or self._closing_here or self._state != RUNNING:
+        if self.reconnect is None or self._closing_here or self._mk_state != RUNNING:
             super()._remote_end(code, reason)
             return
         # Down, but coming back: tell the parent, hold the writes until then.
         self._open = False
         self._disconnect(code, reason)
-        self._hold()
+        self._mk_hold()
 
-    def _trap(self, sig: Signal) -> Any:
+    def _mk_trap(self, sig: Signal) -> Any:
         self._closing_here = True
-        return super()._trap(sig)
+        return super()._mk_trap(sig)
 
-    def _signal(self, sig: Signal) -> None:
-        if not self._open and self._held and self._state == RUNNING and sig.reason != "kill":
+    def _mk_signal(self, sig: Signal) -> None:
+        if not self._open and self._mk_held and self._mk_state == RUNNING and sig.reason != "kill":
             # Down and waiting to reconnect: an exit stops that at once.
             self._closing_here = True
-            self._end(sig.reason)
+            self._mk_end(sig.reason)
         else:
-            super()._signal(sig)
+            super()._mk_signal(sig)
 
     def _send(self, data: Any) -> Coroutine[Any, Any, Any]:
         assert self._ws is not None
@@ -190,8 +190,8 @@ class WebSocketClient(WSConnectionBase):
 
     def _close(self, code: int, reason: str) -> None:
         assert self._ws is not None
-        name = f"metakit ws close {self._alias!r}"
-        self._node._linger(self._ws.close(code, reason), name)
+        name = f"metakit ws close {self._mk_alias!r}"
+        self._mk_node._linger(self._ws.close(code, reason), name)
 
     def _drop(self) -> None:
         if self._ws is not None:

@@ -102,10 +102,10 @@ class WSConnectionBase(Meta):
         self._open = True
         self._disconnected = False
         self._lingering = False
-        if worker is not self._parent_proc and self._watching is None:
-            self._node._monitor(self, worker._ident)  # a pool worker: close with it
-        hello = WSConnect(self._alias, peer, request_info)
-        worker._deliver_system(self._parent_proc._pid, hello)
+        if worker is not self._mk_parent_proc and self._mk_watching is None:
+            self._mk_node._monitor(self, worker._mk_ident)  # a pool worker: close with it
+        hello = WSConnect(self._mk_alias, peer, request_info)
+        worker._mk_deliver_system(self._mk_parent_proc._mk_pid, hello)
 
     def _decode(self, data: str | bytes) -> Any:
         return orjson.loads(data) if self._json else data
@@ -114,18 +114,18 @@ class WSConnectionBase(Meta):
         """Hand one message to the worker; a future to await first if it is behind."""
         worker = self._worker
         assert worker is not None
-        q = worker._q
-        if len(q) >= worker._limit:  # full (or dead: limit -1): wait for room
-            if worker._state == DEAD:
+        q = worker._mk_q
+        if len(q) >= worker._mk_limit:  # full (or dead: limit -1): wait for room
+            if worker._mk_state == DEAD:
                 return None
             return self._wait_for_room(behind=0, then=data)
-        q.append(self._parent_proc._pid)
-        q.append(WSMessage(self._alias, data))
-        self._out += 1
+        q.append(self._mk_parent_proc._mk_pid)
+        q.append(WSMessage(self._mk_alias, data))
+        self._mk_out += 1
         self.stats["received"] += 1
-        if not worker._scheduled:
-            worker._scheduled = True
-            worker._kick()
+        if not worker._mk_scheduled:
+            worker._mk_scheduled = True
+            worker._mk_kick()
         if len(q) > self._high2:
             return self._wait_for_room(behind=self._low, then=None)
         return None
@@ -133,21 +133,21 @@ class WSConnectionBase(Meta):
     def _wait_for_room(self, behind: int, then: Any) -> asyncio.Future[None]:
         assert self._worker is not None
         self.stats["pauses"] += 1
-        resume = self._resume = self._loop.create_future()
+        resume = self._resume = self._mk_loop.create_future()
 
         def release(_: object = None) -> None:
             if not resume.done():
                 resume.set_result(None)
 
         def wake() -> None:
-            if then is not None and self._state == RUNNING:
+            if then is not None and self._mk_state == RUNNING:
                 again = self._received(then)
                 if again is not None:  # still full: chain the wait
                     again.add_done_callback(release)
                     return
             release()
 
-        self._worker._notify(wake, behind=behind)
+        self._worker._mk_notify(wake, behind=behind)
         return resume
 
     # -- writing -------------------------------------------------------------------
@@ -167,12 +167,12 @@ class WSConnectionBase(Meta):
             self.stats["sent"] += 1
             if pending is not None:  # waiting for the socket to drain
                 self._writing = pending
-                self._hold()
+                self._mk_hold()
                 pending.add_done_callback(self._written)
         elif message.__class__ is Down:
             # Our pool worker ended: nobody reads this connection any more.
             self._open_close(close_code(message.reason), "worker ended")
-            self._end(message.reason)
+            self._mk_end(message.reason)
         else:
             self.log.warning("unexpected message %r from %r", message, sender)
 
@@ -180,7 +180,7 @@ class WSConnectionBase(Meta):
         self._writing = None
         if not task.cancelled() and task.exception() is not None:
             self._remote_end(1006, str(task.exception()))
-        self._unhold()
+        self._mk_unhold()
 
     # -- ending ------------------------------------------------------------------------
 
@@ -193,26 +193,26 @@ class WSConnectionBase(Meta):
         """It ended on the peer's side (or a limit's): tell the worker, linger until it knows."""
         self._open = False
         self._disconnect(code, reason)
-        if self._state == RUNNING and not self._lingering:
+        if self._mk_state == RUNNING and not self._lingering:
             self._lingering = True
             worker = self._worker
-            if worker is None or not worker._notify(lambda: self._end("normal")):
-                self._end("normal")
+            if worker is None or not worker._mk_notify(lambda: self._mk_end("normal")):
+                self._mk_end("normal")
 
     def _disconnect(self, code: int, reason: Any) -> None:
         if self._disconnected:
             return
         self._disconnected = True
         worker = self._worker
-        if worker is not None and worker._state != DEAD:
-            bye = WSDisconnect(self._alias, code, reason)
-            worker._deliver_system(self._parent_proc._pid, bye)
+        if worker is not None and worker._mk_state != DEAD:
+            bye = WSDisconnect(self._mk_alias, code, reason)
+            worker._mk_deliver_system(self._mk_parent_proc._mk_pid, bye)
 
-    def _trap(self, sig: Signal) -> Any:
+    def _mk_trap(self, sig: Signal) -> Any:
         if sig.link and sig.reason == "normal":
             return IGNORE
         worker = self._worker
-        if not sig.forced and worker is not None and worker._state != DEAD and self._open:
+        if not sig.forced and worker is not None and worker._mk_state != DEAD and self._open:
             # Closed by this side: close frame after the queued writes, then linger.
             code = close_code(sig.reason)
             self._open_close(code, str(sig.reason) if code != 1011 else "")
@@ -220,16 +220,16 @@ class WSConnectionBase(Meta):
             return IGNORE
         return None
 
-    def _signal(self, sig: Signal) -> None:
-        if sig.forced and self._held and self._state == RUNNING:
-            self._end(sig.reason)  # a parent exit cannot wait behind a stuck write
+    def _mk_signal(self, sig: Signal) -> None:
+        if sig.forced and self._mk_held and self._mk_state == RUNNING:
+            self._mk_end(sig.reason)  # a parent exit cannot wait behind a stuck write
         else:
-            super()._signal(sig)
+            super()._mk_signal(sig)
 
     def terminate(self, reason: Any) -> None:
         """Close (a close frame; dropped at once on ``"kill"``) and send WSDisconnect once."""
         code = close_code(reason)
-        if reason == "kill" or self._held:
+        if reason == "kill" or self._mk_held:
             if self._open:
                 self._open = False
                 self._drop()
@@ -246,5 +246,5 @@ class WSConnectionBase(Meta):
         info = {k: str(v) for k, v in self.stats.items()}
         info["peer"] = str(self.peer)
         info["codec"] = str(self.codec)
-        info["writing"] = "held" if self._held else "on"
+        info["writing"] = "held" if self._mk_held else "on"
         return info

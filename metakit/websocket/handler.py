@@ -42,10 +42,10 @@ class WSConnection(WSConnectionBase):
         return self._ws.send_bytes(data)
 
     def _close(self, code: int, reason: str) -> None:
-        name = f"metakit ws close {self._alias!r}"
+        name = f"metakit ws close {self._mk_alias!r}"
         # Close reasons are limited to 123 bytes (RFC 6455 §5.5).
         closing = self._ws.close(code=code, message=reason.encode()[:123])
-        self._closing = self._node._linger(closing, name)
+        self._closing = self._mk_node._linger(closing, name)
 
     def _drop(self) -> None:
         transport = self._request.transport
@@ -158,7 +158,7 @@ class WebSocketHandler(Meta):
         self.handshake_timeout = handshake_timeout
         self._conn_mailbox = mailbox_size
         self._conns: set[WSConnection] = set()
-        self._state = DEAD  # until spawned: answer 503
+        self._mk_state = DEAD  # until spawned: answer 503
         self._stats = {"accepted": 0, "refused_origin": 0, "no_worker": 0}
         # aiohttp warns about handlers asyncio.iscoroutinefunction() rejects.
         self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
@@ -169,14 +169,14 @@ class WebSocketHandler(Meta):
         for _ in range(len(workers)):
             target = workers[self._next % len(workers)]
             self._next += 1
-            actor = self._node._lookup(target)
-            if actor is not None and actor._state == RUNNING:
+            actor = self._mk_node._lookup(target)
+            if actor is not None and actor._mk_state == RUNNING:
                 return actor
         return None
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Upgrade one request and serve the connection until it closes (aiohttp calls this)."""
-        if self._state != RUNNING:
+        if self._mk_state != RUNNING:
             return web.Response(status=503, text="503 Service Unavailable")
         if self.origins is not None and request.headers.get("Origin") not in self.origins:
             self._stats["refused_origin"] += 1
@@ -189,13 +189,13 @@ class WebSocketHandler(Meta):
         async with asyncio.timeout(self.handshake_timeout):
             await ws.prepare(request)
         worker = self._pick()
-        if worker is None or self._state != RUNNING:
+        if worker is None or self._mk_state != RUNNING:
             self._stats["no_worker"] += 1
             await ws.close(code=1013, message=b"no worker")  # try again later
             return ws
         conn = WSConnection(ws, request, **self._conn_options)
         try:
-            self._node._spawn_meta_now(conn, self._parent_proc, self._conn_mailbox)
+            self._mk_node._spawn_meta_now(conn, self._mk_parent_proc, self._conn_mailbox)
         except MetakitError:  # the node is stopping
             await ws.close(code=1001)
             return ws
@@ -220,15 +220,15 @@ class WebSocketHandler(Meta):
                 await asyncio.shield(conn._closing)
         finally:
             # Cancelled (the client left, with handler_cancellation) or done.
-            if conn._state == RUNNING and conn._open:
+            if conn._mk_state == RUNNING and conn._open:
                 conn._remote_end(1006, "connection lost")
         return ws
 
     def terminate(self, reason: Any) -> None:
         """End every connection with this handler's reason."""
-        ending = Signal(self._alias, self._parent_proc._pid, reason, forced=True)
+        ending = Signal(self._mk_alias, self._mk_parent_proc._mk_pid, reason, forced=True)
         for conn in list(self._conns):
-            conn._signal(ending)
+            conn._mk_signal(ending)
 
     def handle_inspect(self) -> dict[str, str]:
         """Open connections and counters."""

@@ -56,7 +56,7 @@ class SlowSink(metakit.Process):
             case TCPMessage(conn, data):
                 self.crc = zlib.crc32(data, self.crc)
                 self.size += len(data)
-                self.peak_mailbox = max(self.peak_mailbox, self._mailbox_len)
+                self.peak_mailbox = max(self.peak_mailbox, self._mk_mailbox_len)
                 if self.size % (4 << 20) < len(data):
                     self.peak_rss = max(self.peak_rss, rss())
                     info = self.node.meta_info(conn).inspect
@@ -71,7 +71,7 @@ class SlowSink(metakit.Process):
 async def test_flood_at_slow_worker_stays_bounded_and_in_order(node: Node) -> None:
     done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     pid = await node.spawn(SlowSink, done)
-    sink: SlowSink = node._table[pid.id]  # type: ignore[assignment]
+    sink: SlowSink = node._mk_table[pid.id]  # type: ignore[assignment]
     server = TCPServer("127.0.0.1", 0)
     await sink.spawn_meta(server)
     baseline = rss()

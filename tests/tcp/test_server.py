@@ -139,7 +139,7 @@ async def test_half_close_gets_replies_then_eof(node: Node, probe: Any) -> None:
 
     pid = await node.spawn(Upper)
     server = TCPServer("127.0.0.1", 0, framing=Line(max_length=100))
-    await node._table[pid.id].spawn_meta(server)  # type: ignore[attr-defined]
+    await node._mk_table[pid.id].spawn_meta(server)  # type: ignore[attr-defined]
     reader, writer = await connect(server)
     writer.write(b"a\nb\nc\n")
     writer.write_eof()

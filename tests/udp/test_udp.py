@@ -155,7 +155,7 @@ async def test_slow_worker_drops_are_counted_and_memory_bounded(node: Node, prob
 
     server = UDPServer("127.0.0.1", 0, max_queue=8)
     pid = await node.spawn(Slow, server)
-    slow = node._table[pid.id]
+    slow = node._mk_table[pid.id]
     with client() as sock:
         for i in range(100):
             sock.sendto(b"%d" % i, server.address)
@@ -170,7 +170,7 @@ async def test_slow_worker_drops_are_counted_and_memory_bounded(node: Node, prob
 
 async def test_reply_to_closed_port_is_udp_error(node: Node) -> None:
     pid, server = await echo_server(node)
-    echo = node._table[pid.id]
+    echo = node._mk_table[pid.id]
     with client() as sock:
         sock.sendto(b"are you there?", server.address)
         await wait_until(lambda: server.stats["received"] == 1)

@@ -144,10 +144,10 @@ async def test_worker_not_running_is_503(node: Node, session: aiohttp.ClientSess
     app.router.add_get("/", handler)
     server = WebServer("127.0.0.1", 0, app)
     owner = await node.spawn(Owner)
-    await node._table[owner.id].spawn_meta(server)  # type: ignore[attr-defined]
+    await node._mk_table[owner.id].spawn_meta(server)  # type: ignore[attr-defined]
     async with session.get(f"{server.url}/") as r:
         assert r.status == 503  # the handler itself is not spawned yet
-    await node._table[owner.id].spawn_meta(handler)  # type: ignore[attr-defined]
+    await node._mk_table[owner.id].spawn_meta(handler)  # type: ignore[attr-defined]
     async with session.get(f"{server.url}/") as r:
         assert r.status == 503  # spawned, but no process named "nobody"
 
@@ -172,7 +172,7 @@ async def test_full_mailbox_is_503_with_retry_after(
     app.router.add_get("/", handler)
     server = WebServer("127.0.0.1", 0, app)
     pid = await node.spawn(Busy, handler, name="busy", mailbox_size=1)
-    await node._table[pid.id].spawn_meta(server)  # type: ignore[attr-defined]
+    await node._mk_table[pid.id].spawn_meta(server)  # type: ignore[attr-defined]
     first = asyncio.ensure_future(session.get(f"{server.url}/"))  # in the handler
     await asyncio.wait_for(started.wait(), TIMEOUT)
     second = asyncio.ensure_future(session.get(f"{server.url}/"))  # queued
@@ -203,7 +203,7 @@ async def test_client_disconnect_abandons_the_call(node: Node) -> None:
     reader, writer = await asyncio.open_connection(*server.address)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    api = node._table[pid.id]
+    api = node._mk_table[pid.id]
     await wait_until(lambda: api.held)  # type: ignore[attr-defined]
     caller = api.held[0]  # type: ignore[attr-defined]
     writer.close()  # the client goes away while waiting
@@ -262,7 +262,7 @@ async def test_web_server_bind_errors_and_url(node: Node) -> None:
     owner = await node.spawn(Owner)
     busy = WebServer("127.0.0.1", server.address[1], web.Application())
     with pytest.raises(OSError, match="in use"):
-        await node._table[owner.id].spawn_meta(busy)  # type: ignore[attr-defined]
+        await node._mk_table[owner.id].spawn_meta(busy)  # type: ignore[attr-defined]
 
 
 async def test_shutdown_lets_in_flight_requests_finish(node: Node) -> None:
@@ -271,7 +271,7 @@ async def test_shutdown_lets_in_flight_requests_finish(node: Node) -> None:
     address = server.address
     async with aiohttp.ClientSession() as s:
         in_flight = asyncio.ensure_future(s.get(f"{url}/slow"))
-        api = node._table[pid.id]
+        api = node._mk_table[pid.id]
         await wait_until(lambda: api.held)  # type: ignore[attr-defined]
         node.send_exit(server.id, "shutdown")
 

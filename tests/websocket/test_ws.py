@@ -57,7 +57,7 @@ async def echo_server(node: Node, **options: Any) -> str:
             await self.spawn_meta(self.server)
 
     pid = await node.spawn(Owner)
-    url: str = node._table[pid.id].server.url  # type: ignore[attr-defined]
+    url: str = node._mk_table[pid.id].server.url  # type: ignore[attr-defined]
     return url.replace("http", "ws") + "/ws"
 
 
@@ -229,7 +229,7 @@ async def test_slow_worker_pauses_reading(node: Node, probe: Any) -> None:
                 self.got += 1
 
     pid = await node.spawn(Slow)
-    slow = node._table[pid.id]
+    slow = node._mk_table[pid.id]
     url = slow.server.url.replace("http", "ws") + "/ws"  # type: ignore[attr-defined]
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
         for i in range(200):
