@@ -43,8 +43,11 @@ class Deadlines:
             queue = self._queues[timeout] = deque()
         deadline = self._mk_loop.time() + timeout
         queue.append((deadline, future, target))
-        if self._timer is None:
-            wake = min(deadline, deadline - timeout + _SWEEP)
+        wake = min(deadline, deadline - timeout + _SWEEP)
+        timer = self._timer
+        if timer is None or wake < timer.when():
+            if timer is not None:
+                timer.cancel()  # a shorter timeout than any pending one
             self._timer = self._mk_loop.call_at(wake, self._sweep)
 
     def _sweep(self) -> None:

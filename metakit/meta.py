@@ -285,9 +285,13 @@ class Meta(Mailbox):
             self.terminate(reason)
         except Exception:
             self.log.exception("exception in terminate")
+        current = asyncio.current_task()
         main = self._mk_main
-        if main is not None and main is not asyncio.current_task():
+        if main is not None and main is not current:
             main.cancel()
+        drain = self._mk_task  # a coroutine handler must not outlive terminate
+        if drain is not None and drain is not current:
+            drain.cancel()
         self._mk_node._reap(self, reason)
 
     def _mk_kill(self) -> None:

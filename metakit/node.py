@@ -149,11 +149,12 @@ class Node(PubSub):
         return asyncio.shield(self._stop_task)
 
     def stop_force(self) -> None:
-        """Kill every process at once (no ``terminate`` callbacks; metas still close)."""
+        """Kill every process and meta at once (no process ``terminate``; metas still close)."""
         self._running = False
+        # Metas too: one stuck in a coroutine handler would never get to the
+        # exit signal its parent's death queued for it.
         for actor in reversed(list(self._mk_table.values())):
-            if isinstance(actor, Process):
-                actor._mk_kill()
+            actor._mk_kill()
 
     async def _shutdown(self, timeout: float) -> None:
         loop = self._mk_loop
@@ -257,11 +258,15 @@ class Node(PubSub):
                 self.register_name(name, pid)
             if link and parent is not None:
                 self._link(parent, proc)
-            result = proc.init(*args, **kwargs)
-            if result is not None:
-                await result
+            token = current_actor.set(proc)  # stop() awaited in init must not wait for itself
+            try:
+                result = proc.init(*args, **kwargs)
+                if result is not None:
+                    await result
+            finally:
+                current_actor.reset(token)
         except BaseException as exc:
-            self._abort(proc, exc)
+            self._abort(proc, exc, parent)
             if isinstance(exc, Stop):
                 raise ProcessExited(pid, exc.reason) from exc
             raise
@@ -317,13 +322,14 @@ class Node(PubSub):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _abort(self, actor: Mailbox, reason: Any) -> None:
-        """Undo a spawn whose init failed: no signals to links, metas closed now."""
+    def _abort(self, actor: Mailbox, reason: Any, spawner: Mailbox | None = None) -> None:
+        """Undo a spawn whose init failed: the spawner hears it as an exception,
+        not an exit signal; anything else linked (children spawned in init) is
+        told as usual; metas are closed now."""
         if actor._mk_state == DEAD:
             return
-        if actor._mk_links:
-            for other in list(actor._mk_links):
-                self._unlink(actor, other)
+        if spawner is not None:
+            self._unlink(actor, spawner)
         metas = getattr(actor, "_mk_metas", None)
         if metas:
             for meta in list(metas):
@@ -364,7 +370,7 @@ class Node(PubSub):
         """
         self._resolve(to)._mk_deliver(self._mk_pid, message)
 
-    def call(self, to: Target, request: Any, timeout: float = 5.0) -> asyncio.Future[Any]:
+    def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Call ``to``'s ``handle_call`` from outside any process; await it for the reply.
 
         Raises:
@@ -373,7 +379,7 @@ class Node(PubSub):
         return self._call(self._mk_pid, to, request, timeout)
 
     def _call(
-        self, pid: PID, to: Target, request: Any, timeout: float, caller: Mailbox | None = None
+        self, pid: PID, to: Target, request: Any, timeout: float | None, caller: Mailbox | None = None
     ) -> asyncio.Future[Any]:
         try:
             target = self._mk_table[to.id]  # type: ignore[union-attr]
@@ -391,7 +397,8 @@ class Node(PubSub):
         if not target._mk_scheduled:
             target._mk_scheduled = True
             target._mk_kick()
-        self._deadlines.add(future, timeout, to)
+        if timeout is not None:
+            self._deadlines.add(future, timeout, to)
         return future
 
     def send_exit(self, to: Target, reason: Any) -> None:

@@ -181,7 +181,7 @@ class Process(Mailbox):
             target._mk_scheduled = True
             target._mk_kick()
 
-    def call(self, to: Target, request: Any, timeout: float = 5.0) -> asyncio.Future[Any]:
+    def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Send ``request`` to ``to``'s ``handle_call``; await the result for its reply.
 
         ``reply = await self.call(to, request)``. The request is sent when
@@ -191,7 +191,8 @@ class Process(Mailbox):
         Raises:
             NoProcess: no live process or meta answers to ``to``.
             MailboxFull: the target's mailbox is full; the request was not delivered.
-            CallTimeout: no reply within ``timeout`` seconds (a late reply is discarded).
+            CallTimeout: no reply within ``timeout`` seconds (a late reply is
+                discarded). ``timeout=None`` waits as long as it takes.
             ProcessExited: the callee ended before replying.
             Exception: whatever the callee's ``handle_call`` raised.
         """

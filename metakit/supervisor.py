@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .errors import Stop, TooManyRestarts
+from .errors import NodeNotRunning, Stop, TooManyRestarts
 from .ids import PID
 from .messages import Caller, Exit
 from .process import Process
@@ -224,7 +224,7 @@ class Supervisor(Process):
             group = list(range(len(self._specs)))
         else:
             group = list(range(index, len(self._specs)))
-        while True:
+        while self.node.running:
             self._count_restart()
             for other in reversed(group):
                 await self._stop(other)
@@ -232,6 +232,8 @@ class Supervisor(Process):
                 for member in group:
                     if member == index or self._specs[member].restart != "temporary":
                         await self._start(member)
+            except NodeNotRunning:
+                return  # the node is stopping: nothing to restart into
             except Exception as exc:
                 self.log.error("restarting child %d failed: %r", index, exc)
                 continue

@@ -303,3 +303,49 @@ async def test_node_stop_waits_for_async_main_loops() -> None:
         await node.stop(timeout=TIMEOUT)
         assert all(m._mk_main.done() for m in metas)
         assert [m.terminated for m in metas] == [["shutdown"]] * 3
+
+
+async def test_stuck_coroutine_handler_does_not_outlive_node_stop() -> None:
+    class Stuck(Meta):
+        async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            await asyncio.Event().wait()  # never returns
+
+    node = await Node("stuck@localhost").start()
+
+    class Owner(Process):
+        async def init(self) -> None:
+            self.meta = await self.spawn_meta(Stuck())
+            self.send(self.meta, "block")
+
+    pid = await node.spawn(Owner)
+    alias = node._mk_table[pid.id].meta  # type: ignore[attr-defined]
+    await wait_until(lambda: node.meta_info(alias).state == "running")
+    await node.stop(timeout=0.2)  # the parent's exit waits behind the stuck handler...
+    assert node.metas() == []  # ...so the timeout's kill takes the meta too
+
+
+async def test_meta_handler_stops_with_the_meta(node: Node, probe: Any) -> None:
+    seen: list[str] = []
+
+    class Short(Meta):
+        def __init__(self) -> None:
+            self.go = asyncio.Event()
+
+        async def start(self) -> None:
+            await self.go.wait()  # returns: the meta ends
+
+        async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            seen.append("started")
+            self.go.set()
+            await asyncio.sleep(0)  # the main loop returns meanwhile
+            await asyncio.Event().wait()
+            seen.append("ran after terminate")
+
+    owner: Probe = await probe()
+    meta = Short()
+    alias = await owner.spawn_meta(meta)
+    ref = owner.monitor(alias)
+    owner.send(alias, "go")
+    assert await owner.receive() == Down(alias, ref, "normal")
+    await wait_until(lambda: meta._mk_task is None or meta._mk_task.done())
+    assert seen == ["started"]

@@ -291,3 +291,14 @@ def test_loop_factory_respects_env(monkeypatch: pytest.MonkeyPatch) -> None:
     if sys.platform != "win32":
         assert factory is not None
         assert "uvloop" in factory.__module__
+
+
+async def test_stop_awaited_in_init_does_not_wait_for_itself() -> None:
+    class StopsEarly(Process):
+        async def init(self) -> None:
+            await self.node.stop()  # returns at once: the shutdown carries on
+
+    node = await Node("early@localhost").start()
+    await node.spawn(StopsEarly)
+    await asyncio.wait_for(node.stop(), TIMEOUT / 2)
+    assert node.processes() == []

@@ -275,20 +275,34 @@ async def test_handlers_never_overlap(node: Node, kind: str) -> None:
             self.max_active = 0
             self.order: list[int] = []
 
-        async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        def enter(self) -> None:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
-            if kind == "coroutine":
-                # Awaiting a call must not let the next message in.
-                await self.call(self.helper, message)
-            self.order.append(message)
-            self.active -= 1
 
         def handle_call(self, sender: Caller, request: Any) -> Any:
             return self.max_active, self.order
 
+    class PlainSerial(Serial):
+        def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            self.enter()
+            if isinstance(message, int):
+                # A message to itself is queued behind the others, not run now.
+                self.send(self.pid, ("nested", message))
+                self.order.append(message)
+            self.active -= 1
+
+    class CoroutineSerial(Serial):
+        async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            self.enter()
+            # Awaiting a call must not let the next message in.
+            await self.call(self.helper, message)
+            self.order.append(message)
+            self.active -= 1
+
     helper = await node.spawn(Helper)
-    pid = await node.spawn(Serial, helper)
+    cls = PlainSerial if kind == "plain" else CoroutineSerial
+    pid = await node.spawn(cls, helper)
+    assert node.process_info(pid).handlers == kind
     for i in range(50):
         node.send(pid, i)
     max_active, order = await node.call(pid, "report")
@@ -369,3 +383,37 @@ async def test_subclass_private_names_do_not_touch_the_runtime(node: Node) -> No
     assert await node.call(pid, None) == ("idle", ["go", ("end", "step")])
     assert node.whereis("sm") == pid
     assert node.process_info(pid).state == "idle"
+
+
+async def test_failed_init_takes_children_linked_in_init(node: Node) -> None:
+    class Child(Process):
+        pass
+
+    class Parent(Process):
+        async def init(self) -> None:
+            await self.spawn(Child, name="child", link=True)
+            raise RuntimeError("init failed after spawning a child")
+
+    with pytest.raises(RuntimeError, match="after spawning"):
+        await node.spawn(Parent)
+    await wait_until(lambda: node.processes() == [])
+    assert node.whereis("child") is None
+
+
+async def test_call_without_timeout(node: Node) -> None:
+    class Later(Process):
+        async def init(self) -> None:
+            self.caller: Caller | None = None
+
+        def handle_call(self, sender: Caller, request: Any) -> Any:
+            if request == "wait":
+                self.caller = sender
+                return NO_REPLY
+            assert self.caller is not None
+            self.reply(self.caller, "answered")
+            return "ok"
+
+    pid = await node.spawn(Later)
+    pending = node.call(pid, "wait", timeout=None)
+    assert await node.call(pid, "now") == "ok"
+    assert await pending == "answered"

@@ -163,3 +163,12 @@ async def test_start_child_on_demand(node: Node, probe: Any) -> None:
     node.send(pid, "crash")  # supervised like the others: restarted
     restarted = await wait_restarted(node, sup, [pid], {0})
     assert node.whereis("room:a") == restarted[0]
+
+
+async def test_no_restarts_while_the_node_stops(caplog: pytest.LogCaptureFixture) -> None:
+    node = await Node("sup-stop@localhost").start()
+    sup = await node.spawn(Supervisor, specs(), max_restarts=1)
+    exit_reason = node.wait_exit(sup)
+    await node.stop()
+    assert await exit_reason == "shutdown"  # not TooManyRestarts
+    assert "restarting child" not in caplog.text

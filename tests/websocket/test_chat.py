@@ -1,0 +1,290 @@
+"""examples/chat, run as a user would (a subprocess), driven by real WebSocket clients.
+
+The server runs on the same loop as the test (asyncio's or uvloop's: the
+conftest runs every async test on both), chosen with ``METAKIT_LOOP``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from metakit.testing import TIMEOUT
+
+CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat"
+
+
+class Client:
+    """One WebSocket client of the chat."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send_json(message)
+
+    async def receive(self) -> Any:
+        return await self.ws.receive_json(timeout=TIMEOUT)
+
+    async def join(self, room: str, nick: str) -> Any:
+        await self.send(type="join", room=room, nick=nick)
+        return await self.receive()
+
+    async def closed(self) -> int:
+        """Wait for the server to close this connection; the code in its close frame."""
+        msg = await self.ws.receive(timeout=TIMEOUT)
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        # Not ws.close_code: the server drops TCP right after its close frame,
+        # and aiohttp's client says 1006 when its late reply cannot be sent.
+        code: int = msg.data
+        return code
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+class Chat:
+    """The chat server subprocess and a client session."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.clients: list[Client] = []
+        self.terminated = False
+        self.session = aiohttp.ClientSession()
+
+    async def connect(self) -> Client:
+        client = Client(await self.session.ws_connect(self.url.replace("http", "ws") + "/ws"))
+        self.clients.append(client)
+        return client
+
+    async def join(self, room: str, nick: str) -> tuple[Client, Any]:
+        client = await self.connect()
+        return client, await client.join(room, nick)
+
+    async def get(self, path: str) -> tuple[int, str, bytes]:
+        async with self.session.get(URL(self.url + path, encoded=True)) as r:
+            return r.status, r.content_type, await r.read()
+
+    def terminate(self) -> None:
+        """Send SIGTERM, once: a second one during the shutdown would be fatal."""
+        if not self.terminated:
+            self.terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
+    async def stop(self) -> str:
+        """SIGTERM; the server must exit with 0. Returns what it wrote on stderr."""
+        self.terminate()
+        _, err = await asyncio.wait_for(self.proc.communicate(), TIMEOUT)
+        assert self.proc.returncode == 0, err.decode()
+        return err.decode()
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[Chat]:
+    """``python examples/chat 0`` on the test's own kind of loop."""
+    uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    env = {**os.environ, "METAKIT_LOOP": "uvloop" if uvloop else "asyncio"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CHAT),
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)\n", first)
+        assert match, first
+        chat = Chat(proc, match[1])
+        try:
+            yield chat
+        finally:
+            for client in chat.clients:
+                await client.close()
+            await chat.session.close()
+        await chat.stop()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+
+
+async def test_page_and_static_files(chat: Chat) -> None:
+    status, kind, body = await chat.get("/")
+    assert (status, kind) == (200, "text/html")
+    assert b'<script src="/static/chat.js"' in body
+    for name, kind in [("chat.js", "javascript"), ("style.css", "text/css")]:
+        status, got_kind, body = await chat.get(f"/static/{name}")
+        assert status == 200
+        assert kind in got_kind
+        assert body == (CHAT / "static" / name).read_bytes()
+    assert (await chat.get("/static/nope.js"))[0] == 404
+    status, _, body = await chat.get("/static/%2E%2E/__main__.py")  # no way out of static/
+    assert status in (403, 404)
+    assert b"metakit" not in body
+
+
+async def test_two_users_chat_and_leave(chat: Chat) -> None:
+    ada, joined = await chat.join("tea", "ada")
+    assert joined == {
+        "type": "joined",
+        "room": "tea",
+        "nick": "ada",
+        "history": [],
+        "members": ["ada"],
+    }
+    bob, joined = await chat.join("tea", "bob")
+    assert joined["members"] == ["ada", "bob"]
+    assert await ada.receive() == {"type": "join", "nick": "bob"}
+
+    await bob.send(type="say", text="hello <ada> & all")
+    await ada.send(type="say", text="hi bob")
+    for client in (ada, bob):  # everyone gets every message, the sender too, in order
+        first, second = await client.receive(), await client.receive()
+        assert first["type"] == second["type"] == "message"
+        assert (first["nick"], first["text"]) == ("bob", "hello <ada> & all")
+        assert (second["nick"], second["text"]) == ("ada", "hi bob")
+        assert isinstance(first["ts"], float)
+        assert first["ts"] <= second["ts"]
+
+    await bob.close()
+    assert await ada.receive() == {"type": "leave", "nick": "bob"}
+    # The nick is free again, and the newcomer sees the history.
+    _, joined = await chat.join("tea", "bob")
+    assert joined["members"] == ["ada", "bob"]
+    assert [m["text"] for m in joined["history"]] == ["hello <ada> & all", "hi bob"]
+    assert await ada.receive() == {"type": "join", "nick": "bob"}
+
+
+async def test_a_taken_nick_is_refused(chat: Chat) -> None:
+    ada, _ = await chat.join("den", "ada")
+    imp, refused = await chat.join("den", "ada")
+    assert refused == {"type": "error", "text": "the nick ada is taken in den"}
+    # The connection carries on: it may pick another nick...
+    joined = await imp.join("den", "ada2")
+    assert (joined["type"], joined["members"]) == ("joined", ["ada", "ada2"])
+    assert await ada.receive() == {"type": "join", "nick": "ada2"}
+    # ...and nicks are per room.
+    _, joined = await chat.join("other-den", "ada")
+    assert joined["members"] == ["ada"]
+
+
+async def test_the_last_50_messages_only(chat: Chat) -> None:
+    ada, _ = await chat.join("log", "ada")
+    for i in range(55):
+        await ada.send(type="say", text=f"m{i}")
+    for i in range(55):
+        assert (await ada.receive())["text"] == f"m{i}"
+    _, joined = await chat.join("log", "bob")
+    history = joined["history"]
+    assert [m["text"] for m in history] == [f"m{i}" for i in range(5, 55)]
+    assert {m["nick"] for m in history} == {"ada"}
+    assert [m["ts"] for m in history] == sorted(m["ts"] for m in history)
+
+
+BAD = [
+    ({"type": "say", "text": "hi"}, "join a room first"),
+    ({"type": "join", "room": "ok", "nick": ""}, "a nick is"),
+    ({"type": "join", "room": "ok", "nick": "a b"}, "a nick is"),
+    ({"type": "join", "room": "ok", "nick": "x" * 17}, "a nick is"),
+    ({"type": "join", "room": "ok", "nick": "<b>"}, "a nick is"),
+    ({"type": "join", "room": "bad room", "nick": "ada"}, "a room name is"),
+    ({"type": "join", "room": "x" * 33, "nick": "ada"}, "a room name is"),
+    ({"type": "join", "room": "ok", "nick": 5}, "unknown message"),
+    ({"type": "join", "room": "ok"}, "unknown message"),
+    ({"type": "say", "text": ["hi"]}, "unknown message"),
+    ({"type": "dance"}, "unknown message"),
+    ([1, 2, 3], "unknown message"),
+    ("join", "unknown message"),
+    (None, "unknown message"),
+]
+
+
+async def test_bad_input_gets_an_error_and_nothing_breaks(chat: Chat) -> None:
+    for n, (message, complaint) in enumerate(BAD):
+        client = await chat.connect()
+        await client.ws.send_json(message)
+        error = await client.receive()
+        assert error["type"] == "error", message
+        assert error["text"].startswith(complaint), (message, error)
+        # The same connection goes on as if nothing had happened.
+        assert (await client.join(f"ok{n}", "ada"))["type"] == "joined"
+        await client.send(type="say", text="fine")
+        assert (await client.receive())["text"] == "fine"
+        await client.close()
+
+
+async def test_bad_messages_in_a_room(chat: Chat) -> None:
+    ada, _ = await chat.join("strict", "ada")
+    await ada.send(type="say", text="x" * 501)
+    assert await ada.receive() == {"type": "error", "text": "not sent: over 500 characters"}
+    await ada.send(type="say", text="   ")  # blank: dropped without a word
+    await ada.send(type="say", text="é" * 500)
+    assert (await ada.receive())["text"] == "é" * 500
+    assert await ada.join("strict", "ada") == {"type": "error", "text": "already in a room"}
+
+    # Not JSON, or too big: the library closes that connection, and only that one.
+    garbled = await chat.connect()
+    await garbled.ws.send_str("{not json")
+    assert await garbled.closed() == 1007
+    huge = await chat.connect()
+    await huge.ws.send_str('{"type": "say", "text": "' + "x" * 5000 + '"}')
+    assert await huge.closed() == 1009
+    await ada.send(type="say", text="still here")
+    assert (await ada.receive())["text"] == "still here"
+
+
+async def test_a_crashed_room_closes_its_connections_and_restarts(chat: Chat) -> None:
+    ada, _ = await chat.join("boom", "ada")
+    bob, _ = await chat.join("boom", "bob")
+    carol, _ = await chat.join("calm", "carol")
+    assert await ada.receive() == {"type": "join", "nick": "bob"}
+
+    await ada.send(type="say", text="/crash")
+    assert await ada.closed() == 1011
+    assert await bob.closed() == 1011
+
+    # Another room did not notice.
+    await carol.send(type="say", text="all quiet")
+    assert (await carol.receive())["text"] == "all quiet"
+
+    # The supervisor restarted the room, empty: the same nicks join again.
+    ada, joined = await chat.join("boom", "ada")
+    assert (joined["type"], joined["history"], joined["members"]) == ("joined", [], ["ada"])
+    bob, joined = await chat.join("boom", "bob")
+    assert joined["members"] == ["ada", "bob"]
+    assert await ada.receive() == {"type": "join", "nick": "bob"}
+    await bob.send(type="say", text="we are back")
+    for client in (ada, bob):
+        assert (await client.receive())["text"] == "we are back"
+
+    # Once more: it restarts every time (within the supervisor's limits).
+    await bob.send(type="say", text="/crash")
+    assert await ada.closed() == 1011
+    assert await bob.closed() == 1011
+    _, joined = await chat.join("boom", "bob")
+    assert joined["members"] == ["bob"]
+
+    err = await chat.stop()
+    assert err.count("RuntimeError: room 'boom' was asked to crash") == 2
+
+
+async def test_sigterm_closes_the_connections_and_exits_0(chat: Chat) -> None:
+    ada, _ = await chat.join("end", "ada")
+    chat.terminate()
+    assert await ada.closed() == 1001  # going away
+    err = await chat.stop()
+    assert "Traceback" not in err
