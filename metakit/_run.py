@@ -53,7 +53,8 @@ def run(
     ``main`` is either a Process subclass — it is spawned with ``*args`` and
     ``**kwargs`` and ``run`` returns its exit reason once it ends — or an
     ``async def main(node, *args, **kwargs)`` whose result is returned.
-    SIGINT and SIGTERM stop the node cleanly (reason ``"shutdown"``).
+    SIGINT and SIGTERM stop the node cleanly (reason ``"shutdown"``); a
+    second one during that stop kills what is left at once.
 
     Args:
         main: a Process subclass, or a coroutine function taking the node.
@@ -78,30 +79,33 @@ async def _main(
 ) -> Any:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    installed = []
+    node = Node(node_name, env=env, log_level=log_level)
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            node.stop_force()  # a second signal: do not wait for terminate callbacks
+        stopping.set()
+
+    # The handlers stay until the loop closes (which removes them), so a
+    # signal during the shutdown cannot kill the process half-way.
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stopping.set)
-            installed.append(sig)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
             pass
-    try:
-        async with Node(node_name, env=env, log_level=log_level) as node:
-            if isinstance(main, type) and issubclass(main, Process):
-                pid = await node.spawn(main, *args, **kwargs)
-                work: asyncio.Future[Any] = asyncio.ensure_future(node.wait_exit(pid))
-            else:
-                work = asyncio.ensure_future(main(node, *args, **kwargs))
-            stop = asyncio.ensure_future(stopping.wait())
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not work.done():
-                work.cancel()
-                try:
-                    await work
-                except asyncio.CancelledError:
-                    return "shutdown"
-            return work.result()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    async with node:
+        if isinstance(main, type) and issubclass(main, Process):
+            pid = await node.spawn(main, *args, **kwargs)
+            work: asyncio.Future[Any] = asyncio.ensure_future(node.wait_exit(pid))
+        else:
+            work = asyncio.ensure_future(main(node, *args, **kwargs))
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not work.done():
+            work.cancel()
+            try:
+                await work
+            except asyncio.CancelledError:
+                return "shutdown"
+        return work.result()

@@ -379,7 +379,12 @@ class Node(PubSub):
         return self._call(self._mk_pid, to, request, timeout)
 
     def _call(
-        self, pid: PID, to: Target, request: Any, timeout: float | None, caller: Mailbox | None = None
+        self,
+        pid: PID,
+        to: Target,
+        request: Any,
+        timeout: float | None,
+        caller: Mailbox | None = None,
     ) -> asyncio.Future[Any]:
         try:
             target = self._mk_table[to.id]  # type: ignore[union-attr]

@@ -40,9 +40,10 @@ class UDPError:
         server: the UDP server meta's Alias.
         addr: the address the failed datagram was sent to (None if the
             platform does not say).
-        error: the ``OSError`` (``ConnectionRefusedError`` for port unreachable).
+        error: the ``OSError`` (``ConnectionRefusedError`` for port unreachable),
+            or the ``TypeError``/``ValueError`` of a malformed reply.
     """
 
     server: Alias
     addr: Any
-    error: OSError
+    error: Exception

@@ -227,10 +227,20 @@ class UDPServer(Meta):
         """Send ``UDPPacket(server, addr, data)`` to ``addr`` (others are logged)."""
         if message.__class__ is UDPPacket:
             assert self._transport is not None
-            if message.data:
-                self._transport.sendto(message.data, message.addr)
-            else:
-                self._send_empty(message.addr)
+            try:
+                if message.data:
+                    self._transport.sendto(message.data, message.addr)
+                else:
+                    self._send_empty(message.addr)
+            except (TypeError, ValueError, OSError) as exc:
+                # A malformed reply (not bytes, a bad address) fails that reply,
+                # not the server: counted, logged, and told to the worker.
+                self._count("send_errors", f"reply to {message.addr!r} failed: {exc}")
+                writer = self._mk_node._mk_table.get(sender.id)
+                if writer is not None:
+                    error = UDPError(self._mk_alias, message.addr, exc)
+                    writer._mk_deliver_system(self._mk_parent_proc._mk_pid, error)
+                return
             self.stats["sent"] += 1
             writer = self._mk_node._mk_table.get(sender.id)
             if writer is not None:

@@ -140,7 +140,9 @@ class WebSocketClient(WSConnectionBase):
                     self.log.info("reconnecting to %s failed: %r", self.url, exc)
                     continue
                 break
-            self._mk_unhold()  # what was sent while it was down goes out now
+            self._down = False
+            if self._writing is None:
+                self._mk_unhold()  # what was sent while it was down goes out now
 
     async def _read(self) -> None:
         ws = self._ws
@@ -167,6 +169,7 @@ class WebSocketClient(WSConnectionBase):
             return
         # Down, but coming back: tell the parent, hold the writes until then.
         self._open = False
+        self._down = True
         self._disconnect(code, reason)
         self._mk_hold()
 
@@ -175,7 +178,9 @@ class WebSocketClient(WSConnectionBase):
         return super()._mk_trap(sig)
 
     def _mk_signal(self, sig: Signal) -> None:
-        if not self._open and self._mk_held and self._mk_state == RUNNING and sig.reason != "kill":
+        if sig.link and sig.reason == "normal":
+            return  # as for any meta: a link's "normal" changes nothing
+        if self._down and self._mk_state == RUNNING and sig.reason != "kill":
             # Down and waiting to reconnect: an exit stops that at once.
             self._closing_here = True
             self._mk_end(sig.reason)

@@ -78,6 +78,7 @@ class WSConnectionBase(Meta):
         self._lingering = False
         self._disconnected = False
         self._writing: asyncio.Task[Any] | None = None
+        self._down = False  # a client waiting to reconnect: writes stay held
         self.peer: Any = None
         self.stats = {"received": 0, "sent": 0, "dropped_writes": 0, "pauses": 0}
 
@@ -160,7 +161,18 @@ class WSConnectionBase(Meta):
                 return
             data = message.data
             try:
-                pending = run_eagerly(self._send(orjson.dumps(data) if self._json else data))
+                payload = orjson.dumps(data) if self._json else data
+                if not isinstance(payload, str | bytes | bytearray | memoryview):
+                    kind = type(data).__name__
+                    raise TypeError(f"a WebSocket message is str or bytes, not {kind}")
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                # The worker's mistake: say so, and close rather than leave the peer waiting.
+                self.log.error("cannot send %r: %s", data, exc)
+                self._open_close(1011, "unsendable message")
+                self._remote_end(1011, exc)
+                return
+            try:
+                pending = run_eagerly(self._send(payload))
             except Exception as exc:  # the socket is gone under us
                 self._remote_end(1006, str(exc) or type(exc).__name__)
                 return
@@ -180,7 +192,8 @@ class WSConnectionBase(Meta):
         self._writing = None
         if not task.cancelled() and task.exception() is not None:
             self._remote_end(1006, str(task.exception()))
-        self._mk_unhold()
+        if not self._down:  # a client that is down keeps its writes held
+            self._mk_unhold()
 
     # -- ending ------------------------------------------------------------------------
 

@@ -235,3 +235,19 @@ async def test_bind_error_raises_at_spawn(node: Node) -> None:
     _, server = await echo_server(node)
     with pytest.raises(OSError, match="in use"):  # the same error on both loops
         await node.spawn(Echo, UDPServer("127.0.0.1", server.address[1]))
+
+
+async def test_malformed_reply_is_an_error_not_a_crash(node: Node, probe: Any) -> None:
+    worker: Probe = await probe()
+    server = UDPServer("127.0.0.1", 0)
+    alias = await worker.spawn_meta(server)
+    with client() as sock:
+        sock.sendto(b"hi", server.address)
+        packet = await worker.receive()
+        worker.send(alias, UDPPacket(alias, packet.addr, "not bytes"))  # type: ignore[arg-type]
+        error = await worker.receive()
+        assert isinstance(error, UDPError)
+        assert isinstance(error.error, TypeError)
+        assert server.stats["send_errors"] == 1
+        worker.send(alias, UDPPacket(alias, packet.addr, b"fine"))  # still serving
+        assert await recv(sock) == b"fine"

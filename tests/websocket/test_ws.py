@@ -295,3 +295,51 @@ async def test_client_connect_errors_raise_at_spawn(node: Node, probe: Any) -> N
     _, _, url = await serve(probe, origins=["http://only.example"])
     with pytest.raises(websockets.exceptions.InvalidStatus):
         await owner.spawn_meta(WebSocketClient(url))
+
+
+async def test_unsendable_write_closes_with_1011(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe)
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        conn = (await worker.receive()).conn
+        worker.send(conn, WSMessage(conn, {"not": "str or bytes"}))  # no codec: a mistake
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1011  # the peer is told, not left waiting
+    bye = await worker.receive()
+    assert (bye.conn, bye.code) == (conn, 1011)
+    assert isinstance(bye.reason, TypeError)
+
+
+async def test_client_down_keeps_writes_and_ignores_a_links_normal(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe)
+    owner: Probe = await probe()
+    client = WebSocketClient(url, reconnect=Backoff(initial=0.05, maximum=0.05))
+    conn = await owner.spawn_meta(client)
+    assert isinstance(await owner.receive(), WSConnect)
+    server_side = (await worker.receive()).conn
+    worker.send_exit(server_side, "kill")
+    assert isinstance(await owner.receive(), WSDisconnect)
+    assert node.meta_info(conn).inspect["writing"] == "held"
+
+    class Friend(metakit.Process):
+        async def init(self) -> None:
+            self.link(conn)
+            self.send(self.pid, "bye")
+
+        def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            raise metakit.Stop("normal")
+
+    friend = await node.spawn(Friend)
+    await wait_until(lambda: friend not in node.processes())
+    assert conn in node.metas()  # a link's "normal" does not end it, down or not
+    for i in range(3):
+        owner.send(conn, WSMessage(conn, f"while down {i}"))
+    assert isinstance(await owner.receive(), WSConnect)  # back
+    got = []
+    while len(got) < 3:
+        message = await worker.receive()
+        if isinstance(message, WSMessage):
+            got.append(message.data)
+    assert got == [f"while down {i}" for i in range(3)]
+    assert client.stats["dropped_writes"] == 0
+    owner.send_exit(conn, "normal")
