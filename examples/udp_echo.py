@@ -35,7 +35,7 @@ class Echo(Process):
                 print(f"cannot reach {addr}: {error}", flush=True)
 
     def terminate(self, reason: Any) -> None:
-        counters = dict(self.server.stats, dropped_kernel=self.server.kernel_drops())
+        counters = self.server.statistics()
         print("stopped:", ", ".join(f"{k}={v}" for k, v in counters.items()), flush=True)
 
 

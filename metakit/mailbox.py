@@ -50,6 +50,9 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._flow import HOLD, FlowControl, Notify
+from ._state import DEAD, EXITING, INIT, RUNNING
+from ._state import STATE_NAMES as _STATE_NAMES
 from .errors import MailboxFull, NoProcess, ProcessExited, Stop
 from .ids import PID, Alias
 from .messages import NO_REPLY, Caller
@@ -57,14 +60,10 @@ from .messages import NO_REPLY, Caller
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Mailbox", "Signal"]
+__all__ = ["HOLD", "Mailbox", "Notify", "Signal"]
 
 # Messages one drain handles before it yields the loop to other actors.
 _BUDGET = 256
-
-# Lifecycle states (ints, compared with <).
-INIT, RUNNING, EXITING, DEAD = 0, 1, 2, 3
-_STATE_NAMES = ("init", "running", "exiting", "terminated")
 
 # The actor whose coroutine drain is running in the current task: lets
 # Node.stop() notice it was awaited from inside a handler (it would wait for
@@ -110,29 +109,6 @@ class Signal:
 IGNORE: Any = object()
 
 
-class Notify:
-    """An envelope that runs ``callback()`` when the drain reaches it (internal).
-
-    It marks a point in another actor's mailbox: the network metas use it to
-    resume reading once a worker has consumed what was queued before it, and
-    to learn that a worker has handled a disconnect. Never seen by handlers.
-    """
-
-    __slots__ = ("callback",)
-
-    def __init__(self, callback: Any) -> None:
-        self.callback = callback
-
-
-class _Hold:
-    """The envelope that stops a drain while the actor is held (internal)."""
-
-    __slots__ = ()
-
-
-HOLD = _Hold()
-
-
 class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes every record with the actor's id."""
 
@@ -144,7 +120,7 @@ def _is_async(cls: type, name: str) -> bool:
     return inspect.iscoroutinefunction(getattr(cls, name, None))
 
 
-class Mailbox:
+class Mailbox(FlowControl):
     """Base of processes and meta-processes: a mailbox and the loop that drains it.
 
     Not instantiated directly; subclass :class:`~metakit.Process` or
@@ -437,57 +413,6 @@ class Mailbox:
             await self._mk_end_async(self._mk_crash_reason(exc))
             return True
         return False
-
-    # -- notify and hold (used by the network metas) ----------------------------
-
-    def _mk_notify(self, callback: Any, behind: int = 0) -> bool:
-        """Run ``callback()`` when the drain gets to ``behind`` messages from the end.
-
-        Returns False (and never calls it) if the actor is dead; the marker is
-        dropped with the mailbox if the actor dies first.
-        """
-        if self._mk_state == DEAD:
-            return False
-        q = self._mk_q
-        at = max(len(q) - 2 * behind, 2 * self._mk_nurgent)
-        q.insert(at, None)
-        q.insert(at, Notify(callback))
-        if not self._mk_scheduled:
-            self._mk_scheduled = True
-            self._mk_kick()
-        return True
-
-    def _mk_hold(self) -> None:
-        """Stop draining after the current message, until :meth:`_mk_unhold`.
-
-        Deliveries still queue (up to the bound). Used when the object the
-        actor writes to cannot take more, so the mailbox bound pushes back.
-        """
-        if self._mk_held or self._mk_state == DEAD:
-            return
-        self._mk_held = True
-        self._mk_scheduled = True
-        self._mk_q.appendleft(None)
-        self._mk_q.appendleft(HOLD)
-        if self._mk_cap:  # the marker must not take a bounded mailbox's place
-            self._mk_cap += 2
-            self._mk_limit += 2
-
-    def _mk_unhold(self) -> None:
-        if not self._mk_held:
-            return
-        self._mk_held = False
-        if self._mk_cap:
-            self._mk_cap -= 2
-            if self._mk_limit > 0:
-                self._mk_limit -= 2
-        q = self._mk_q
-        if q and q[0] is HOLD:
-            q.popleft()
-            q.popleft()
-        self._mk_scheduled = bool(q) and self._mk_state == RUNNING
-        if self._mk_scheduled:
-            self._mk_kick()
 
     def _mk_answer(self, caller: Caller, result: Any) -> None:
         if result is NO_REPLY:

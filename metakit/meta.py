@@ -27,9 +27,10 @@ import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._state import DEAD, EXITING, RUNNING
 from .errors import NoProcess, ProcessExited
 from .ids import PID, Alias
-from .mailbox import DEAD, EXITING, IGNORE, RUNNING, Mailbox, Signal
+from .mailbox import IGNORE, Mailbox, Signal
 from .messages import Caller
 
 if TYPE_CHECKING:

@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._state import DEAD, EXITING
 from .ids import PID, Alias, Ref
-from .mailbox import DEAD, EXITING, IGNORE, Mailbox, Signal
+from .mailbox import IGNORE, Mailbox, Signal
 from .messages import Caller, Exit
 
 if TYPE_CHECKING:

@@ -43,3 +43,32 @@ def test_py_typed_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("metakit").joinpath("py.typed").is_file()
+
+
+SUBPACKAGES = ["metakit.framing", "metakit.tcp", "metakit.udp", "metakit.web", "metakit.websocket"]
+
+
+@pytest.mark.parametrize("module_name", SUBPACKAGES)
+def test_subpackages_export_documented_names(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert module.__all__ == sorted(module.__all__, key=lambda n: (n.upper() != n, n))
+    for name in module.__all__:
+        obj = getattr(module, name)
+        assert inspect.getdoc(obj), f"{module_name}.{name} has no docstring"
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                public = not attr.startswith("_")
+                if public and (callable(value) or isinstance(value, property)):
+                    assert inspect.getdoc(value), f"{module_name}.{name}.{attr} has no docstring"
+
+
+@pytest.mark.parametrize(
+    "module_name", ["metakit.tcp", "metakit.udp", "metakit.web", "metakit.websocket"]
+)
+def test_network_metas_offer_statistics_snapshots(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    metas = [getattr(module, n) for n in module.__all__]
+    metas = [m for m in metas if inspect.isclass(m) and issubclass(m, metakit.Meta)]
+    assert metas
+    for meta in metas:
+        assert callable(getattr(meta, "statistics", None)), f"{meta.__name__}.statistics"

@@ -42,12 +42,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
+from .._state import DEAD, RUNNING
 from ..errors import FramingError
 from ..framing import Framer, Raw
 from ..ids import PID
-from ..mailbox import DEAD, IGNORE, RUNNING, Mailbox, Signal
+from ..mailbox import IGNORE, Mailbox, Signal
 from ..messages import Down
 from ..meta import Meta
 from .messages import TCPConnect, TCPDisconnect, TCPMessage
@@ -403,6 +406,16 @@ class TCPConnection(Meta):
         self._send_disconnect(reason)
         if self._server is not None:
             self._server._forget(self)
+
+    def statistics(self) -> Mapping[str, int]:
+        """A snapshot of the counters: ``received`` (frames), ``pauses``, ``dropped_writes``."""
+        return MappingProxyType(
+            {
+                "received": self._mk_out,
+                "pauses": self._pauses,
+                "dropped_writes": self._dropped_writes,
+            }
+        )
 
     def handle_inspect(self) -> dict[str, str]:
         """Peer, local address, framing and flow-control state."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl as _ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
+from .._state import RUNNING
 from ..errors import MetakitError
 from ..framing import Framer, Raw
 from ..ids import PID
-from ..mailbox import RUNNING, Mailbox, Signal
+from ..mailbox import Mailbox, Signal
 from ..meta import Meta
 from .connection import _READ_SIZE, TCPConnection, _Protocol
 
@@ -171,6 +173,16 @@ class TCPServer(Meta):
         ending = Signal(self._mk_alias, self._mk_parent_proc._mk_pid, reason, forced=True)
         for conn in list(self._conns):
             conn._mk_signal(ending)
+
+    def statistics(self) -> Mapping[str, int]:
+        """A snapshot of the counters: ``accepted``, ``rejected``, open ``connections``."""
+        return MappingProxyType(
+            {
+                "accepted": self._accepted,
+                "rejected": self._rejected,
+                "connections": len(self._conns),
+            }
+        )
 
     def handle_inspect(self) -> dict[str, str]:
         """Address, open connections, accepted and rejected counts."""

@@ -28,12 +28,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
+from .._state import RUNNING
 from ..errors import MetakitError
 from ..ids import PID
-from ..mailbox import RUNNING, Mailbox
+from ..mailbox import Mailbox
 from ..meta import Meta
 from .messages import UDPError, UDPPacket
 
@@ -125,7 +127,7 @@ class UDPServer(Meta):
         self._transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None  # the socket (the transport owns it)
         self._writers: dict[Any, Mailbox] = {}  # who last wrote to an address
-        self.stats = {
+        self._stats = {
             "received": 0,
             "sent": 0,
             "dropped_full": 0,
@@ -190,7 +192,7 @@ class UDPServer(Meta):
         return None
 
     def _received(self, data: bytes, addr: Any) -> None:
-        stats = self.stats
+        stats = self._stats
         stats["received"] += 1
         if len(data) > self._max_datagram:
             self._count("dropped_oversize", f"datagram of {len(data)} bytes from {addr!r}")
@@ -211,7 +213,7 @@ class UDPServer(Meta):
             worker._mk_kick()
 
     def _count(self, kind: str, what: str) -> None:
-        self.stats[kind] += 1
+        self._stats[kind] += 1
         now = time.monotonic()
         if now - self._last_log.get(kind, 0.0) < _LOG_EVERY:
             self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
@@ -219,7 +221,7 @@ class UDPServer(Meta):
         self._last_log[kind] = now
         more = self._unlogged.pop(kind, 0)
         extra = f" (and {more} more since the last report)" if more else ""
-        self.log.warning("%s: %s%s; %s so far", kind, what, extra, self.stats[kind])
+        self.log.warning("%s: %s%s; %s so far", kind, what, extra, self._stats[kind])
 
     # -- sending ----------------------------------------------------------------
 
@@ -241,7 +243,7 @@ class UDPServer(Meta):
                     error = UDPError(self._mk_alias, message.addr, exc)
                     writer._mk_deliver_system(self._mk_parent_proc._mk_pid, error)
                 return
-            self.stats["sent"] += 1
+            self._stats["sent"] += 1
             writer = self._mk_node._mk_table.get(sender.id)
             if writer is not None:
                 writers = self._writers
@@ -272,7 +274,7 @@ class UDPServer(Meta):
                     failed.append(self._sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)[3])
             except OSError:
                 pass
-        self.stats["send_errors"] += max(1, len(failed))
+        self._stats["send_errors"] += max(1, len(failed))
         error = exc if isinstance(exc, OSError) else OSError(str(exc))
         for addr in failed or [None]:
             worker = self._writers.pop(addr, None) if addr is not None else None
@@ -296,6 +298,16 @@ class UDPServer(Meta):
             self._transport.abort()
         self._writers.clear()
 
+    def statistics(self) -> Mapping[str, int]:
+        """A snapshot of the counters: ``received``, ``sent``, ``dropped_full``,
+        ``dropped_oversize``, ``dropped_no_worker``, ``send_errors``,
+        ``send_paused``, and ``dropped_kernel`` where the platform says."""
+        counters = dict(self._stats)
+        kernel = self.kernel_drops()
+        if kernel is not None:
+            counters["dropped_kernel"] = kernel
+        return MappingProxyType(counters)
+
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped for this socket (receive buffer full), if known.
 
@@ -315,7 +327,6 @@ class UDPServer(Meta):
 
     def handle_inspect(self) -> dict[str, str]:
         """Address and the counters: received, sent, dropped by cause, send errors."""
-        info = {k: str(v) for k, v in self.stats.items()}
-        info["dropped_kernel"] = str(self.kernel_drops())
+        info = {k: str(v) for k, v in self.statistics().items()}
         info["address"] = str(self.address) if self._transport else "-"
         return info

@@ -39,15 +39,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from .._state import DEAD, RUNNING
 from ..errors import CallTimeout, MailboxFull, NoProcess, ProcessExited
 from ..ids import PID
-from ..mailbox import DEAD, RUNNING
 from ..meta import Meta
 from .messages import WebRequest
 
@@ -218,6 +219,12 @@ class WebHandler(Meta):
             stats["500"] += 1
             self.log.error("%s %s: %s", request.method, request.path_qs, exc)
             return _error(500)
+
+    def statistics(self) -> Mapping[str, int]:
+        """A snapshot of the counters: ``requests``, and error answers by status
+        (``503``, ``504``, ``500``, ``413``)."""
+        counters = dict(self._stats)
+        return MappingProxyType(counters)
 
     def handle_inspect(self) -> dict[str, str]:
         """Workers, timeout, and counts of requests and error answers."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl as _ssl
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -114,6 +116,11 @@ class WebServer(Meta):
         self._closing = self._mk_node._linger(
             self._runner.cleanup(), f"metakit web stop {self._mk_alias!r}"
         )
+
+    def statistics(self) -> Mapping[str, int]:
+        """A snapshot of the counters: open ``connections``."""
+        server = self._runner.server
+        return MappingProxyType({"connections": len(server.connections) if server else 0})
 
     def handle_inspect(self) -> dict[str, str]:
         """The URL and the number of open connections."""

@@ -13,7 +13,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from ..mailbox import RUNNING, Signal
+from .._state import RUNNING
+from ..mailbox import Signal
 from .connection import WSConnectionBase
 
 __all__ = ["Backoff", "WebSocketClient"]

@@ -27,14 +27,16 @@ connections with it: 1001 for ``"normal"``/``"shutdown"``, 1011 otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
 from .._eager import run_eagerly
+from .._state import DEAD, RUNNING
 from ..ids import PID
-from ..mailbox import DEAD, IGNORE, RUNNING, Mailbox, Signal
+from ..mailbox import IGNORE, Mailbox, Signal
 from ..messages import Down
 from ..meta import Meta
 from .messages import WSConnect, WSDisconnect, WSMessage
@@ -80,7 +82,7 @@ class WSConnectionBase(Meta):
         self._writing: asyncio.Task[Any] | None = None
         self._down = False  # a client waiting to reconnect: writes stay held
         self.peer: Any = None
-        self.stats = {"received": 0, "sent": 0, "dropped_writes": 0, "pauses": 0}
+        self._stats = {"received": 0, "sent": 0, "dropped_writes": 0, "pauses": 0}
 
     # -- the library side (subclasses) ---------------------------------------
 
@@ -123,7 +125,7 @@ class WSConnectionBase(Meta):
         q.append(self._mk_parent_proc._mk_pid)
         q.append(WSMessage(self._mk_alias, data))
         self._mk_out += 1
-        self.stats["received"] += 1
+        self._stats["received"] += 1
         if not worker._mk_scheduled:
             worker._mk_scheduled = True
             worker._mk_kick()
@@ -133,7 +135,7 @@ class WSConnectionBase(Meta):
 
     def _wait_for_room(self, behind: int, then: Any) -> asyncio.Future[None]:
         assert self._worker is not None
-        self.stats["pauses"] += 1
+        self._stats["pauses"] += 1
         resume = self._resume = self._mk_loop.create_future()
 
         def release(_: object = None) -> None:
@@ -157,7 +159,7 @@ class WSConnectionBase(Meta):
         """Send ``WSMessage(conn, data)`` on the socket (others are logged)."""
         if message.__class__ is WSMessage:
             if not self._open:
-                self.stats["dropped_writes"] += 1  # the worker will see WSDisconnect
+                self._stats["dropped_writes"] += 1  # the worker will see WSDisconnect
                 return
             data = message.data
             try:
@@ -176,7 +178,7 @@ class WSConnectionBase(Meta):
             except Exception as exc:  # the socket is gone under us
                 self._remote_end(1006, str(exc) or type(exc).__name__)
                 return
-            self.stats["sent"] += 1
+            self._stats["sent"] += 1
             if pending is not None:  # waiting for the socket to drain
                 self._writing = pending
                 self._mk_hold()
@@ -254,9 +256,13 @@ class WSConnectionBase(Meta):
             self._resume.set_result(None)
         self._disconnect(code if reason != "kill" else 1006, reason)
 
+    def statistics(self) -> Mapping[str, int]:
+        """A snapshot of the counters: ``received``, ``sent``, ``dropped_writes``, ``pauses``."""
+        return MappingProxyType(dict(self._stats))
+
     def handle_inspect(self) -> dict[str, str]:
         """Peer, codec, and the message counters."""
-        info = {k: str(v) for k, v in self.stats.items()}
+        info = {k: str(v) for k, v in self._stats.items()}
         info["peer"] = str(self.peer)
         info["codec"] = str(self.codec)
         info["writing"] = "held" if self._mk_held else "on"

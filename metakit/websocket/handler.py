@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
+from .._state import DEAD, RUNNING
 from ..errors import MetakitError
 from ..ids import PID
-from ..mailbox import DEAD, RUNNING, Mailbox, Signal
+from ..mailbox import Mailbox, Signal
 from ..meta import Meta
 from ..web.messages import WebRequest
 from .connection import WSConnectionBase
@@ -229,6 +231,13 @@ class WebSocketHandler(Meta):
         ending = Signal(self._mk_alias, self._mk_parent_proc._mk_pid, reason, forced=True)
         for conn in list(self._conns):
             conn._mk_signal(ending)
+
+    def statistics(self) -> Mapping[str, int]:
+        """A snapshot of the counters: ``accepted``, ``refused_origin``,
+        ``no_worker``, and open ``connections``."""
+        counters = dict(self._stats)
+        counters["connections"] = len(self._conns)
+        return MappingProxyType(counters)
 
     def handle_inspect(self) -> dict[str, str]:
         """Open connections and counters."""

@@ -341,5 +341,5 @@ async def test_client_down_keeps_writes_and_ignores_a_links_normal(node: Node, p
         if isinstance(message, WSMessage):
             got.append(message.data)
     assert got == [f"while down {i}" for i in range(3)]
-    assert client.stats["dropped_writes"] == 0
+    assert client.statistics()["dropped_writes"] == 0
     owner.send_exit(conn, "normal")
