@@ -301,3 +301,28 @@ async def test_with_curl(node: Node) -> None:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert orjson.loads(out) == {"got": {"k": 1}}
+
+
+async def test_mounted_on_an_app_under_pytest_aiohttp(node: Node, aiohttp_client: Any) -> None:
+    """The adoption path: a WebHandler on someone else's app and runner."""
+
+    class Items(metakit.Process):
+        async def init(self, handler: WebHandler) -> None:
+            await self.spawn_meta(handler)
+
+        def handle_call(self, sender: Caller, request: Any) -> Any:
+            return {"item": request.match_info["id"], "q": request.query.get("q")}
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(text="plain aiohttp")
+
+    handler = WebHandler("items", timeout=TIMEOUT)
+    app = web.Application()
+    app.router.add_get("/plain", plain)
+    app.router.add_get("/items/{id}", handler)
+    await node.spawn(Items, handler, name="items")
+    client = await aiohttp_client(app)  # pytest-aiohttp's own test server
+    resp = await client.get("/items/42", params={"q": "x"})
+    assert await resp.json() == {"item": "42", "q": "x"}
+    resp = await client.get("/plain")
+    assert await resp.text() == "plain aiohttp"
