@@ -9,10 +9,11 @@ from types import MappingProxyType
 from typing import Any
 
 from .._state import RUNNING
+from .._workers import Workers
 from ..errors import MetakitError
 from ..framing import Framer, Raw
 from ..ids import PID
-from ..mailbox import Mailbox, Signal
+from ..mailbox import Signal
 from ..meta import Meta
 from .connection import _READ_SIZE, TCPConnection, _Protocol
 
@@ -84,8 +85,7 @@ class TCPServer(Meta):
         self.host = host
         self.port = port
         self._framing = framing or Raw()
-        self._pool = list(pool) if pool else None
-        self._next = 0
+        self._workers = Workers(None, pool, required=False)
         self._ssl = ssl
         self._max_connections = max_connections
         self._idle = idle_timeout
@@ -128,21 +128,11 @@ class TCPServer(Meta):
         """How many connections are open."""
         return len(self._conns)
 
-    def _pick_worker(self) -> Mailbox | None:
-        if self._pool is None:
-            return self._mk_parent_proc
-        for _ in range(len(self._pool)):
-            target = self._pool[self._next % len(self._pool)]
-            self._next += 1
-            worker = self._mk_node._lookup(target)
-            if worker is not None and worker._mk_state == RUNNING:
-                return worker
-        return None
-
     def _connection_made(
         self, protocol: _Protocol, transport: asyncio.BaseTransport
     ) -> TCPConnection | None:
-        worker = self._pick_worker() if self._mk_state == RUNNING else None
+        alive = self._mk_state == RUNNING
+        worker = self._workers.pick(self._mk_node, self._mk_parent_proc) if alive else None
         full = self._max_connections is not None and len(self._conns) >= self._max_connections
         if worker is None or full:
             self._rejected += 1
@@ -191,5 +181,5 @@ class TCPServer(Meta):
             "connections": str(len(self._conns)),
             "accepted": str(self._accepted),
             "rejected": str(self._rejected),
-            "pool": str(len(self._pool)) if self._pool else "-",
+            "workers": repr(self._workers),
         }

@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._state import RUNNING
+from .._workers import Workers
 from ..errors import MetakitError
 from ..ids import PID
 from ..mailbox import Mailbox
@@ -116,8 +117,7 @@ class UDPServer(Meta):
             raise ValueError("max_queue must be at least 1")
         self.host = host
         self.port = port
-        self._pool = list(pool) if pool else None
-        self._next = 0
+        self._workers = Workers(None, pool, required=False)
         self._max_datagram = max_datagram
         self._queue_entries = 2 * max_queue  # mailbox entries: two per message
         self._reuse_port = reuse_port
@@ -179,25 +179,15 @@ class UDPServer(Meta):
 
     # -- receiving (the hot path) ---------------------------------------------
 
-    def _pick_worker(self) -> Mailbox | None:
-        if self._pool is None:
-            return self._mk_parent_proc
-        pool = self._pool
-        for _ in range(len(pool)):
-            target = pool[self._next % len(pool)]
-            self._next += 1
-            worker = self._mk_node._lookup(target)
-            if worker is not None and worker._mk_state == RUNNING:
-                return worker
-        return None
-
     def _received(self, data: bytes, addr: Any) -> None:
         stats = self._stats
         stats["received"] += 1
         if len(data) > self._max_datagram:
             self._count("dropped_oversize", f"datagram of {len(data)} bytes from {addr!r}")
             return
-        worker = self._mk_parent_proc if self._pool is None else self._pick_worker()
+        workers = self._workers
+        parent = self._mk_parent_proc
+        worker = parent if not workers.targets else workers.pick(self._mk_node, parent)
         if worker is None:
             self._count("dropped_no_worker", "no live pool member")
             return
@@ -279,7 +269,7 @@ class UDPServer(Meta):
         for addr in failed or [None]:
             worker = self._writers.pop(addr, None) if addr is not None else None
             if worker is None or worker._mk_state != RUNNING:
-                worker = self._pick_worker()
+                worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
             if worker is not None:
                 worker._mk_deliver_system(
                     self._mk_parent_proc._mk_pid, UDPError(self._mk_alias, addr, error)

@@ -37,8 +37,6 @@ Without it, aiohttp discards the response when it finds the client gone.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -47,6 +45,7 @@ import orjson
 from aiohttp import web
 
 from .._state import DEAD, RUNNING
+from .._workers import Workers, mark_coroutine_function
 from ..errors import CallTimeout, MailboxFull, NoProcess, ProcessExited
 from ..ids import PID
 from ..meta import Meta
@@ -119,32 +118,12 @@ class WebHandler(Meta):
         timeout: float = 5.0,
         max_body: int = 1 << 20,
     ) -> None:
-        if (worker is None) == (pool is None):
-            raise ValueError("give a worker or a pool, not both")
-        self._workers: list[PID | str] = [worker] if worker is not None else list(pool or ())
-        if not self._workers:
-            raise ValueError("the pool is empty")
-        self._next = 0
+        self._workers = Workers(worker, pool, required=True)
         self._mk_state = DEAD  # not spawned yet: answer 503 (spawning sets it up)
-        # aiohttp warns about handlers that asyncio.iscoroutinefunction()
-        # rejects, which a callable object is: carry the marks it looks for.
-        self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
-        self._is_coroutine_marker = getattr(inspect, "_is_coroutine_mark", None)
+        mark_coroutine_function(self)  # aiohttp takes it as an async handler
         self.timeout = timeout
         self.max_body = max_body
         self._stats = {"requests": 0, "503": 0, "504": 0, "500": 0, "413": 0}
-
-    def _pick(self) -> PID | str | None:
-        workers = self._workers
-        if len(workers) == 1:
-            return workers[0]
-        for _ in range(len(workers)):
-            target = workers[self._next % len(workers)]
-            self._next += 1
-            actor = self._mk_node._lookup(target)
-            if actor is not None and actor._mk_state == RUNNING:
-                return target
-        return None
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
         """The body, or None if it is longer than ``max_body``."""
@@ -173,8 +152,8 @@ class WebHandler(Meta):
         if body is None:
             stats["413"] += 1
             return _error(413)
-        target = self._pick()
-        if target is None:
+        worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
+        if worker is None:
             stats["503"] += 1
             return _error(503)
         value = WebRequest(
@@ -188,7 +167,9 @@ class WebHandler(Meta):
             request,
         )
         try:
-            future = self._mk_node._call(self._mk_parent_proc._mk_pid, target, value, self.timeout)
+            future = self._mk_node._call(
+                self._mk_parent_proc._mk_pid, worker._mk_ident, value, self.timeout
+            )
         except NoProcess:
             stats["503"] += 1
             return _error(503)
@@ -229,6 +210,6 @@ class WebHandler(Meta):
     def handle_inspect(self) -> dict[str, str]:
         """Workers, timeout, and counts of requests and error answers."""
         info = {k: str(v) for k, v in self._stats.items()}
-        info["workers"] = ", ".join(map(str, self._workers))
+        info["workers"] = repr(self._workers)
         info["timeout"] = str(self.timeout)
         return info

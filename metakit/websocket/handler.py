@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Coroutine, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -12,9 +11,10 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .._state import DEAD, RUNNING
+from .._workers import Workers, mark_coroutine_function
 from ..errors import MetakitError
 from ..ids import PID
-from ..mailbox import Mailbox, Signal
+from ..mailbox import Signal
 from ..meta import Meta
 from ..web.messages import WebRequest
 from .connection import WSConnectionBase
@@ -141,12 +141,7 @@ class WebSocketHandler(Meta):
         high_watermark: int = 64,
         low_watermark: int = 16,
     ) -> None:
-        if (worker is None) == (pool is None):
-            raise ValueError("give a worker or a pool, not both")
-        self._workers: list[PID | str] = [worker] if worker is not None else list(pool or ())
-        if not self._workers:
-            raise ValueError("the pool is empty")
-        self._next = 0
+        self._workers = Workers(worker, pool, required=True)
         self._conn_options: dict[str, Any] = {
             "codec": codec,
             "high_watermark": high_watermark,
@@ -162,19 +157,7 @@ class WebSocketHandler(Meta):
         self._conns: set[WSConnection] = set()
         self._mk_state = DEAD  # until spawned: answer 503
         self._stats = {"accepted": 0, "refused_origin": 0, "no_worker": 0}
-        # aiohttp warns about handlers asyncio.iscoroutinefunction() rejects.
-        self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
-        self._is_coroutine_marker = getattr(inspect, "_is_coroutine_mark", None)
-
-    def _pick(self) -> Mailbox | None:
-        workers = self._workers
-        for _ in range(len(workers)):
-            target = workers[self._next % len(workers)]
-            self._next += 1
-            actor = self._mk_node._lookup(target)
-            if actor is not None and actor._mk_state == RUNNING:
-                return actor
-        return None
+        mark_coroutine_function(self)  # aiohttp takes it as an async handler
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Upgrade one request and serve the connection until it closes (aiohttp calls this)."""
@@ -190,7 +173,7 @@ class WebSocketHandler(Meta):
         )
         async with asyncio.timeout(self.handshake_timeout):
             await ws.prepare(request)
-        worker = self._pick()
+        worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
         if worker is None or self._mk_state != RUNNING:
             self._stats["no_worker"] += 1
             await ws.close(code=1013, message=b"no worker")  # try again later
