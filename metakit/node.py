@@ -385,12 +385,23 @@ class Node(PubSub, Introspection):
         timeout: float | None,
         caller: Mailbox | None = None,
     ) -> asyncio.Future[Any]:
-        try:
-            target = self._mk_table[to.id]  # type: ignore[union-attr]
-        except (KeyError, AttributeError):
+        # A name raises AttributeError here, so resolve names first (WebHandler's
+        # usual target): the exception would cost more than the lookup.
+        if to.__class__ is str:
             target = self._resolve(to)
+        else:
+            try:
+                target = self._mk_table[to.id]  # type: ignore[union-attr]
+            except (KeyError, AttributeError):
+                target = self._resolve(to)
         if target is caller:
             raise MetakitError(f"{pid!r} cannot call itself: it would wait for its own reply")
+        return self._call_actor(pid, target, to, request, timeout)
+
+    def _call_actor(
+        self, pid: PID, target: Mailbox, to: Any, request: Any, timeout: float | None
+    ) -> asyncio.Future[Any]:
+        """Deliver a call to an actor already looked up; ``to`` is what timeouts name."""
         future = self._mk_loop.create_future()
         # Process.send's delivery, inlined: this is the call hot path.
         q = target._mk_q

@@ -56,12 +56,41 @@ __all__ = ["WebHandler", "to_response"]
 _JSON = "application/json"
 
 
+def _text(result: str) -> web.StreamResponse:
+    return web.Response(text=result)
+
+
+def _json(result: Any) -> web.StreamResponse:
+    return web.Response(body=orjson.dumps(result), content_type=_JSON)
+
+
+def _binary(result: bytes) -> web.StreamResponse:
+    return web.Response(body=result, content_type="application/octet-stream")
+
+
+def _empty(result: None) -> web.StreamResponse:
+    return web.Response(status=204)
+
+
+# The common answers by exact type: one dict lookup instead of an isinstance chain.
+_CONVERT: dict[type, Any] = {
+    str: _text,
+    dict: _json,
+    list: _json,
+    bytes: _binary,
+    type(None): _empty,
+}
+
+
 def to_response(result: Any) -> web.StreamResponse:
     """Turn a worker's answer into an aiohttp response (see the table above).
 
     Raises:
         TypeError: for any other type of answer.
     """
+    convert = _CONVERT.get(result.__class__)
+    if convert is not None:
+        return convert(result)  # type: ignore[no-any-return]
     if isinstance(result, web.StreamResponse):
         return result
     if result is None:
@@ -123,12 +152,11 @@ class WebHandler(Meta):
         mark_coroutine_function(self)  # aiohttp takes it as an async handler
         self.timeout = timeout
         self.max_body = max_body
-        self._stats = {"requests": 0, "503": 0, "504": 0, "500": 0, "413": 0}
+        self._stats = {"503": 0, "504": 0, "500": 0, "413": 0}
+        self._requests = 0
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
-        """The body, or None if it is longer than ``max_body``."""
-        if not request.body_exists:
-            return b""
+        """The body (the request has one), or None if it is longer than ``max_body``."""
         length = request.content_length
         if length is not None and length > self.max_body:
             return None
@@ -144,31 +172,28 @@ class WebHandler(Meta):
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Handle one request (aiohttp calls this)."""
         stats = self._stats
-        stats["requests"] += 1
+        self._requests += 1
         if self._mk_state != RUNNING:
             stats["503"] += 1
             return _error(503)
-        body = await self._read_body(request)
-        if body is None:
-            stats["413"] += 1
-            return _error(413)
+        if request.body_exists:
+            body = await self._read_body(request)
+            if body is None:
+                stats["413"] += 1
+                return _error(413)
+        else:
+            body = b""
         worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
         if worker is None:
             stats["503"] += 1
             return _error(503)
-        value = WebRequest(
-            request.method,
-            request.path,
-            request.query,
-            request.headers,
-            body,
-            request.match_info if isinstance(request, web.Request) else {},
-            request.remote,
-            request,
-        )
         try:
-            future = self._mk_node._call(
-                self._mk_parent_proc._mk_pid, worker._mk_ident, value, self.timeout
+            future = self._mk_node._call_actor(
+                self._mk_parent_proc._mk_pid,
+                worker,
+                worker._mk_ident,
+                WebRequest(request, body),
+                self.timeout,
             )
         except NoProcess:
             stats["503"] += 1
@@ -204,12 +229,12 @@ class WebHandler(Meta):
     def statistics(self) -> Mapping[str, int]:
         """A snapshot of the counters: ``requests``, and error answers by status
         (``503``, ``504``, ``500``, ``413``)."""
-        counters = dict(self._stats)
+        counters = dict(self._stats, requests=self._requests)
         return MappingProxyType(counters)
 
     def handle_inspect(self) -> dict[str, str]:
         """Workers, timeout, and counts of requests and error answers."""
-        info = {k: str(v) for k, v in self._stats.items()}
+        info = {k: str(v) for k, v in self.statistics().items()}
         info["workers"] = repr(self._workers)
         info["timeout"] = str(self.timeout)
         return info

@@ -187,16 +187,7 @@ class WebSocketHandler(Meta):
         conn._handler = self
         self._conns.add(conn)
         self._stats["accepted"] += 1
-        info = WebRequest(
-            request.method,
-            request.path,
-            request.query,
-            request.headers,
-            b"",
-            request.match_info if isinstance(request, web.Request) else {},
-            request.remote,
-            request,
-        )
+        info = WebRequest(request)
         conn._connected(worker, request.remote, info)
         try:
             await conn._serve()
