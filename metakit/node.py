@@ -39,6 +39,27 @@ P = TypeVar("P", bound=Process)
 Target = PID | Alias | str
 
 
+_allocator_warmed = False
+
+
+def _warm_allocator() -> None:
+    """Free one 512 KiB block so glibc's malloc stops mmap-ing every socket read.
+
+    On the stdlib loop each read allocates a 256 KiB buffer (``recv`` /
+    ``recvfrom`` with asyncio's ``max_size``) and shrinks it with realloc:
+    a full-size block is never freed, so glibc never raises its dynamic mmap
+    threshold, and every read costs an mmap/mremap/munmap (DESIGN.md §6: a
+    fresh server runs ~4x slower until something frees one). One free of a
+    large block raises the threshold for the whole process. Harmless
+    elsewhere: one short-lived allocation.
+    """
+    global _allocator_warmed
+    if not _allocator_warmed:
+        _allocator_warmed = True
+        block = bytearray(512 * 1024)
+        del block
+
+
 class Node(PubSub, Introspection):
     """A node: hosts processes and meta-processes and routes messages between them.
 
@@ -95,6 +116,7 @@ class Node(PubSub, Introspection):
             raise NodeNotRunning(f"node {self.name!r} was stopped; create a new Node")
         self._mk_loop = asyncio.get_running_loop()
         self._deadlines = Deadlines(self._mk_loop)
+        _warm_allocator()
         self._thread_id = threading.get_ident()
         self._started_at = time.monotonic()
         self._running = True
