@@ -20,8 +20,10 @@ the drain what an envelope is, so the common case costs one identity test:
 * :class:`Signal` — an exit signal.
 
 Delivery (DESIGN.md §6) is a bound check, a ``deque.append`` and, only when
-the actor is idle, one ``loop.call_soon`` of the drain: a burst of messages
-costs one scheduling. ``Process.send`` and ``Meta.send`` inline that code, and
+the actor is idle, one append to the node's ready list: a burst of messages
+costs one scheduling, and waking a thousand idle actors (a broadcast) costs
+a thousand appends and one ``loop.call_soon``, not a thousand Handles and
+bound methods for the cyclic GC to trace. ``Process.send`` and ``Meta.send`` inline that code, and
 ``messages_in`` is counted once per drain, not per message: each attribute
 touched per message shows in the throughput. Actors whose handlers are all plain functions drain in
 that callback, with no Task or Future per message. Actors with a coroutine
@@ -231,7 +233,12 @@ class Mailbox(FlowControl):
                 self._mk_drain_async(), name=f"metakit {self._mk_ident!r}"
             )
         else:
-            self._mk_loop.call_soon(self._mk_drain)
+            # Node._ready, inlined: this runs on every wake-up of an idle actor.
+            node = self._mk_node
+            ready = node._ready_list
+            ready.append(self)
+            if len(ready) == 1:
+                self._mk_loop.call_soon(node._run_ready)
 
     def _mk_signal(self, sig: Signal) -> None:
         """Take an exit signal: ``kill`` at once, others through the queue."""
@@ -287,7 +294,7 @@ class Mailbox(FlowControl):
         if self._mk_held:
             return  # _mk_scheduled stays True: nothing restarts the drain but _mk_unhold
         if q and self._mk_state == RUNNING:
-            self._mk_loop.call_soon(self._mk_drain)
+            self._mk_node._ready(self)  # over budget: again after the others
         else:
             self._mk_scheduled = False
 

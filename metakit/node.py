@@ -94,6 +94,7 @@ class Node(PubSub, Introspection):
         self._logger.setLevel(log_level.upper() if isinstance(log_level, str) else log_level)
         self._mk_pid = PID(name, _next_id())
         self._mk_table: dict[int, Mailbox] = {}
+        self._ready_list: list[Mailbox] = []  # plain-handler actors with a drain due
         self._names: dict[str, Process] = {}
         self._mk_events: dict[str, _Event] = {}
         self._threads: set[threading.Thread] = set()
@@ -335,6 +336,33 @@ class Node(PubSub, Introspection):
         if meta._mk_main is not None:
             self._tasks.add(meta._mk_main)
             meta._mk_main.add_done_callback(self._tasks.discard)
+
+    def _ready(self, actor: Mailbox) -> None:
+        """Queue a plain-handler actor's drain; one call_soon runs the whole batch."""
+        ready = self._ready_list
+        ready.append(actor)
+        if len(ready) == 1:
+            self._mk_loop.call_soon(self._run_ready)
+
+    def _run_ready(self) -> None:
+        # Drains queued meanwhile (by these handlers) run on the next loop turn,
+        # as they would with a call_soon each.
+        ready = self._ready_list
+        if len(ready) == 1:  # the common case: one actor woke up; no new list
+            ready.pop()._mk_drain()
+            return
+        self._ready_list = []
+        for i, actor in enumerate(ready):
+            try:
+                actor._mk_drain()
+            except BaseException:
+                # Only a BaseException escapes a drain: keep the rest scheduled.
+                rest = ready[i + 1 :]
+                if rest:
+                    if not self._ready_list:
+                        self._mk_loop.call_soon(self._run_ready)
+                    self._ready_list[:0] = rest
+                raise
 
     def _linger(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run cleanup that outlives a meta's (plain) terminate; stop() waits for it."""
