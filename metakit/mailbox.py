@@ -26,7 +26,13 @@ a thousand appends and one ``loop.call_soon``, not a thousand Handles and
 bound methods for the cyclic GC to trace. ``Process.send`` and ``Meta.send`` inline that code, and
 ``messages_in`` is counted once per drain, not per message: each attribute
 touched per message shows in the throughput. Actors whose handlers are all plain functions drain in
-that callback, with no Task or Future per message. Actors with a coroutine
+that callback, with no Task or Future per message.
+
+A few metas are *eager* (the TCP and WebSocket connections, the UDP
+server): their handler is a short, non-blocking write to a transport, so
+when ``send`` finds one idle (nothing queued, not held, not in init) it runs
+the drain right there instead of scheduling it. Order and one-at-a-time hold
+as before; an echo saves a loop turn per message. Actors with a coroutine
 handler drain in one Task per burst, which ends when the queue is empty, so
 an idle actor holds no Task. Either way one actor runs one handler at a time.
 
@@ -160,6 +166,9 @@ class Mailbox(FlowControl):
     _mk_terminate_is_async: ClassVar[bool] = False
     # Processes take exit signals first; metas take them in order.
     _mk_signals_first: ClassVar[bool] = True
+    # Drained at once when a send finds it idle: set by the network metas,
+    # whose handler is a short non-blocking write (see the module docstring).
+    _mk_eager: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -167,6 +176,8 @@ class Mailbox(FlowControl):
         cls._mk_call_is_async = _is_async(cls, "handle_call")
         cls._mk_terminate_is_async = _is_async(cls, "terminate")
         cls._mk_async_mode = msg_async or cls._mk_call_is_async or cls._mk_terminate_is_async
+        if cls._mk_async_mode:
+            cls._mk_eager = False  # a coroutine handler cannot run inside the sender
 
     # -- setup -------------------------------------------------------------
 

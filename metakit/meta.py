@@ -179,7 +179,10 @@ class Meta(Mailbox):
         self._mk_out += 1
         if not target._mk_scheduled:
             target._mk_scheduled = True
-            target._mk_kick()
+            if target._mk_eager:
+                target._mk_drain()  # an idle network meta writes now (see Mailbox)
+            else:
+                target._mk_kick()
 
     def reply(self, caller: Caller, value: Any) -> None:
         """Answer a call for which ``handle_call`` returned ``NO_REPLY``."""

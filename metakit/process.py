@@ -180,7 +180,10 @@ class Process(Mailbox):
         self._mk_out += 1
         if not target._mk_scheduled:
             target._mk_scheduled = True
-            target._mk_kick()
+            if target._mk_eager:
+                target._mk_drain()  # an idle network meta writes now (see Mailbox)
+            else:
+                target._mk_kick()
 
     def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Send ``request`` to ``to``'s ``handle_call``; await the result for its reply.

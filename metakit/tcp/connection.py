@@ -129,6 +129,8 @@ class TCPConnection(Meta):
         low_watermark: resume when it is down to about this many.
     """
 
+    _mk_eager = True  # its handler is a non-blocking write: run it at once when idle
+
     def __init__(
         self,
         framing: Framer[Any] | None = None,

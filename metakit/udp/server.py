@@ -101,6 +101,8 @@ class UDPServer(Meta):
         ends: exit signal, parent exit, node stop.
     """
 
+    _mk_eager = True  # its handler is a non-blocking write: run it at once when idle
+
     def __init__(
         self,
         host: str,

@@ -63,6 +63,8 @@ class WSConnectionBase(Meta):
         low_watermark: read again when it is down to about this many.
     """
 
+    _mk_eager = True  # its handler is a non-blocking write: run it at once when idle
+
     def __init__(
         self, *, codec: str | None = None, high_watermark: int = 64, low_watermark: int = 16
     ) -> None:
