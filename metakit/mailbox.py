@@ -30,8 +30,8 @@ that callback, with no Task or Future per message.
 
 A few metas are *eager* (the TCP and WebSocket connections, the UDP
 server): their handler is a short, non-blocking write to a transport, so
-when ``send`` finds one idle (nothing queued, not held, not in init) it runs
-the drain right there instead of scheduling it. Order and one-at-a-time hold
+when ``send`` finds one idle (nothing queued, not held, not in init) it hands
+the message to its handler right there, without queueing or scheduling. Order and one-at-a-time hold
 as before; an echo saves a loop turn per message. Actors with a coroutine
 handler drain in one Task per burst, which ends when the queue is empty, so
 an idle actor holds no Task. Either way one actor runs one handler at a time.
@@ -306,6 +306,26 @@ class Mailbox(FlowControl):
             return  # _mk_scheduled stays True: nothing restarts the drain but _mk_unhold
         if q and self._mk_state == RUNNING:
             self._mk_node._ready(self)  # over budget: again after the others
+        else:
+            self._mk_scheduled = False
+
+    def _mk_run_now(self, sender: PID, message: Any) -> None:
+        """Handle one message at once: ``send`` found this eager meta idle.
+
+        Idle means nothing is queued (held and initialising actors count as
+        scheduled), so running it now keeps the order a drain would have.
+        """
+        self._mk_scheduled = True
+        self._mk_in += 1
+        try:
+            self.handle_message(sender, message)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._mk_end(self._mk_crash_reason(exc))
+            return
+        if self._mk_held:
+            return  # it stays scheduled until _mk_unhold
+        if self._mk_q and self._mk_state == RUNNING:
+            self._mk_node._ready(self)  # something arrived meanwhile (a Down...)
         else:
             self._mk_scheduled = False
 

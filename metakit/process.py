@@ -175,15 +175,15 @@ class Process(Mailbox):
         # Whatever is in the table is alive: only a bounded mailbox needs a check.
         if target._mk_cap and len(q) >= target._mk_cap:
             target._mk_refuse()
+        self._mk_out += 1
+        if not target._mk_scheduled and target._mk_eager:
+            target._mk_run_now(self._mk_pid, message)  # an idle network meta writes now
+            return
         q.append(self._mk_pid)
         q.append(message)
-        self._mk_out += 1
         if not target._mk_scheduled:
             target._mk_scheduled = True
-            if target._mk_eager:
-                target._mk_drain()  # an idle network meta writes now (see Mailbox)
-            else:
-                target._mk_kick()
+            target._mk_kick()
 
     def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Send ``request`` to ``to``'s ``handle_call``; await the result for its reply.
