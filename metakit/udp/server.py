@@ -36,7 +36,6 @@ from .._state import RUNNING
 from .._workers import Workers
 from ..errors import MetakitError
 from ..ids import PID
-from ..mailbox import Mailbox
 from ..meta import Meta
 from .messages import UDPError, UDPPacket
 
@@ -45,12 +44,27 @@ __all__ = ["UDPServer"]
 _LOG_EVERY = 1.0  # seconds between two log lines about drops of one kind
 
 
+def _packet(server: Any, addr: Any, data: bytes) -> UDPPacket:
+    # UDPPacket(...) for the hot path: a frozen dataclass's __init__ goes
+    # through object.__setattr__ per field; the slot descriptors are direct.
+    packet = _new_packet(UDPPacket)
+    _set_server(packet, server)
+    _set_addr(packet, addr)
+    _set_data(packet, data)
+    return packet
+
+
+_new_packet = object.__new__
+_set_server = vars(UDPPacket)["server"].__set__
+_set_addr = vars(UDPPacket)["addr"].__set__
+_set_data = vars(UDPPacket)["data"].__set__
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, server: UDPServer) -> None:
         self.server = server
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.server._received(data, addr)
+        # The hot callback goes straight to the server: no frame in between.
+        self.datagram_received = server._received  # type: ignore[method-assign]
 
     def error_received(self, exc: Exception) -> None:
         self.server._error(exc)
@@ -128,10 +142,10 @@ class UDPServer(Meta):
         self.mailbox_size = mailbox_size
         self._transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None  # the socket (the transport owns it)
-        self._writers: dict[Any, Mailbox] = {}  # who last wrote to an address
+        self._writers: dict[Any, PID] = {}  # who last wrote to an address
+        self._received_count = 0
+        self._sent_count = 0
         self._stats = {
-            "received": 0,
-            "sent": 0,
             "dropped_full": 0,
             "dropped_oversize": 0,
             "dropped_no_worker": 0,
@@ -182,8 +196,7 @@ class UDPServer(Meta):
     # -- receiving (the hot path) ---------------------------------------------
 
     def _received(self, data: bytes, addr: Any) -> None:
-        stats = self._stats
-        stats["received"] += 1
+        self._received_count += 1
         if len(data) > self._max_datagram:
             self._count("dropped_oversize", f"datagram of {len(data)} bytes from {addr!r}")
             return
@@ -198,7 +211,7 @@ class UDPServer(Meta):
             self._count("dropped_full", f"the mailbox of {worker._mk_ident!r} is full")
             return
         q.append(self._mk_parent_proc._mk_pid)
-        q.append(UDPPacket(self._mk_alias, addr, data))
+        q.append(_packet(self._mk_alias, addr, data))
         self._mk_out += 1
         if not worker._mk_scheduled:
             worker._mk_scheduled = True
@@ -235,13 +248,11 @@ class UDPServer(Meta):
                     error = UDPError(self._mk_alias, message.addr, exc)
                     writer._mk_deliver_system(self._mk_parent_proc._mk_pid, error)
                 return
-            self._stats["sent"] += 1
-            writer = self._mk_node._mk_table.get(sender.id)
-            if writer is not None:
-                writers = self._writers
-                if len(writers) > 4096:
-                    writers.clear()  # a hint, not a registry: keep it small
-                writers[message.addr] = writer
+            self._sent_count += 1
+            writers = self._writers
+            if len(writers) > 4096:
+                writers.clear()  # a hint, not a registry: keep it small
+            writers[message.addr] = sender
         else:
             self.log.warning("unexpected message %r from %r", message, sender)
 
@@ -269,7 +280,8 @@ class UDPServer(Meta):
         self._stats["send_errors"] += max(1, len(failed))
         error = exc if isinstance(exc, OSError) else OSError(str(exc))
         for addr in failed or [None]:
-            worker = self._writers.pop(addr, None) if addr is not None else None
+            writer = self._writers.pop(addr, None) if addr is not None else None
+            worker = self._mk_node._mk_table.get(writer.id) if writer is not None else None
             if worker is None or worker._mk_state != RUNNING:
                 worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
             if worker is not None:
@@ -294,7 +306,7 @@ class UDPServer(Meta):
         """A snapshot of the counters: ``received``, ``sent``, ``dropped_full``,
         ``dropped_oversize``, ``dropped_no_worker``, ``send_errors``,
         ``send_paused``, and ``dropped_kernel`` where the platform says."""
-        counters = dict(self._stats)
+        counters = dict(self._stats, received=self._received_count, sent=self._sent_count)
         kernel = self.kernel_drops()
         if kernel is not None:
             counters["dropped_kernel"] = kernel
