@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ids import Alias
+from ..messages import fast_init
 
 __all__ = ["TCPConnect", "TCPDisconnect", "TCPMessage"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TCPConnect:
     """A connection is open.
@@ -34,6 +36,7 @@ class TCPConnect:
     local: Any
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TCPMessage:
     """Data on a connection, in either direction.
@@ -48,6 +51,7 @@ class TCPMessage:
     data: Any
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TCPDisconnect:
     """The connection has ended; nothing more comes from it.

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ids import Alias
+from ..messages import fast_init
 
 __all__ = ["UDPError", "UDPPacket"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UDPPacket:
     """A datagram, in either direction.
@@ -29,6 +31,7 @@ class UDPPacket:
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UDPError:
     """Sending to ``addr`` failed, e.g. an ICMP "port unreachable" came back.

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ids import Alias
+from ..messages import fast_init
 
 __all__ = ["WSConnect", "WSDisconnect", "WSMessage"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WSConnect:
     """A WebSocket is open.
@@ -36,6 +38,7 @@ class WSConnect:
     request_info: Any
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WSMessage:
     """One message, either direction.
@@ -50,6 +53,7 @@ class WSMessage:
     data: Any
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WSDisconnect:
     """The WebSocket has closed; nothing more comes from it.
