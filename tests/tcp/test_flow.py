@@ -61,7 +61,10 @@ class SlowSink(metakit.Process):
                     self.peak_rss = max(self.peak_rss, rss())
                     info = self.node.meta_info(conn).inspect
                     self.max_pauses = max(self.max_pauses, int(info["pauses"]))
-                await asyncio.sleep(0.0002)  # the slow part
+                # The slow part: four loop turns per message, while the socket
+                # delivers a read every turn, so the worker falls behind.
+                for _ in range(4):
+                    await asyncio.sleep(0)
             case TCPDisconnect(_, reason):
                 self.done.set_result(reason)
 
