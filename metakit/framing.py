@@ -172,6 +172,16 @@ class Line(_Framer):
         Raises:
             FrameTooLarge: a line is longer than ``max_length``.
         """
+        if not self._buf and self._error is None:
+            # The common case, one whole line per read: no list building, one search.
+            src = bytes(data)
+            idx = src.find(self.delimiter)
+            if idx == len(src) - len(self.delimiter) and 0 <= idx <= self.max_length:
+                return [src[:idx]]
+            return self._feed(src)
+        return self._feed(data)
+
+    def _feed(self, data: _Data) -> list[bytes]:
         if self._error is not None:
             self._raise_again()
         src = data if type(data) is bytes else bytes(data)
@@ -199,10 +209,6 @@ class Line(_Framer):
             idx = src.find(delim, pos)
         else:
             idx = src.find(delim)
-            if idx == len(src) - dlen and idx >= 0:  # exactly one line: the common case
-                if idx > max_length:
-                    raise self._fail(FrameTooLarge(idx, max_length), frames)
-                return [src[:idx]]
         find = src.find
         while idx >= 0:
             if idx - pos > max_length:
@@ -236,7 +242,16 @@ class Line(_Framer):
             ValueError: ``frame`` is longer than ``max_length``, or contains the
                 delimiter (or ends with part of it so that the line would end early).
         """
-        line = bytes(frame) + self.delimiter
+        delim = self.delimiter
+        # The common case, a bytes frame and a one-byte delimiter, checked with one scan.
+        if (
+            frame.__class__ is bytes
+            and len(delim) == 1
+            and len(frame) <= self.max_length
+            and delim not in frame
+        ):
+            return frame + delim
+        line = bytes(frame) + delim
         length = len(line) - len(self.delimiter)
         if length > self.max_length:
             raise ValueError(f"line of {length} bytes exceeds max_length={self.max_length}")

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._state import DEAD, EXITING
+from ._state import DEAD, EXITING, RUNNING
 from .ids import PID, Alias, Ref
 from .mailbox import IGNORE, Mailbox, Signal
 from .messages import Caller, Exit
@@ -177,7 +177,20 @@ class Process(Mailbox):
             target._mk_refuse()
         self._mk_out += 1
         if not target._mk_scheduled and target._mk_eager:
-            target._mk_run_now(self._mk_pid, message)  # an idle network meta writes now
+            # An idle network meta writes now: Mailbox._mk_run_now, inlined.
+            target._mk_scheduled = True
+            target._mk_in += 1
+            try:
+                target.handle_message(self._mk_pid, message)  # type: ignore[attr-defined]
+            except Exception as exc:
+                target._mk_end(target._mk_crash_reason(exc))
+                return
+            if target._mk_held:
+                return  # it stays scheduled until _mk_unhold
+            if target._mk_q and target._mk_state == RUNNING:
+                target._mk_node._ready(target)  # something arrived meanwhile
+            else:
+                target._mk_scheduled = False
             return
         q.append(self._mk_pid)
         q.append(message)

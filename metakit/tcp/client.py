@@ -7,7 +7,7 @@ import ssl as _ssl
 from typing import Any
 
 from ..framing import Framer
-from .connection import TCPConnection, _Protocol
+from .connection import TCPConnection
 
 __all__ = ["TCPClient"]
 
@@ -72,7 +72,7 @@ class TCPClient(TCPConnection):
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(
             loop.create_connection(
-                lambda: _Protocol(self, self._read_size),
+                lambda: self,
                 self.host,
                 self.port,
                 ssl=self._ssl,
@@ -80,7 +80,3 @@ class TCPClient(TCPConnection):
             ),
             self._connect_timeout,
         )
-
-    def _connection_made(self, protocol: _Protocol, transport: asyncio.BaseTransport) -> Any:
-        self._attach(transport, self._mk_parent_proc, None)
-        return self

@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 
-A small ``asyncio.BufferedProtocol`` (:class:`_Protocol`) reads into one
-reused buffer (no allocation per read, DESIGN.md §6) and hands each read to
-the connection meta, which runs it through its framer and appends one
-``TCPMessage`` per frame to the worker's mailbox. The meta has no main-loop
-Task: the transport's callbacks drive it, so a connection costs a protocol,
-a meta and a transport, nothing more.
+The connection meta is its own ``asyncio.BufferedProtocol``: the transport
+reads into a buffer that every connection of a server shares (the framer
+copies what it keeps before the callback returns, so no allocation per read
+and no 64 KiB per connection, DESIGN.md §6), and ``buffer_updated`` runs the
+read through the framer and appends one ``TCPMessage`` per frame to the
+worker's mailbox. The meta has no main-loop Task: the transport's callbacks
+drive it, so a connection costs a meta and a transport, nothing more.
 
 Who closes what:
 
@@ -34,7 +35,9 @@ into the worker's mailbox ``low_watermark`` messages from its end; reading
 resumes when the worker gets there. A full bounded mailbox parks the frames
 in the connection (reading paused) until the marker fires: nothing is lost.
 When the transport's write buffer passes its high-water mark, the meta stops
-taking writes from its mailbox (``Mailbox._mk_hold``) until it drains.
+taking writes from its mailbox (``Mailbox._mk_hold``) and stops reading until
+it drains: a peer that does not read its answers sends no more requests, so
+an echo's memory stays bounded by the high-water mark, not by the peer.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["TCPConnection"]
 
 _READ_SIZE = 65536
+_NO_BUFFER = memoryview(b"")
 
 
 def _reset(transport: asyncio.Transport) -> None:
@@ -75,44 +79,7 @@ def _reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class _Protocol(asyncio.BufferedProtocol):
-    """The thin I/O adapter: every callback goes straight to the connection meta."""
-
-    def __init__(self, owner: Any, read_size: int) -> None:
-        self.owner = owner  # who makes the connection meta: a TCPServer, or a TCPClient itself
-        self.conn: TCPConnection | None = None
-        self.buffer = memoryview(bytearray(read_size))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn = self.owner._connection_made(self, transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        conn = self.conn
-        if conn is not None:
-            conn._on_data(self.buffer[:nbytes])
-
-    def eof_received(self) -> bool:
-        conn = self.conn
-        return conn._on_eof() if conn is not None else False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        conn = self.conn
-        if conn is not None:
-            conn._on_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.conn is not None:
-            self.conn._mk_hold()
-
-    def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn._mk_unhold()
-
-
-class TCPConnection(Meta):
+class TCPConnection(Meta, asyncio.BufferedProtocol):
     """A TCP connection as a meta-process; its Alias is the connection id.
 
     You do not create these: :class:`~metakit.tcp.TCPServer` makes one per
@@ -148,12 +115,17 @@ class TCPConnection(Meta):
         self._idle = idle_timeout
         self._high2 = 2 * high_watermark  # in mailbox entries (two per message)
         self._low = low_watermark
+        # The read buffer: a server hands its shared one in before connecting.
+        self._rbuf = _NO_BUFFER
         self._transport: asyncio.Transport | None = None
         self._worker: Mailbox | None = None
+        self._sender: PID | None = None  # the parent: messages to the worker come from it
         self._server: TCPServer | None = None
         self.peer: Any = None
         self.local: Any = None
-        self._paused = False  # reading paused for back-pressure
+        self._paused = False  # the worker is behind
+        self._wblocked = False  # the peer is not reading what we write
+        self._reading = True  # what the transport was last told
         self._backlog: list[Any] = []  # frames a full worker mailbox refused
         self._pending_end: Any = None  # the peer is gone; end once the backlog is delivered
         self._eof = False
@@ -164,6 +136,7 @@ class TCPConnection(Meta):
         self._timer: asyncio.TimerHandle | None = None
         self._dropped_writes = 0
         self._pauses = 0
+        self._write_holds = 0
 
     # -- setup -----------------------------------------------------------------
 
@@ -174,6 +147,9 @@ class TCPConnection(Meta):
         self._transport = cast(asyncio.Transport, transport)
         self._worker = worker
         self._server = server
+        self._sender = self._mk_parent_proc._mk_pid
+        if not self._rbuf:
+            self._rbuf = memoryview(bytearray(self._read_size))
         self.peer = transport.get_extra_info("peername")
         self.local = transport.get_extra_info("sockname")
         if worker is not self._mk_parent_proc:
@@ -191,26 +167,84 @@ class TCPConnection(Meta):
         """The process that receives this connection's messages."""
         return self._worker._mk_ident if self._worker is not None else None  # type: ignore[return-value]
 
-    # -- reading (the hot path) --------------------------------------------------
+    # -- the protocol: asyncio calls these ------------------------------------------
 
-    def _on_data(self, data: memoryview) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The transport is connected: a server's connection is spawned here."""
+        if self._server is not None:
+            self._server._connection_made(self, transport)
+        else:
+            self._attach(transport, self._mk_parent_proc, None)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The buffer the transport reads into."""
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read: frame them and hand each frame to the worker (the hot path)."""
         try:
-            frames = self._framer.feed(data)
+            frames = self._framer.feed(self._rbuf[:nbytes])
         except FramingError as exc:
-            self._push(exc.frames)
-            self._finish(exc)
+            if self._worker is not None:
+                self._push(exc.frames)
+                self._finish(exc)
             return
         if self._idle is not None:
             self._last = self._mk_loop.time()
-        if not frames:
+        worker = self._worker
+        if not frames or worker is None:  # None: a refused connection, closing
             return
         if self._backlog:
             self._backlog.extend(frames)
             return
-        worker = self._worker
-        assert worker is not None
         q = worker._mk_q
-        sender = self._mk_parent_proc._mk_pid
+        if len(frames) == 1 and len(q) < worker._mk_limit:  # the common case
+            q.append(self._sender)
+            q.append(TCPMessage(self._mk_alias, frames[0]))
+            self._mk_out += 1
+        else:
+            self._deliver(frames, worker, q)
+        if not worker._mk_scheduled and q:
+            worker._mk_scheduled = True
+            worker._mk_kick()
+        if len(q) > self._high2 and not self._paused:
+            self._pause()
+
+    def eof_received(self) -> bool:
+        """The peer half-closed: keep writing until the worker has answered what it read."""
+        self._eof = True
+        self._reading = False  # the transport reads no more: never resume it
+        if self._worker is not None and not self._backlog:
+            # With a backlog, _resume does this once it is delivered.
+            self._mark_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is closed, by us or by the peer."""
+        if self._closed or self._worker is None:
+            return  # we closed it, or it was refused
+        self._closed = True
+        self._finish(exc if exc is not None else "closed")
+
+    def pause_writing(self) -> None:
+        """The write buffer is past its high-water mark: stop taking writes."""
+        if self._worker is not None:
+            self._wblocked = True
+            self._write_holds += 1
+            self._mk_hold()
+            self._set_reading()
+
+    def resume_writing(self) -> None:
+        """The write buffer has drained: take writes again."""
+        if self._worker is not None:
+            self._wblocked = False
+            self._mk_unhold()
+            self._set_reading()
+
+    # -- reading -------------------------------------------------------------------
+
+    def _deliver(self, frames: list[Any], worker: Mailbox, q: Any) -> None:
+        sender = self._sender
         alias = self._mk_alias
         limit = worker._mk_limit
         for i, frame in enumerate(frames):
@@ -222,11 +256,6 @@ class TCPConnection(Meta):
         else:
             i = len(frames)
         self._mk_out += i
-        if not worker._mk_scheduled and q:
-            worker._mk_scheduled = True
-            worker._mk_kick()
-        if len(q) > self._high2 and not self._paused:
-            self._pause()
 
     def _push(self, frames: list[Any]) -> None:
         """Deliver frames outside the hot path (before an error ends the connection)."""
@@ -247,8 +276,7 @@ class TCPConnection(Meta):
         if not self._paused:
             self._paused = True
             self._pauses += 1
-            if not self._closed:
-                self._transport.pause_reading()
+            self._set_reading()
         self._worker._mk_notify(self._resume, behind=self._low)
 
     def _resume(self) -> None:
@@ -264,34 +292,37 @@ class TCPConnection(Meta):
             return
         if self._paused:
             self._paused = False
+            self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Read unless the worker is behind or the peer is not reading what we write
+        (an echo whose peer never reads must not buffer its replies without end)."""
+        want = not (self._paused or self._wblocked or self._eof or self._closed)
+        if want != self._reading:
+            self._reading = want
             if not self._closed and not self._eof:
                 assert self._transport is not None
-                self._transport.resume_reading()
+                if want:
+                    self._transport.resume_reading()
+                else:
+                    self._transport.pause_reading()
 
     def _flush(self) -> bool:
         """Move parked frames to the worker; False if some still wait (marker re-set)."""
         worker = self._worker
         assert worker is not None
         backlog = self._backlog
-        sender = self._mk_parent_proc._mk_pid
         while backlog:
             if worker._mk_state == DEAD:
                 backlog.clear()
                 return False
             try:
-                worker._mk_deliver(sender, TCPMessage(self._mk_alias, backlog[0]))
+                worker._mk_deliver(self._sender, TCPMessage(self._mk_alias, backlog[0]))
             except Exception:  # MailboxFull: wait for the worker to make room
                 self._pause()
                 return False
             backlog.pop(0)
             self._mk_out += 1
-        return True
-
-    def _on_eof(self) -> bool:
-        # Keep the write side open: the worker may still answer what it read.
-        self._eof = True
-        if not self._backlog:  # else _resume does this once the backlog is delivered
-            self._mark_eof()
         return True
 
     def _mark_eof(self) -> None:
@@ -307,12 +338,6 @@ class TCPConnection(Meta):
 
     def _close_after_eof(self) -> None:
         self._finish("closed")
-
-    def _on_lost(self, exc: Exception | None) -> None:
-        if self._closed:
-            return  # we closed it
-        self._closed = True
-        self._finish(exc if exc is not None else "closed")
 
     def _check_idle(self) -> None:
         self._timer = None
@@ -410,11 +435,13 @@ class TCPConnection(Meta):
             self._server._forget(self)
 
     def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: ``received`` (frames), ``pauses``, ``dropped_writes``."""
+        """A snapshot of the counters: ``received`` (frames), ``pauses`` (the worker was
+        behind), ``write_holds`` (the peer was not reading), ``dropped_writes``."""
         return MappingProxyType(
             {
                 "received": self._mk_out,
                 "pauses": self._pauses,
+                "write_holds": self._write_holds,
                 "dropped_writes": self._dropped_writes,
             }
         )
@@ -426,8 +453,9 @@ class TCPConnection(Meta):
             "local": str(self.local),
             "framing": repr(self._framer),
             "worker": repr(self.worker),
-            "reading": "paused" if self._paused else "on",
+            "reading": "on" if self._reading else "paused",
             "pauses": str(self._pauses),
             "writing": "held" if self._mk_held else "on",
+            "write_holds": str(self._write_holds),
             "dropped_writes": str(self._dropped_writes),
         }

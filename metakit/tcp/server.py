@@ -15,7 +15,7 @@ from ..framing import Framer, Raw
 from ..ids import PID
 from ..mailbox import Signal
 from ..meta import Meta
-from .connection import _READ_SIZE, TCPConnection, _Protocol
+from .connection import _READ_SIZE, TCPConnection
 
 __all__ = ["TCPServer"]
 
@@ -95,6 +95,7 @@ class TCPServer(Meta):
         self._watermarks = (high_watermark, low_watermark)
         self._handshake_timeout = ssl_handshake_timeout
         self._server: asyncio.Server | None = None
+        self._rbuf = memoryview(b"")  # the connections' shared read buffer, made in init
         self._conns: set[TCPConnection] = set()
         self._accepted = 0
         self._rejected = 0
@@ -105,8 +106,11 @@ class TCPServer(Meta):
         """Bind and listen."""
         loop = asyncio.get_running_loop()
         read_size = self._framing.max_length if isinstance(self._framing, Raw) else _READ_SIZE
+        # One read buffer for all the connections: each read is framed (and
+        # what is kept copied) before the next one can start.
+        self._rbuf = memoryview(bytearray(read_size))
         self._server = await loop.create_server(
-            lambda: _Protocol(self, read_size),
+            self._new_connection,
             self.host,
             self.port,
             ssl=self._ssl,
@@ -128,30 +132,33 @@ class TCPServer(Meta):
         """How many connections are open."""
         return len(self._conns)
 
-    def _connection_made(
-        self, protocol: _Protocol, transport: asyncio.BaseTransport
-    ) -> TCPConnection | None:
+    def _new_connection(self) -> TCPConnection:
+        # The protocol factory: the connection meta is spawned once connected.
+        high, low = self._watermarks
+        conn = TCPConnection(
+            self._framing, idle_timeout=self._idle, high_watermark=high, low_watermark=low
+        )
+        conn._rbuf = self._rbuf
+        conn._server = self
+        return conn
+
+    def _connection_made(self, conn: TCPConnection, transport: asyncio.BaseTransport) -> None:
         alive = self._mk_state == RUNNING
         worker = self._workers.pick(self._mk_node, self._mk_parent_proc) if alive else None
         full = self._max_connections is not None and len(self._conns) >= self._max_connections
         if worker is None or full:
             self._rejected += 1
             transport.close()
-            return None
-        high, low = self._watermarks
-        conn = TCPConnection(
-            self._framing, idle_timeout=self._idle, high_watermark=high, low_watermark=low
-        )
+            return
         try:
             self._mk_node._spawn_meta_now(conn, self._mk_parent_proc, self._conn_mailbox)
         except MetakitError:  # the node is stopping
             self._rejected += 1
             transport.close()
-            return None
+            return
         self._conns.add(conn)
         self._accepted += 1
         conn._attach(transport, worker, self)
-        return conn
 
     def _forget(self, conn: TCPConnection) -> None:
         self._conns.discard(conn)

@@ -13,8 +13,8 @@ import pytest
 import metakit
 from metakit import Node
 from metakit.errors import MailboxFull
-from metakit.tcp import TCPDisconnect, TCPMessage, TCPServer
-from metakit.testing import TIMEOUT, Probe
+from metakit.tcp import TCPConnect, TCPDisconnect, TCPMessage, TCPServer
+from metakit.testing import TIMEOUT, Probe, wait_until
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB
 FLOOD_BLOCKS = 3200  # 200 MiB
@@ -134,3 +134,51 @@ async def test_slow_reader_pushes_back_with_mailbox_full(node: Node, probe: Any)
     assert await asyncio.wait_for(reader.readexactly(4), TIMEOUT) == b"more"
     writer.close()
     assert isinstance(await worker.receive(), TCPDisconnect)
+
+
+class CountingEcho(metakit.Process):
+    """Echoes every chunk and counts the bytes it has read."""
+
+    async def init(self) -> None:
+        self.received = 0
+        self.conn: metakit.Alias | None = None
+        self.server = TCPServer("127.0.0.1", 0)
+        await self.spawn_meta(self.server)
+
+    def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        match message:
+            case TCPConnect(conn, _, _):
+                self.conn = conn
+            case TCPMessage(conn, data):
+                self.received += len(data)
+                self.send(conn, TCPMessage(conn, data))
+
+
+async def test_peer_that_does_not_read_is_not_read_either(node: Node) -> None:
+    # An echo's peer sends 64 MiB and reads nothing: once the replies back up,
+    # the connection stops reading that peer, so the server holds a bounded
+    # amount (kernel buffers and the transport's high-water mark), not 64 MiB.
+    pid = await node.spawn(CountingEcho)
+    echo: CountingEcho = node._mk_table[pid.id]  # type: ignore[assignment]
+    reader, writer = await asyncio.open_connection(*echo.server.address, limit=1 << 20)
+    total = 64 << 20
+    for i in range(total // len(BLOCK)):
+        writer.write(i.to_bytes(8, "big") + BLOCK[8:])  # buffered on the client side
+    conn = await wait_until(lambda: echo.conn)
+
+    def stalled() -> bool:
+        info = node.meta_info(conn).inspect
+        return info["reading"] == "paused" and info["writing"] == "held"
+
+    await wait_until(stalled, message="the connection kept reading a peer that reads nothing")
+    held = echo.received
+    assert held < 32 << 20, f"read {held >> 20} MiB from a peer that reads nothing"
+    assert int(node.meta_info(conn).inspect["write_holds"]) >= 1
+    # The peer reads again: everything comes back, in order, and reading resumes.
+    for i in range(total // len(BLOCK)):
+        chunk = await asyncio.wait_for(reader.readexactly(len(BLOCK)), TIMEOUT)
+        assert int.from_bytes(chunk[:8], "big") == i
+    assert echo.received == total
+    assert node.meta_info(conn).inspect["reading"] == "on"
+    writer.close()
+    await writer.wait_closed()
