@@ -52,13 +52,17 @@ the commit measured and how many files under ``metakit/`` differ from it.
 
 Fresh vs warm: every variant gets a new server process. Its first ping-pong
 run (``cold``, no warm-up) measures the first seconds of that fresh process,
-connections included; the ``warm`` runs follow on the same process after a
-1 s unmeasured warm-up (best of three by round trips/s; the row shows every
-figure of that run). A fresh stdlib-loop
+connections included. Then the servers stay up side by side and the
+``warm`` runs (each after a 1 s unmeasured warm-up) and the streams go round
+the variants, five rounds each, the order reversed every round: a slow
+drift of a shared machine then hits every variant alike. The table shows
+the best run of each variant (by round trips/s; every figure of that run);
+the ratios are medians over the rounds of metakit's run / raw's run of the
+same round, with every round's ratio printed beside. A fresh stdlib-loop
 ``asyncio.Protocol`` server starts several times slower until glibc's malloc
 adapts to its 256 KiB read buffers (DESIGN.md §6); metakit reads with
-``BufferedProtocol`` and should show no such cold start. The stream runs
-last, on the warm server.
+``BufferedProtocol`` and should show no such cold start. The streams run
+last, on the warm servers.
 
 Targets (metakit vs raw-buffered on the same loop, warm): server CPU per round
 trip <= 1.4x, p99 latency <= 1.5x, stream MB/s >= 0.8x; and no cold-start
@@ -70,7 +74,7 @@ Run from the repository root (Linux, gcc, two or more CPUs)::
     python bench/tcp_echo.py [--quick] [--verbose] [--loop asyncio|uvloop|both]
                              [--variant NAME ...] [--profile]
 
-A full run takes 2-4 minutes. ``--quick`` is a smoke test (1 s runs, one
+A full run takes 3-5 minutes. ``--quick`` is a smoke test (1 s runs, one
 16 MiB stream, no retries, ~30 s). ``--verbose``
 adds every run and the round trips per 250 ms slice. ``--profile`` runs the
 metakit server under cProfile (its figures are then not comparable) and
@@ -90,6 +94,7 @@ import pstats
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -448,10 +453,19 @@ def run_loadgen(binary: Path, cpu: int | None, args: list[str], timeout: float) 
     return parse_kv(out.stdout.strip().splitlines()[-1])
 
 
-def measure(
-    opts: argparse.Namespace, binary: Path, variant: str, loop: str, profile: str | None = None
-) -> Result:
-    """Cold run on a fresh server, then the warm runs and the streams on the same process.
+def measure_loop(
+    opts: argparse.Namespace,
+    binary: Path,
+    variants: list[str],
+    loop: str,
+    prof_dir: str | None = None,
+) -> list[Result]:
+    """Every variant on one loop: a cold run on a fresh server each, then rounds.
+
+    The servers stay up side by side (an idle one costs nothing) and the warm
+    runs and the streams go round the variants, the order reversed every
+    round, so that slow drifts of the machine (it is shared) hit every
+    variant alike and each round gives a paired ratio.
 
     A run during which other programs took more than ``NOISY`` % of a core is
     done again (after waiting for quiet), up to ``opts.retries`` times; for the
@@ -476,63 +490,80 @@ def measure(
         return Stream.parse(run_loadgen(binary, opts.client_cpu, args, timeout=330))
 
     # Waiting for quiet shares one budget of opts.quiet_wait seconds per server.
-    budget = opts.quiet_wait
+    budget = opts.quiet_wait * len(variants)
     waited = 0.0
-    redone: dict[str, int] = {}
+    redone: dict[tuple[str, str], int] = {}
 
     def quiet() -> None:
         nonlocal waited
         waited += wait_quiet(max(0.0, budget - waited))
 
-    def disturbed(run: PingPong | Stream, what: str, attempt: int) -> bool:
+    def disturbed(run: PingPong | Stream, variant: str, what: str, attempt: int) -> bool:
         if run.other_pct <= NOISY or attempt == opts.retries:
             return False
-        redone[what] = redone.get(what, 0) + 1
+        redone[variant, what] = redone.get((variant, what), 0) + 1
         quiet()
         return True
 
-    # A disturbed run is done again; if all attempts are disturbed, the least
-    # disturbed one counts. A cold run needs a fresh process each time: the
-    # warm runs then use the last one.
-    cold: PingPong | None = None
-    for attempt in range(opts.retries + 1):
-        quiet()
-        server = Server(variant, loop, opts.server_cpu, profile)
-        try:
-            run = pingpong(server, opts.cold_seconds, 0)
-        except BaseException:
-            server.stop()
-            raise
-        if cold is None or run.other_pct < cold.other_pct:
-            cold = run
-        if not disturbed(run, "cold run (new server)", attempt):
-            break
-        server.stop()
-    assert cold is not None
-
-    def again(fn: Callable[[], R], what: str) -> R:
+    def again(fn: Callable[[], R], variant: str, what: str) -> R:
         best: R | None = None
         for attempt in range(opts.retries + 1):
             run = fn()
             if best is None or run.other_pct < best.other_pct:
                 best = run
-            if not disturbed(run, what, attempt):
+            if not disturbed(run, variant, what, attempt):
                 break
         assert best is not None
         return best
 
+    servers: dict[str, Server] = {}
+    results: dict[str, Result] = {}
     try:
-        warm = [
-            again(lambda: pingpong(server, opts.seconds, opts.warmup), "warm run")
-            for _ in range(opts.repeat)
-        ]
-        streams = [again(lambda: stream(server), "stream") for _ in range(opts.stream_repeat)]
+        # A disturbed cold run is done again on a new process; if all attempts
+        # are disturbed, the least disturbed one counts. The warm runs use the
+        # last process.
+        for variant in variants:
+            print(f"  {variant} on {loop}: cold run...", file=sys.stderr, flush=True)
+            profile = str(Path(prof_dir) / f"{variant}-{loop}.prof") if prof_dir else None
+            cold: PingPong | None = None
+            for attempt in range(opts.retries + 1):
+                quiet()
+                server = servers[variant] = Server(variant, loop, opts.server_cpu, profile)
+                run = pingpong(server, opts.cold_seconds, 0)
+                if cold is None or run.other_pct < cold.other_pct:
+                    cold = run
+                if not disturbed(run, variant, "cold run (new server)", attempt):
+                    break
+                server.stop()
+                del servers[variant]
+            assert cold is not None
+            results[variant] = Result(variant, loop, cold, [], [], profile)
+        print(f"  {loop}: {opts.repeat} rounds of warm runs...", file=sys.stderr, flush=True)
+        for i in range(opts.repeat):
+            for variant in variants if i % 2 == 0 else variants[::-1]:
+                server = servers[variant]
+
+                def warm(server: Server = server) -> PingPong:
+                    return pingpong(server, opts.seconds, opts.warmup)
+
+                results[variant].warm.append(again(warm, variant, "warm run"))
+        print(f"  {loop}: {opts.stream_repeat} rounds of streams...", file=sys.stderr, flush=True)
+        for i in range(opts.stream_repeat):
+            for variant in variants if i % 2 == 0 else variants[::-1]:
+                server = servers[variant]
+
+                def one_stream(server: Server = server) -> Stream:
+                    return stream(server)
+
+                results[variant].streams.append(again(one_stream, variant, "stream"))
     finally:
-        server.stop()
-    notes = [f"redone, disturbed by other programs: {n} x {what}" for what, n in redone.items()]
+        for server in servers.values():
+            server.stop()
+    for (variant, what), n in redone.items():
+        results[variant].notes.append(f"redone, disturbed by other programs: {n} x {what}")
     if waited >= 1:
-        notes.append(f"waited {waited:.0f} s for other programs to go idle")
-    return Result(variant, loop, cold, warm, streams, profile, notes)
+        results[variants[0]].notes.append(f"waited {waited:.0f} s for other programs to go idle")
+    return [results[v] for v in variants]
 
 
 # -------------------------------------------------------------------- reporting
@@ -544,6 +575,19 @@ def ratio_line(name: str, value: float, target: float, at_most: bool, unit: str 
     return (
         f"  {name:<34} {value:6.2f}x  (target {sign} {target}x{unit})  {'PASS' if ok else 'MISS'}"
     )
+
+
+def paired(ours: list[Any], theirs: list[Any], value: Callable[[Any], float]) -> list[float]:
+    """Per-round ratios value(ours[i]) / value(theirs[i])."""
+    return [value(a) / value(b) for a, b in zip(ours, theirs, strict=False)]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
 
 
 def report(results: list[Result], opts: argparse.Namespace) -> None:
@@ -571,8 +615,10 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
     print()
     print(
         f"cold: first {opts.cold_seconds:g} s of a fresh server process (connects included); "
-        f"warm: best of {opts.repeat} x {opts.seconds:g} s on the same process after a "
-        f"{opts.warmup:g} s warm-up. Stream: {mib:g} MiB, best of {opts.stream_repeat}, warm."
+        f"warm: best of {opts.repeat} rounds x {opts.seconds:g} s on the same process, each "
+        f"after a {opts.warmup:g} s warm-up. Stream: {mib:g} MiB, best of "
+        f"{opts.stream_repeat} rounds, warm. Ratios: median over the rounds of "
+        "metakit's run / raw's run in the same round."
     )
     print(
         "srv us/rt: server CPU (user+sys) per round trip, (user) its user part; "
@@ -609,28 +655,21 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
         print(f"metakit vs raw on {loop}:")
         ref = by_key.get(("raw-buffered", loop))
         if ref is not None:
-            print(
-                ratio_line(
-                    "server CPU per rt / raw-buffered",
-                    mk.best.cpu_per_rt / ref.best.cpu_per_rt,
-                    CPU_TARGET,
-                    True,
-                )
-            )
-            print(
-                ratio_line(
-                    "p99 latency / raw-buffered", mk.best.p99 / ref.best.p99, P99_TARGET, True
-                )
-            )
-            print(
-                ratio_line(
-                    "stream MB/s / raw-buffered",
-                    mk.stream.mbps / ref.stream.mbps,
-                    STREAM_TARGET,
-                    False,
-                )
-            )
-            print(f"  {'rt/s / raw-buffered':<34} {mk.best.rps / ref.best.rps:6.2f}x")
+            # Round i's metakit run against round i's raw run (back to back),
+            # median over the rounds: the machine's drifts cancel in each pair.
+            cpu = paired(mk.warm, ref.warm, lambda r: r.cpu_per_rt)
+            p99 = paired(mk.warm, ref.warm, lambda r: r.p99)
+            mbps = paired(mk.streams, ref.streams, lambda r: r.mbps)
+            rps = paired(mk.warm, ref.warm, lambda r: r.rps)
+            print(ratio_line("server CPU per rt / raw-buffered", median(cpu), CPU_TARGET, True))
+            best = mk.best.cpu_per_rt / ref.best.cpu_per_rt
+            print(f"  {'':<34} rounds: {spread(cpu)}; best vs best {best:.2f}x")
+            print(ratio_line("p99 latency / raw-buffered", median(p99), P99_TARGET, True))
+            print(f"  {'':<34} rounds: {spread(p99)}")
+            print(ratio_line("stream MB/s / raw-buffered", median(mbps), STREAM_TARGET, False))
+            best = mk.stream.mbps / ref.stream.mbps
+            print(f"  {'':<34} rounds: {spread(mbps)}; best vs best {best:.2f}x")
+            print(f"  {'rt/s / raw-buffered':<34} {median(rps):6.2f}x  rounds: {spread(rps)}")
         proto = by_key.get(("raw-protocol", loop))
         if proto is not None:
             print(
@@ -735,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="line size, newline included")
     parser.add_argument("--seconds", type=float, help="measured seconds per warm run")
     parser.add_argument("--cold-seconds", type=float, help="measured seconds of the cold run")
-    parser.add_argument("--repeat", type=int, help="warm runs per server (best reported)")
+    parser.add_argument("--repeat", type=int, help="rounds of warm runs (5; --quick: 1)")
     parser.add_argument("--stream-mib", type=int, help="MiB per stream run")
     parser.add_argument(
         "--quiet-wait",
@@ -760,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     opts.seconds = opts.seconds or (1.0 if quick else 3.0)
     opts.cold_seconds = opts.cold_seconds or (1.0 if quick else 2.0)
     opts.warmup = 0.5 if quick else 1.0
-    opts.repeat = opts.repeat or (1 if quick else 3)
+    opts.repeat = opts.repeat or (1 if quick else 5)
     opts.stream_repeat = 1 if quick else 5
     if opts.retries is None:
         opts.retries = 0 if quick else 2
@@ -783,10 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="tcp-echo-prof-") as prof_dir:
         for loop in opts.loops:
-            for variant in variants:
-                profile = str(Path(prof_dir) / f"{variant}-{loop}.prof") if opts.profile else None
-                print(f"  {variant} on {loop}...", file=sys.stderr, flush=True)
-                results.append(measure(opts, binary, variant, loop, profile))
+            profiles = prof_dir if opts.profile else None
+            results += measure_loop(opts, binary, variants, loop, profiles)
         report(results, opts)
         if opts.profile:
             print("\n(profiled: the figures above include cProfile's overhead)")

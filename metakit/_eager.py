@@ -1,14 +1,14 @@
-"""Run a coroutine's first step now, and a Task only if it has to wait.
+"""Finish in a Task a coroutine whose first step was run by hand.
 
 The WebSocket libraries' ``send`` is a coroutine that almost never suspends
-(it suspends only to drain a full write buffer). Driving it by hand in a
-plain handler keeps the connection metas Task-free per message: a broadcast
-to a thousand connections costs a thousand synchronous writes, not a
-thousand Tasks. Python 3.12 has eager tasks for this; 3.11 does not.
-
-When the coroutine does suspend, :func:`_resume` hands it to a Task: it
-forwards the future the coroutine yielded to the Task (which waits for it,
-exactly as if the Task had run the first step), then keeps delegating.
+(it suspends only to drain a full write buffer). A connection meta's plain
+handler drives its first step with ``coro.send(None)``, so a broadcast to a
+thousand connections costs a thousand synchronous writes, not a thousand
+Tasks (Python 3.12 has eager tasks for this; 3.11 does not). Only when the
+coroutine does suspend does :func:`finish_eagerly` hand it to a Task:
+:func:`_resume` forwards the future the coroutine yielded to the Task (which
+waits for it, exactly as if the Task had run the first step), then keeps
+delegating.
 """
 
 from __future__ import annotations
@@ -18,18 +18,11 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-__all__ = ["run_eagerly"]
+__all__ = ["finish_eagerly"]
 
 
-def run_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
-    """Run ``coro`` until it first suspends; None if it finished, else the Task finishing it.
-
-    Its exceptions, if it fails before suspending, raise here.
-    """
-    try:
-        yielded = coro.send(None)
-    except StopIteration:
-        return None
+def finish_eagerly(coro: Coroutine[Any, Any, Any], yielded: Any) -> asyncio.Task[Any]:
+    """Hand a coroutine that yielded ``yielded`` on its first step to a Task that finishes it."""
     return asyncio.get_running_loop().create_task(_finish(coro, yielded))
 
 

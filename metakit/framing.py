@@ -154,7 +154,7 @@ class Line(_Framer):
     arrives.
     """
 
-    __slots__ = ("delimiter", "max_length")
+    __slots__ = ("_dlen", "delimiter", "max_length")
     _config = ("max_length", "delimiter")
 
     def __init__(self, *, max_length: int = 65536, delimiter: bytes = b"\n") -> None:
@@ -165,6 +165,7 @@ class Line(_Framer):
             raise ValueError("delimiter must not be empty")
         self.max_length = max_length
         self.delimiter = bytes(delimiter)
+        self._dlen = len(self.delimiter)
 
     def feed(self, data: _Data) -> list[bytes]:
         """Return the lines that ``data`` completes, without their delimiter.
@@ -175,9 +176,9 @@ class Line(_Framer):
         if not self._buf and self._error is None:
             # The common case, one whole line per read: no list building, one search.
             src = bytes(data)
-            idx = src.find(self.delimiter)
-            if idx == len(src) - len(self.delimiter) and 0 <= idx <= self.max_length:
-                return [src[:idx]]
+            end = len(src) - self._dlen
+            if src.find(self.delimiter) == end and 0 <= end <= self.max_length:
+                return [src[:end]]
             return self._feed(src)
         return self._feed(data)
 

@@ -171,13 +171,10 @@ class Process(Mailbox):
             target = self._mk_table[to.id]  # type: ignore[union-attr]
         except (KeyError, AttributeError):
             target = self._mk_node._resolve(to)
-        q = target._mk_q
-        # Whatever is in the table is alive: only a bounded mailbox needs a check.
-        if target._mk_cap and len(q) >= target._mk_cap:
-            target._mk_refuse()
-        self._mk_out += 1
         if not target._mk_scheduled and target._mk_eager:
-            # An idle network meta writes now: Mailbox._mk_run_now, inlined.
+            # An idle network meta writes now (idle: nothing queued, so no bound
+            # to check): Mailbox._mk_run_now, inlined.
+            self._mk_out += 1
             target._mk_scheduled = True
             target._mk_in += 1
             try:
@@ -192,6 +189,11 @@ class Process(Mailbox):
             else:
                 target._mk_scheduled = False
             return
+        q = target._mk_q
+        # Whatever is in the table is alive: only a bounded mailbox needs a check.
+        if target._mk_cap and len(q) >= target._mk_cap:
+            target._mk_refuse()
+        self._mk_out += 1
         q.append(self._mk_pid)
         q.append(message)
         if not target._mk_scheduled:

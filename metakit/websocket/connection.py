@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from .._eager import run_eagerly
+from .._eager import finish_eagerly
 from .._state import DEAD, RUNNING
 from ..ids import PID
 from ..mailbox import IGNORE, Mailbox, Signal
@@ -84,7 +84,8 @@ class WSConnectionBase(Meta):
         self._writing: asyncio.Task[Any] | None = None
         self._down = False  # a client waiting to reconnect: writes stay held
         self.peer: Any = None
-        self._stats = {"received": 0, "sent": 0, "dropped_writes": 0, "pauses": 0}
+        self._stats = {"received": 0, "dropped_writes": 0, "pauses": 0}
+        self._sent = 0
 
     # -- the library side (subclasses) ---------------------------------------
 
@@ -164,33 +165,49 @@ class WSConnectionBase(Meta):
                 self._stats["dropped_writes"] += 1  # the worker will see WSDisconnect
                 return
             data = message.data
+            cls = data.__class__
+            if self._json or (cls is not str and cls is not bytes):
+                payload = self._payload(data)
+                if payload is None:
+                    return
+            else:
+                payload = data
             try:
-                payload = orjson.dumps(data) if self._json else data
-                if not isinstance(payload, str | bytes | bytearray | memoryview):
-                    kind = type(data).__name__
-                    raise TypeError(f"a WebSocket message is str or bytes, not {kind}")
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                # The worker's mistake: say so, and close rather than leave the peer waiting.
-                self.log.error("cannot send %r: %s", data, exc)
-                self._open_close(1011, "unsendable message")
-                self._remote_end(1011, exc)
+                coro = self._send(payload)
+                # The library's send coroutine, driven by hand (metakit._eager):
+                # it finishes at once unless the socket must drain first.
+                yielded = coro.send(None)
+            except StopIteration:
+                self._sent += 1
                 return
-            try:
-                pending = run_eagerly(self._send(payload))
             except Exception as exc:  # the socket is gone under us
                 self._remote_end(1006, str(exc) or type(exc).__name__)
                 return
-            self._stats["sent"] += 1
-            if pending is not None:  # waiting for the socket to drain
-                self._writing = pending
-                self._mk_hold()
-                pending.add_done_callback(self._written)
+            self._sent += 1
+            self._writing = pending = finish_eagerly(coro, yielded)
+            self._mk_hold()  # until the socket has drained
+            pending.add_done_callback(self._written)
         elif message.__class__ is Down:
             # Our pool worker ended: nobody reads this connection any more.
             self._open_close(close_code(message.reason), "worker ended")
             self._mk_end(message.reason)
         else:
             self.log.warning("unexpected message %r from %r", message, sender)
+
+    def _payload(self, data: Any) -> Any:
+        """Encode (JSON) or check a message to send; None after closing on an unsendable one."""
+        try:
+            payload = orjson.dumps(data) if self._json else data
+            if not isinstance(payload, str | bytes | bytearray | memoryview):
+                kind = type(data).__name__
+                raise TypeError(f"a WebSocket message is str or bytes, not {kind}")
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            # The worker's mistake: say so, and close rather than leave the peer waiting.
+            self.log.error("cannot send %r: %s", data, exc)
+            self._open_close(1011, "unsendable message")
+            self._remote_end(1011, exc)
+            return None
+        return payload
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._writing = None
@@ -260,11 +277,12 @@ class WSConnectionBase(Meta):
 
     def statistics(self) -> Mapping[str, int]:
         """A snapshot of the counters: ``received``, ``sent``, ``dropped_writes``, ``pauses``."""
-        return MappingProxyType(dict(self._stats))
+        return MappingProxyType({**self._stats, "sent": self._sent})
 
     def handle_inspect(self) -> dict[str, str]:
         """Peer, codec, and the message counters."""
         info = {k: str(v) for k, v in self._stats.items()}
+        info["sent"] = str(self._sent)
         info["peer"] = str(self.peer)
         info["codec"] = str(self.codec)
         info["writing"] = "held" if self._mk_held else "on"
