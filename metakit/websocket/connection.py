@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from .._eager import finish_eagerly
+from .._eager import Pump
 from .._state import DEAD, RUNNING
 from ..ids import PID
 from ..mailbox import IGNORE, Mailbox, Signal
@@ -86,6 +86,7 @@ class WSConnectionBase(Meta):
         self.peer: Any = None
         self._stats = {"received": 0, "dropped_writes": 0, "pauses": 0}
         self._sent = 0
+        self._pump = Pump()
 
     # -- the library side (subclasses) ---------------------------------------
 
@@ -173,20 +174,17 @@ class WSConnectionBase(Meta):
             else:
                 payload = data
             try:
-                coro = self._send(payload)
-                # The library's send coroutine, driven by hand (metakit._eager):
+                # The library's send coroutine, run by hand (metakit._eager):
                 # it finishes at once unless the socket must drain first.
-                yielded = coro.send(None)
-            except StopIteration:
-                self._sent += 1
-                return
+                pending = self._pump.run(self._send(payload))
             except Exception as exc:  # the socket is gone under us
                 self._remote_end(1006, str(exc) or type(exc).__name__)
                 return
             self._sent += 1
-            self._writing = pending = finish_eagerly(coro, yielded)
-            self._mk_hold()  # until the socket has drained
-            pending.add_done_callback(self._written)
+            if pending is not None:
+                self._writing = pending
+                self._mk_hold()  # until the socket has drained
+                pending.add_done_callback(self._written)
         elif message.__class__ is Down:
             # Our pool worker ended: nobody reads this connection any more.
             self._open_close(close_code(message.reason), "worker ended")

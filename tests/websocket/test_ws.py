@@ -14,7 +14,7 @@ from aiohttp import web
 
 import metakit
 from metakit import Node
-from metakit.testing import Probe, wait_until
+from metakit.testing import TIMEOUT, Probe, wait_until
 from metakit.web import WebServer
 from metakit.websocket import (
     Backoff,
@@ -251,6 +251,35 @@ async def test_thousand_connections(node: Node) -> None:
         answers = [await ws.receive_str() for ws in sockets]
         assert answers == [f"hello {i}" for i in range(1000)]
         await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def test_slow_reader_holds_writes_and_pushes_back(node: Node, probe: Any) -> None:
+    # The peer reads nothing: the library's send must wait for the socket to
+    # drain, the connection holds its mailbox meanwhile, and its bound pushes
+    # back on the worker. Then the peer reads: everything arrives, in order.
+    worker, _, url = await serve(probe, mailbox_size=8)
+    block = bytes(range(256)) * 256  # 64 KiB
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        conn = (await worker.receive()).conn
+        sent = 0
+        refused = False
+        for _ in range(10_000):
+            try:
+                worker.send(conn, WSMessage(conn, sent.to_bytes(8, "big") + block[8:]))
+            except metakit.MailboxFull:
+                refused = True
+                break
+            sent += 1
+            await asyncio.sleep(0)  # let the connection write what it can
+        assert refused
+        assert node.meta_info(conn).inspect["writing"] == "held"
+        for i in range(sent):
+            data = await asyncio.wait_for(ws.receive_bytes(), TIMEOUT)
+            assert int.from_bytes(data[:8], "big") == i
+        await wait_until(lambda: node.meta_info(conn).inspect["writing"] == "on")
+        worker.send(conn, WSMessage(conn, "more"))  # taken again
+        assert await asyncio.wait_for(ws.receive_str(), TIMEOUT) == "more"
+        assert int(node.meta_info(conn).inspect["sent"]) == sent + 1
 
 
 async def test_client_reconnects_and_delivers_what_waited(node: Node, probe: Any) -> None:
