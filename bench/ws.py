@@ -23,9 +23,10 @@ uvloop, in one run):
     trigger, loops ``await peer.send_str(text)`` over them (a write to a
     closing peer is skipped);
   - ``metakit``: a "room" Process is the handler's worker: it keeps the
-    ``WSConnect`` aliases in a set and, on a trigger, does ``self.send(conn,
-    WSMessage(conn, text))`` for each in one handler invocation; the
-    connection metas write eagerly.
+    ``WSConnect`` aliases in a set and, on a trigger, calls
+    ``metakit.websocket.broadcast(self, members, text)`` (the documented way
+    to write one message to many connections; it skips gone ones instead of
+    raising); the idle connection metas write at once.
 
 Same WebSocket options for both: ``heartbeat=None`` (no pings),
 ``compress=False`` (no per-message deflate: the load generator does not
@@ -45,9 +46,12 @@ CLOCK_MONOTONIC. The servers are pinned to CPU 0 and the load generator to
 CPU 1 (``taskset``; this script runs on CPU 1 and sleeps meanwhile). Each
 phase (echo, fan-out) gets fresh servers, both variants at once (an idle
 one costs nothing); the measured runs go round the variants (order reversed
-every round); the best run of each is reported (echo: by round trips/s, each
-run after a 1 s unmeasured warm-up on fresh connections; fan-out: by p50). A
-run during which other programs used more than 10 % of a core is done again.
+every round), five rounds; the table shows the best run of each (echo: by
+round trips/s, each run after a 1 s unmeasured warm-up on fresh connections;
+fan-out: by p50), and the ratios are medians over the rounds of metakit's
+run / aiohttp's run in the same round (a shared machine drifts; the pairs
+cancel it), every round's ratio printed beside. A run during which other
+programs used more than 10 % of a core is done again.
 
 Targets, metakit vs plain aiohttp on the same loop: echo >= 0.75x (round
 trips/s when both servers are saturated, else the server-CPU-per-round-trip
@@ -61,7 +65,7 @@ Run from the repository root (Linux, gcc, two or more CPUs)::
                        [--profile]
 
 ``--quick`` is a smoke test (one 1 s echo run and one fan-out run per
-variant, under a minute); a full run takes two to four minutes. ``--verbose``
+variant, under a minute); a full run takes four to six minutes. ``--verbose``
 adds every run. ``--profile`` runs the servers (by default only ``metakit``;
 add ``--variant aiohttp --variant metakit`` for both) under cProfile, one
 profile per phase (the figures are then not comparable), and prints each
@@ -92,6 +96,7 @@ import resource
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
@@ -175,7 +180,7 @@ async def _serve_metakit() -> tuple[int, Any]:
 
     import metakit
     from metakit.web import WebServer
-    from metakit.websocket import WebSocketHandler, WSConnect, WSDisconnect, WSMessage
+    from metakit.websocket import WebSocketHandler, WSConnect, WSDisconnect, WSMessage, broadcast
 
     def mount(owner: metakit.Process, app: web.Application, path: str) -> WebSocketHandler:
         handler = WebSocketHandler(
@@ -204,9 +209,7 @@ async def _serve_metakit() -> tuple[int, Any]:
         def handle_message(self, sender: Any, message: Any) -> None:
             match message:
                 case WSMessage(_, str(data)) if data.startswith("bcast "):
-                    text = broadcast_text(data, time.monotonic_ns())
-                    for conn in self.members:
-                        self.send(conn, WSMessage(conn, text))
+                    broadcast(self, self.members, broadcast_text(data, time.monotonic_ns()))
                 case WSConnect(conn):
                     self.members.add(conn)
                 case WSDisconnect(conn):
@@ -677,7 +680,7 @@ def report_echo(results: list[Result], opts: argparse.Namespace) -> dict[str, bo
     print()
     print(
         f"echo: {opts.conns} connections ping-ponging {MSG_SIZE}-byte text messages "
-        f"(best of {opts.repeat} x {opts.seconds:g} s, by rt/s)"
+        f"(best of {opts.repeat} rounds x {opts.seconds:g} s, by rt/s; ratios: median of rounds)"
     )
     head = (
         f"  {'variant':<8} {'loop':<8} {'rt/s':>8} {'p50 us':>7} {'p99 us':>7} "
@@ -698,20 +701,23 @@ def report_echo(results: list[Result], opts: argparse.Namespace) -> dict[str, bo
         a, m = by_key.get(("aiohttp", loop)), by_key.get(("metakit", loop))
         if a is None or m is None:
             continue
-        ab, mb = a.best, m.best
-        saturated = min(ab.server_pct, mb.server_pct) >= SATURATED
-        rps_ratio = mb.rps / ab.rps
-        efficiency = ab.cpu_per_rt / mb.cpu_per_rt
-        measure = rps_ratio if saturated else efficiency
+        pairs = list(zip(a.runs, m.runs, strict=False))
+        saturated = all(min(ar.server_pct, mr.server_pct) >= SATURATED for ar, mr in pairs)
+        rps = [mr.rps / ar.rps for ar, mr in pairs]
+        efficiency = [ar.cpu_per_rt / mr.cpu_per_rt for ar, mr in pairs]
+        rounds = rps if saturated else efficiency
+        measure = statistics.median(rounds)
         ok = measure >= ECHO_TARGET
         verdicts[f"echo {loop}"] = ok
         what = "rt/s" if saturated else "CPU efficiency (server not saturated)"
+        p50 = statistics.median(mr.p50 / ar.p50 for ar, mr in pairs)
+        p99 = statistics.median(mr.p99 / ar.p99 for ar, mr in pairs)
         print(
-            f"  metakit/aiohttp on {loop:<7}: rt/s {rps_ratio:4.2f}x, server CPU/rt "
-            f"{1 / efficiency:4.2f}x (efficiency {efficiency:4.2f}x), p50 {mb.p50 / ab.p50:4.2f}x, "
-            f"p99 {mb.p99 / ab.p99:4.2f}x -> {what} {measure:4.2f}x "
-            f"(target >= {ECHO_TARGET}x)  {verdict(ok)}"
+            f"  metakit/aiohttp on {loop:<7}: rt/s {statistics.median(rps):4.2f}x, server CPU/rt "
+            f"{1 / statistics.median(efficiency):4.2f}x, p50 {p50:4.2f}x, p99 {p99:4.2f}x "
+            f"-> {what} {measure:4.2f}x (target >= {ECHO_TARGET}x)  {verdict(ok)}"
         )
+        print(f"  {'':<29}rounds: {' '.join(f'{x:.2f}' for x in rounds)}")
     return verdicts
 
 
@@ -721,7 +727,7 @@ def report_fanout(results: list[Result], opts: argparse.Namespace) -> dict[str, 
         f"fan-out: one {MSG_SIZE}-byte text message to {opts.clients} clients, time from the "
         f"server's start of the broadcast to the last client having it; {opts.broadcasts} "
         f"broadcasts per run after {opts.bcast_warmup} unmeasured, {opts.gap_ms} ms apart "
-        f"(best of {opts.repeat} runs, by p50)"
+        f"(best of {opts.repeat} rounds, by p50; ratios: median of rounds)"
     )
     head = (
         f"  {'variant':<8} {'loop':<8} {'p50 ms':>7} {'p99 ms':>7} {'min ms':>7} "
@@ -744,9 +750,11 @@ def report_fanout(results: list[Result], opts: argparse.Namespace) -> dict[str, 
         a, m = by_key.get(("aiohttp", loop)), by_key.get(("metakit", loop))
         if a is None or m is None:
             continue
-        ab, mb = a.best, m.best
-        p50, p99 = mb.p50 / ab.p50, mb.p99 / ab.p99
-        cpu = mb.cpu_per_bcast / ab.cpu_per_bcast
+        pairs = list(zip(a.runs, m.runs, strict=False))
+        p50s = [mr.p50 / ar.p50 for ar, mr in pairs]
+        p99s = [mr.p99 / ar.p99 for ar, mr in pairs]
+        p50, p99 = statistics.median(p50s), statistics.median(p99s)
+        cpu = statistics.median(mr.cpu_per_bcast / ar.cpu_per_bcast for ar, mr in pairs)
         ok50, ok99 = p50 <= FANOUT_TARGET, p99 <= FANOUT_TARGET
         verdicts[f"fan-out {loop} p50"] = ok50
         verdicts[f"fan-out {loop} p99"] = ok99
@@ -755,6 +763,8 @@ def report_fanout(results: list[Result], opts: argparse.Namespace) -> dict[str, 
             f"p99 {p99:4.2f}x {verdict(ok99)} (target <= {FANOUT_TARGET}x); "
             f"server CPU per broadcast {cpu:4.2f}x"
         )
+        print(f"  {'':<29}rounds p50: {' '.join(f'{x:.2f}' for x in p50s)}")
+        print(f"  {'':<29}rounds p99: {' '.join(f'{x:.2f}' for x in p99s)}")
     return verdicts
 
 
@@ -909,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1000, help="fan-out connections")
     parser.add_argument("--broadcasts", type=int, default=20, help="measured per fan-out run")
     parser.add_argument("--seconds", type=float, help="measured seconds per echo run")
-    parser.add_argument("--repeat", type=int, help="runs per variant and phase (best reported)")
+    parser.add_argument("--repeat", type=int, help="rounds per phase (5; --quick: 1)")
     parser.add_argument("--quiet-wait", type=float, help="seconds to wait for an idle machine")
     parser.add_argument(
         "--retries", type=int, help="times a disturbed run is done again (per variant)"
@@ -929,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = opts.quick
     opts.seconds = opts.seconds or (1.0 if quick else 3.0)
     opts.warmup = 0.5 if quick else 1.0
-    opts.repeat = opts.repeat or (1 if quick else 3)
+    opts.repeat = opts.repeat or (1 if quick else 5)
     opts.bcast_warmup = 3
     opts.gap_ms = 20
     if opts.quiet_wait is None:

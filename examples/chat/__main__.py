@@ -13,7 +13,9 @@ Who owns what:
 * ``Room``, one process per room, registered as ``room:<name>``, is started
   on the first join (``StartChild`` asks the supervisor). It owns the
   members (connection -> nick) and the history, and writes to its members
-  itself: any process may ``send(conn, WSMessage(conn, data))``.
+  itself: any process may ``send(conn, WSMessage(conn, data))``, and
+  ``broadcast(self, conns, data)`` does that for many at once (JSON encoded
+  once; a member that has just left is skipped).
 
 How messages flow (JSON both ways: ``codec="json"``)::
 
@@ -57,7 +59,7 @@ from aiohttp import web
 import metakit
 from metakit import PID, Alias, Caller, ChildSpec, Exit, Process, StartChild, Supervisor
 from metakit.web import WebServer
-from metakit.websocket import WebSocketHandler, WSDisconnect, WSMessage
+from metakit.websocket import WebSocketHandler, WSDisconnect, WSMessage, broadcast
 
 STATIC = Path(__file__).resolve().with_name("static")
 NICK = re.compile(r"\w{1,16}")
@@ -94,10 +96,11 @@ class Room(Process):
         # Linked both ways: if this room crashes, the connection closes (1011)
         # and its page reconnects; when the connection ends, we get an Exit.
         self.link(conn)
-        self.broadcast({"type": "join", "nick": nick})
+        broadcast(self, self.members, {"type": "join", "nick": nick})
         self.members[conn] = nick
-        self.write(
-            conn,
+        broadcast(
+            self,
+            [conn],
             {
                 "type": "joined",
                 "room": self.room,
@@ -116,19 +119,9 @@ class Room(Process):
                 nick = self.members[conn]
                 said = {"type": "message", "nick": nick, "text": text, "ts": time.time()}
                 self.history.append(said)
-                self.broadcast(said)
+                broadcast(self, self.members, said)
             case Exit(conn, _) if conn in self.members:
-                self.broadcast({"type": "leave", "nick": self.members.pop(conn)})
-
-    def broadcast(self, data: dict[str, Any]) -> None:
-        for conn in self.members:
-            self.write(conn, data)
-
-    def write(self, conn: Alias, data: dict[str, Any]) -> None:
-        try:
-            self.send(conn, WSMessage(conn, data))
-        except metakit.NoProcess:  # it has just closed: its Exit is on the way
-            pass
+                broadcast(self, self.members, {"type": "leave", "nick": self.members.pop(conn)})
 
 
 class Lobby(Process):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from .client import Backoff, WebSocketClient
+from .connection import broadcast
 from .handler import WebSocketHandler, WSConnection
 from .messages import WSConnect, WSDisconnect, WSMessage
 
@@ -17,4 +18,5 @@ __all__ = [
     "WSMessage",
     "WebSocketClient",
     "WebSocketHandler",
+    "broadcast",
 ]

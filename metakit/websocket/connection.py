@@ -27,7 +27,7 @@ connections with it: 1001 for ``"normal"``/``"shutdown"``, 1011 otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -35,13 +35,14 @@ import orjson
 
 from .._eager import Pump
 from .._state import DEAD, RUNNING
-from ..ids import PID
+from ..ids import PID, Alias
 from ..mailbox import IGNORE, Mailbox, Signal
 from ..messages import Down
 from ..meta import Meta
+from ..process import Process
 from .messages import WSConnect, WSDisconnect, WSMessage
 
-__all__ = ["WSConnectionBase", "close_code"]
+__all__ = ["WSConnectionBase", "broadcast", "close_code"]
 
 
 def close_code(reason: Any) -> int:
@@ -162,10 +163,22 @@ class WSConnectionBase(Meta):
     def handle_message(self, sender: PID, message: Any) -> None:
         """Send ``WSMessage(conn, data)`` on the socket (others are logged)."""
         if message.__class__ is WSMessage:
-            if not self._open:
-                self._stats["dropped_writes"] += 1  # the worker will see WSDisconnect
-                return
-            data = message.data
+            self._write(message.data, None)
+        elif message.__class__ is Down:
+            # Our pool worker ended: nobody reads this connection any more.
+            self._open_close(close_code(message.reason), "worker ended")
+            self._mk_end(message.reason)
+        else:
+            self.log.warning("unexpected message %r from %r", message, sender)
+
+    def _write(self, data: Any, encoded: bytes | None) -> None:
+        """Send one message; ``encoded``: its JSON, when a broadcast has encoded it already."""
+        if not self._open:
+            self._stats["dropped_writes"] += 1  # the worker will see WSDisconnect
+            return
+        if encoded is not None:
+            payload: Any = encoded
+        else:
             cls = data.__class__
             if self._json or (cls is not str and cls is not bytes):
                 payload = self._payload(data)
@@ -173,24 +186,18 @@ class WSConnectionBase(Meta):
                     return
             else:
                 payload = data
-            try:
-                # The library's send coroutine, run by hand (metakit._eager):
-                # it finishes at once unless the socket must drain first.
-                pending = self._pump.run(self._send(payload))
-            except Exception as exc:  # the socket is gone under us
-                self._remote_end(1006, str(exc) or type(exc).__name__)
-                return
-            self._sent += 1
-            if pending is not None:
-                self._writing = pending
-                self._mk_hold()  # until the socket has drained
-                pending.add_done_callback(self._written)
-        elif message.__class__ is Down:
-            # Our pool worker ended: nobody reads this connection any more.
-            self._open_close(close_code(message.reason), "worker ended")
-            self._mk_end(message.reason)
-        else:
-            self.log.warning("unexpected message %r from %r", message, sender)
+        try:
+            # The library's send coroutine, run by hand (metakit._eager): it
+            # finishes at once unless the socket must drain first.
+            pending = self._pump.run(self._send(payload))
+        except Exception as exc:  # the socket is gone under us
+            self._remote_end(1006, str(exc) or type(exc).__name__)
+            return
+        self._sent += 1
+        if pending is not None:
+            self._writing = pending
+            self._mk_hold()  # until the socket has drained
+            pending.add_done_callback(self._written)
 
     def _payload(self, data: Any) -> Any:
         """Encode (JSON) or check a message to send; None after closing on an unsendable one."""
@@ -285,3 +292,61 @@ class WSConnectionBase(Meta):
         info["codec"] = str(self.codec)
         info["writing"] = "held" if self._mk_held else "on"
         return info
+
+
+def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
+    """Send ``data`` to every WebSocket connection in ``conns``; return how many took it.
+
+    The same as ``sender.send(conn, WSMessage(conn, data))`` for each, in
+    order with the sender's other messages to them, but cheaper per
+    connection, and a broadcast does not stop half-way:
+
+    * a connection that is gone is skipped (its ``WSDisconnect`` is on its
+      way to its worker), where ``send`` would raise ``NoProcess``;
+    * a connection whose bounded mailbox is full (a peer far behind) is
+      skipped and counts it in its ``dropped_writes`` statistic, where
+      ``send`` would raise ``MailboxFull``;
+    * for connections with ``codec="json"``, ``data`` is encoded once, not
+      once per connection.
+
+    Raises:
+        TypeError: ``data`` cannot be JSON-encoded for a ``codec="json"`` connection.
+    """
+    table = sender._mk_table
+    pid = sender._mk_pid
+    as_json: bytes | None = None
+    took = 0
+    for conn in conns:
+        target = table.get(conn.id)
+        if not isinstance(target, WSConnectionBase):
+            continue  # gone
+        encoded = None
+        if target._json:
+            if as_json is None:
+                as_json = orjson.dumps(data)
+            encoded = as_json
+        if not target._mk_scheduled:
+            # Idle: write now, as Process.send does for an idle network meta.
+            target._mk_scheduled = True
+            target._mk_in += 1
+            try:
+                target._write(data, encoded)
+            except Exception as exc:
+                target._mk_end(target._mk_crash_reason(exc))
+                continue
+            if not target._mk_held:
+                if target._mk_q and target._mk_state == RUNNING:
+                    target._mk_node._ready(target)
+                else:
+                    target._mk_scheduled = False
+        else:
+            q = target._mk_q
+            if target._mk_cap and len(q) >= target._mk_cap:
+                target._stats["dropped_writes"] += 1
+                continue
+            # Scheduled already (held or busy): it takes this in its turn.
+            q.append(pid)
+            q.append(WSMessage(conn, data))
+        took += 1
+    sender._mk_out += took
+    return took

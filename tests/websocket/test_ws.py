@@ -23,6 +23,7 @@ from metakit.websocket import (
     WSConnect,
     WSDisconnect,
     WSMessage,
+    broadcast,
 )
 
 
@@ -280,6 +281,44 @@ async def test_slow_reader_holds_writes_and_pushes_back(node: Node, probe: Any) 
         worker.send(conn, WSMessage(conn, "more"))  # taken again
         assert await asyncio.wait_for(ws.receive_str(), TIMEOUT) == "more"
         assert int(node.meta_info(conn).inspect["sent"]) == sent + 1
+
+
+async def test_broadcast_reaches_everyone_and_skips_the_gone(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe, codec="json")
+    async with aiohttp.ClientSession() as s:
+        sockets = [await s.ws_connect(url) for _ in range(3)]
+        conns = [(await worker.receive()).conn for _ in sockets]
+        await sockets[2].close()
+        assert (await worker.receive()).conn == conns[2]  # its WSDisconnect
+        await wait_until(lambda: conns[2] not in node.metas())
+        took = broadcast(worker, conns, {"say": "hi", "n": 1})
+        assert took == 2  # the closed one is skipped, not an error
+        for ws in sockets[:2]:
+            assert await asyncio.wait_for(ws.receive_json(), TIMEOUT) == {"say": "hi", "n": 1}
+        with pytest.raises(TypeError):
+            broadcast(worker, conns, {"not json": object()})
+        for ws in sockets[:2]:
+            await ws.close()
+
+
+async def test_broadcast_skips_a_full_connection_and_counts_it(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe, mailbox_size=8)
+    block = bytes(range(256)) * 256  # 64 KiB
+    async with aiohttp.ClientSession() as s, s.ws_connect(url), s.ws_connect(url) as fast:
+        slow_conn = (await worker.receive()).conn
+        fast_conn = (await worker.receive()).conn
+        # The slow peer reads nothing until its connection's mailbox is full.
+        for _ in range(10_000):
+            try:
+                worker.send(slow_conn, WSMessage(slow_conn, block))
+            except metakit.MailboxFull:
+                break
+            await asyncio.sleep(0)
+        else:
+            pytest.fail("the slow connection never filled up")
+        assert broadcast(worker, [slow_conn, fast_conn], "news") == 1
+        assert await asyncio.wait_for(fast.receive_str(), TIMEOUT) == "news"
+        assert int(node.meta_info(slow_conn).inspect["dropped_writes"]) == 1
 
 
 async def test_client_reconnects_and_delivers_what_waited(node: Node, probe: Any) -> None:
