@@ -66,6 +66,25 @@ class WSConnectionBase(Meta):
 
     _mk_eager = True  # its handler is a non-blocking write: run it at once when idle
 
+    # Slots: a broadcast touches every connection; compact objects, no dict lookups.
+    __slots__ = (
+        "_disconnected",
+        "_down",
+        "_high2",
+        "_json",
+        "_lingering",
+        "_low",
+        "_open",
+        "_pump",
+        "_resume",
+        "_sent",
+        "_stats",
+        "_worker",
+        "_writing",
+        "codec",
+        "peer",
+    )
+
     def __init__(
         self, *, codec: str | None = None, high_watermark: int = 64, low_watermark: int = 16
     ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from .._eager import Pump
 from .._state import DEAD, RUNNING
 from .._workers import Workers, mark_coroutine_function
 from ..errors import MetakitError
@@ -28,6 +29,8 @@ class WSConnection(WSConnectionBase):
     Made by :class:`WebSocketHandler`; see :mod:`metakit.websocket.connection`
     for who closes what.
     """
+
+    __slots__ = ("_closing", "_handler", "_request", "_ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.BaseRequest, **options: Any) -> None:
         super().__init__(**options)
@@ -156,6 +159,7 @@ class WebSocketHandler(Meta):
         self.handshake_timeout = handshake_timeout
         self._conn_mailbox = mailbox_size
         self._conns: set[WSConnection] = set()
+        self._pump = Pump()
         self._mk_state = DEAD  # until spawned: answer 503
         self._stats = {"accepted": 0, "refused_origin": 0, "no_worker": 0}
         mark_coroutine_function(self)  # aiohttp takes it as an async handler
@@ -186,6 +190,7 @@ class WebSocketHandler(Meta):
             await ws.close(code=1001)
             return ws
         conn._handler = self
+        conn._pump = self._pump  # one pump serves every connection: less to touch per write
         self._conns.add(conn)
         self._stats["accepted"] += 1
         info = WebRequest(request)
