@@ -194,6 +194,10 @@ class WebSocketClient(WSConnectionBase):
             return self._ws.send(data, text=True)
         return self._ws.send(data)
 
+    def _send_text(self, data: bytes) -> Coroutine[Any, Any, Any]:
+        assert self._ws is not None
+        return self._ws.send(data, text=True)
+
     def _close(self, code: int, reason: str) -> None:
         assert self._ws is not None
         name = f"metakit ws close {self._mk_alias!r}"

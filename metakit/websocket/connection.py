@@ -111,6 +111,11 @@ class WSConnectionBase(Meta):
     # -- the library side (subclasses) ---------------------------------------
 
     def _send(self, data: Any) -> Coroutine[Any, Any, Any]:
+        """The library's send coroutine for a str, bytes (binary) or, with JSON, UTF-8 bytes."""
+        raise NotImplementedError
+
+    def _send_text(self, data: bytes) -> Coroutine[Any, Any, Any]:
+        """The library's send coroutine for a text message already encoded as UTF-8."""
         raise NotImplementedError
 
     def _close(self, code: int, reason: str) -> None:
@@ -191,12 +196,13 @@ class WSConnectionBase(Meta):
             self.log.warning("unexpected message %r from %r", message, sender)
 
     def _write(self, data: Any, encoded: bytes | None) -> None:
-        """Send one message; ``encoded``: its JSON, when a broadcast has encoded it already."""
+        """Send one message; ``encoded``: its UTF-8 text (JSON, or a str), when a
+        broadcast has encoded it already."""
         if not self._open:
             self._stats["dropped_writes"] += 1  # the worker will see WSDisconnect
             return
         if encoded is not None:
-            payload: Any = encoded
+            coro = self._send_text(encoded)
         else:
             cls = data.__class__
             if self._json or (cls is not str and cls is not bytes):
@@ -205,10 +211,11 @@ class WSConnectionBase(Meta):
                     return
             else:
                 payload = data
+            coro = self._send(payload)
         try:
             # The library's send coroutine, run by hand (metakit._eager): it
             # finishes at once unless the socket must drain first.
-            pending = self._pump.run(self._send(payload))
+            pending = self._pump.run(coro)
         except Exception as exc:  # the socket is gone under us
             self._remote_end(1006, str(exc) or type(exc).__name__)
             return
@@ -325,8 +332,8 @@ def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
     * a connection whose bounded mailbox is full (a peer far behind) is
       skipped and counts it in its ``dropped_writes`` statistic, where
       ``send`` would raise ``MailboxFull``;
-    * for connections with ``codec="json"``, ``data`` is encoded once, not
-      once per connection.
+    * ``data`` is encoded once (as JSON for ``codec="json"`` connections,
+      as UTF-8 for a str), not once per connection.
 
     Raises:
         TypeError: ``data`` cannot be JSON-encoded for a ``codec="json"`` connection.
@@ -334,16 +341,19 @@ def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
     table = sender._mk_table
     pid = sender._mk_pid
     as_json: bytes | None = None
+    as_text = data.encode() if data.__class__ is str else None
     took = 0
     for conn in conns:
         target = table.get(conn.id)
         if not isinstance(target, WSConnectionBase):
             continue  # gone
-        encoded = None
+        encoded: bytes | None
         if target._json:
             if as_json is None:
                 as_json = orjson.dumps(data)
             encoded = as_json
+        else:
+            encoded = as_text
         if not target._mk_scheduled:
             # Idle: write now, as Process.send does for an idle network meta.
             target._mk_scheduled = True

@@ -47,6 +47,9 @@ class WSConnection(WSConnectionBase):
             return self._ws.send_frame(data.encode(), WSMsgType.TEXT)
         return self._ws.send_frame(data, WSMsgType.BINARY)
 
+    def _send_text(self, data: bytes) -> Coroutine[Any, Any, Any]:
+        return self._ws.send_frame(data, WSMsgType.TEXT)
+
     def _close(self, code: int, reason: str) -> None:
         name = f"metakit ws close {self._mk_alias!r}"
         # Close reasons are limited to 123 bytes (RFC 6455 §5.5).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -299,6 +300,23 @@ async def test_broadcast_reaches_everyone_and_skips_the_gone(node: Node, probe: 
             broadcast(worker, conns, {"not json": object()})
         for ws in sockets[:2]:
             await ws.close()
+
+
+async def test_broadcast_through_clients_keeps_text_and_binary(node: Node, probe: Any) -> None:
+    worker, _, url = await serve(probe)
+    owner: Probe = await probe()
+    clients = [await owner.spawn_meta(WebSocketClient(url)) for _ in range(2)]
+    for _ in clients:
+        assert isinstance(await owner.receive(), WSConnect)
+    for _ in clients:
+        assert isinstance(await worker.receive(), WSConnect)
+    assert broadcast(owner, clients, "text, é") == 2
+    assert broadcast(owner, clients, b"\x00bytes") == 2
+    got = Counter([(await worker.receive()).data for _ in range(4)])
+    assert got == {"text, é": 2, b"\x00bytes": 2}  # a str stays text, bytes binary
+    for conn in clients:
+        owner.send_exit(conn, "normal")
+        assert isinstance(await owner.receive(), WSDisconnect)
 
 
 async def test_broadcast_skips_a_full_connection_and_counts_it(node: Node, probe: Any) -> None:
