@@ -5,12 +5,16 @@
  * (any other address is refused), and every loop ends by time or by byte
  * count. Built on the fly by tcp_echo.py with `gcc -O2`.
  *
- *   tcp_loadgen pingpong HOST PORT CONNS SECONDS MSGSIZE [WARMUP [SERVER_PID]]
+ *   tcp_loadgen pingpong HOST PORT CONNS SECONDS MSGSIZE [WARMUP [SERVER_PID [RATE]]]
  *       CONNS connections; each sends one MSGSIZE-byte line (MSGSIZE - 1
  *       payload bytes, then '\n'), waits for the whole line to come back,
  *       checks it, records the round trip's latency and sends the next.
  *       The first WARMUP seconds (default 1, may be 0) are not counted. Then
- *       SECONDS are measured.
+ *       SECONDS are measured. With RATE > 0 (round trips/s, all connections
+ *       together) each connection sends its next line no sooner than
+ *       CONNS / RATE seconds after its previous one: an offered load below
+ *       the server's maximum, the same for every server. Paced, it polls
+ *       (epoll_wait with a 0 ms timeout when a line is due within 1 ms).
  *
  *   tcp_loadgen stream HOST PORT BYTES [SERVER_PID]
  *       One connection: send BYTES of raw bytes (a fixed pattern, no line
@@ -174,6 +178,7 @@ struct conn {
     size_t sent; /* bytes of the current line written */
     size_t got;  /* bytes of its echo read */
     int64_t t0;  /* when the line's first byte was written */
+    int64_t due; /* paced: when the next line may go; 0 = not waiting */
     char in[MAX_MSG];
 };
 
@@ -215,13 +220,16 @@ static int push(struct conn *c, const char *line, size_t size) {
 }
 
 static int pingpong(int argc, char **argv) {
-    if (argc < 7 || argc > 9) fail("usage: pingpong HOST PORT CONNS SECONDS MSGSIZE [WARMUP [SERVER_PID]]");
+    if (argc < 7 || argc > 10)
+        fail("usage: pingpong HOST PORT CONNS SECONDS MSGSIZE [WARMUP [SERVER_PID [RATE]]]");
     struct sockaddr_in sa = loopback(argv[2], parse_long(argv[3], "port", 1, 65535));
     int nconns = (int)parse_long(argv[4], "conns", 1, MAX_CONNS);
     double seconds = parse_double(argv[5], "seconds");
     size_t size = (size_t)parse_long(argv[6], "msgsize", 2, MAX_MSG);
     double warmup = argc > 7 ? parse_double(argv[7], "warmup") : 1.0;
-    long server = argc > 8 ? parse_long(argv[8], "server pid", 1, 1L << 30) : 0;
+    long server = argc > 8 ? parse_long(argv[8], "server pid", 0, 1L << 30) : 0;
+    double rate = argc > 9 ? (double)parse_long(argv[9], "rate", 0, 100000000) : 0.0;
+    int64_t interval = rate > 0 ? (int64_t)(1e9 * nconns / rate) : 0;
     if (seconds <= 0) fail("seconds must be > 0");
 
     char *line = malloc(size);
@@ -272,6 +280,23 @@ static int pingpong(int argc, char **argv) {
         if (t >= deadline) break;
         int timeout_ms = (int)((deadline - t) / 1000000) + 1;
         if (!measuring && (measure - t) / 1000000 + 1 < timeout_ms) timeout_ms = (int)((measure - t) / 1000000) + 1;
+        if (interval) {
+            /* Paced: send the lines that are due; wake for the next one. */
+            for (int i = 0; i < nconns; i++) {
+                struct conn *c = &conns[i];
+                if (!c->due) continue;
+                if (c->due <= t) {
+                    c->due = 0;
+                    c->t0 = now_ns();
+                    if (push(c, line, size)) {
+                        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+                        if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) != 0) die("epoll_ctl");
+                    }
+                } else if ((c->due - t) / 1000000 < timeout_ms) {
+                    timeout_ms = (int)((c->due - t) / 1000000);
+                }
+            }
+        }
         int n = epoll_wait(ep, evs, 256, timeout_ms);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -306,6 +331,11 @@ static int pingpong(int argc, char **argv) {
                 }
                 c->got = 0;
                 c->sent = 0;
+                if (interval) {
+                    /* The next line leaves one interval after this one did. */
+                    c->due = c->t0 + interval > done ? c->t0 + interval : done;
+                    break;
+                }
                 c->t0 = done;
                 if (push(c, line, size)) {
                     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
