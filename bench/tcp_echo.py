@@ -100,7 +100,6 @@ import pstats
 import select
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,6 +107,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any, TypeVar
 
 R = TypeVar("R", "PingPong", "Stream")
@@ -588,10 +588,6 @@ def ratio_line(name: str, value: float, target: float, at_most: bool, unit: str 
 def paired(ours: list[Any], theirs: list[Any], value: Callable[[Any], float]) -> list[float]:
     """Per-round ratios value(ours[i]) / value(theirs[i])."""
     return [value(a) / value(b) for a, b in zip(ours, theirs, strict=False)]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def spread(values: list[float]) -> str:

@@ -56,6 +56,7 @@ import inspect
 import logging
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._flow import HOLD, FlowControl, Notify
@@ -309,8 +310,9 @@ class Mailbox(FlowControl):
         else:
             self._mk_scheduled = False
 
-    def _mk_run_now(self, sender: PID, message: Any) -> None:
-        """Handle one message at once: ``send`` found this eager meta idle.
+    def _mk_run_now(self, handler: Callable[[Any, Any], None], a: Any, b: Any) -> None:
+        """Run ``handler(a, b)`` (``handle_message`` or a write) at once: a send
+        found this eager meta idle.
 
         Idle means nothing is queued (held and initialising actors count as
         scheduled), so running it now keeps the order a drain would have.
@@ -318,7 +320,7 @@ class Mailbox(FlowControl):
         self._mk_scheduled = True
         self._mk_in += 1
         try:
-            self.handle_message(sender, message)  # type: ignore[attr-defined]
+            handler(a, b)
         except Exception as exc:
             self._mk_end(self._mk_crash_reason(exc))
             return

@@ -176,9 +176,8 @@ class Meta(Mailbox):
             target._mk_refuse()
         self._mk_out += 1
         if not target._mk_scheduled and target._mk_eager:
-            target._mk_run_now(
-                self._mk_parent_proc._mk_pid, message
-            )  # an idle network meta writes now
+            # An idle network meta writes now.
+            target._mk_run_now(target.handle_message, self._mk_parent_proc._mk_pid, message)  # type: ignore[attr-defined]
             return
         q.append(self._mk_parent_proc._mk_pid)
         q.append(message)

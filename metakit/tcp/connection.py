@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .._state import DEAD, RUNNING
 from ..errors import FramingError
-from ..framing import Framer, Line, Raw
+from ..framing import Framer, Raw
 from ..ids import PID
 from ..mailbox import IGNORE, Mailbox, Signal
 from ..messages import Down
@@ -111,10 +111,6 @@ class TCPConnection(Meta, asyncio.BufferedProtocol):
         self._framer: Framer[Any] = (framing or Raw()).clone()
         # Raw frames go to the socket as they are: skip a copy per write.
         self._encode = None if isinstance(self._framer, Raw) else self._framer.encode
-        # Line with a one-byte delimiter: handle_message frames a bytes line inline.
-        framer = self._framer
-        self._nl = framer.delimiter if type(framer) is Line and len(framer.delimiter) == 1 else None
-        self._max_length = framer.max_length
         self._read_size = self._framer.max_length if isinstance(self._framer, Raw) else _READ_SIZE
         self._idle = idle_timeout
         self._high2 = 2 * high_watermark  # in mailbox entries (two per message)
@@ -202,18 +198,12 @@ class TCPConnection(Meta, asyncio.BufferedProtocol):
             self._backlog.extend(frames)
             return
         q = worker._mk_q
-        n = len(q)
-        if len(frames) == 1 and n < worker._mk_limit:  # the common case
+        if len(frames) == 1 and len(q) < worker._mk_limit:  # the common case
             q.append(self._sender)
             q.append(TCPMessage(self._mk_alias, frames[0]))
             self._mk_out += 1
-            if not worker._mk_scheduled:
-                worker._mk_scheduled = True
-                worker._mk_kick()
-            elif n >= self._high2 and not self._paused:
-                self._pause()
-            return
-        self._deliver(frames, worker, q)
+        else:
+            self._deliver(frames, worker, q)
         if not worker._mk_scheduled and q:
             worker._mk_scheduled = True
             worker._mk_kick()
@@ -384,16 +374,7 @@ class TCPConnection(Meta, asyncio.BufferedProtocol):
                 return
             data = message.data
             assert self._transport is not None
-            nl = self._nl
-            if (
-                nl is not None
-                and data.__class__ is bytes
-                and nl not in data
-                and len(data) <= self._max_length
-            ):
-                self._transport.write(data + nl)  # Line.encode's common case, inlined
-            else:
-                self._transport.write(data if self._encode is None else self._encode(data))
+            self._transport.write(data if self._encode is None else self._encode(data))
             if self._idle is not None:
                 self._last = self._mk_loop.time()
         elif message.__class__ is Down:

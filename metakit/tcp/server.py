@@ -15,7 +15,7 @@ from ..framing import Framer, Raw
 from ..ids import PID
 from ..mailbox import Signal
 from ..meta import Meta
-from .connection import _READ_SIZE, TCPConnection
+from .connection import _NO_BUFFER, _READ_SIZE, TCPConnection
 
 __all__ = ["TCPServer"]
 
@@ -95,7 +95,7 @@ class TCPServer(Meta):
         self._watermarks = (high_watermark, low_watermark)
         self._handshake_timeout = ssl_handshake_timeout
         self._server: asyncio.Server | None = None
-        self._rbuf = memoryview(b"")  # the connections' shared read buffer, made in init
+        self._rbuf = _NO_BUFFER  # the connections' shared read buffer, made in init
         self._conns: set[TCPConnection] = set()
         self._accepted = 0
         self._rejected = 0

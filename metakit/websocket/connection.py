@@ -35,6 +35,7 @@ import orjson
 
 from .._eager import Pump
 from .._state import DEAD, RUNNING
+from ..errors import MailboxFull
 from ..ids import PID, Alias
 from ..mailbox import IGNORE, Mailbox, Signal
 from ..messages import Down
@@ -105,7 +106,7 @@ class WSConnectionBase(Meta):
         self._down = False  # a client waiting to reconnect: writes stay held
         self.peer: Any = None
         self._stats = {"received": 0, "dropped_writes": 0, "pauses": 0}
-        self._sent = 0
+        self._sent = 0  # an attribute, not in _stats: counted on every write
         self._pump = Pump()
 
     # -- the library side (subclasses) ---------------------------------------
@@ -356,26 +357,14 @@ def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
             encoded = as_text
         if not target._mk_scheduled:
             # Idle: write now, as Process.send does for an idle network meta.
-            target._mk_scheduled = True
-            target._mk_in += 1
-            try:
-                target._write(data, encoded)
-            except Exception as exc:
-                target._mk_end(target._mk_crash_reason(exc))
-                continue
-            if not target._mk_held:
-                if target._mk_q and target._mk_state == RUNNING:
-                    target._mk_node._ready(target)
-                else:
-                    target._mk_scheduled = False
+            target._mk_run_now(target._write, data, encoded)
         else:
-            q = target._mk_q
-            if target._mk_cap and len(q) >= target._mk_cap:
+            # Busy or held: it takes this in its turn.
+            try:
+                target._mk_deliver(pid, WSMessage(conn, data))
+            except MailboxFull:
                 target._stats["dropped_writes"] += 1
                 continue
-            # Scheduled already (held or busy): it takes this in its turn.
-            q.append(pid)
-            q.append(WSMessage(conn, data))
         took += 1
     sender._mk_out += took
     return took

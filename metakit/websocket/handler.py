@@ -43,7 +43,7 @@ class WSConnection(WSConnectionBase):
         # send_frame: one coroutine fewer than send_str/send_bytes, which only check and encode.
         if self._json:
             return self._ws.send_frame(data, WSMsgType.TEXT)  # orjson gave UTF-8 bytes
-        if data.__class__ is str or isinstance(data, str):
+        if isinstance(data, str):
             return self._ws.send_frame(data.encode(), WSMsgType.TEXT)
         return self._ws.send_frame(data, WSMsgType.BINARY)
 
