@@ -74,6 +74,26 @@ def test_every_split_gives_the_frames_back(
 
 
 @pytest.mark.parametrize(("make", "frames"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_every_split_through_the_connections_read_path(
+    make: Callable[[], Framer[Any]], frames: list[Any]
+) -> None:
+    # A TCP connection reads into one reused bytearray and hands the framer a view
+    # of all of it plus the byte count: bytes past the count are stale and unseen.
+    wire = b"".join(make().encode(f) for f in frames)
+    for cut in range(len(wire) + 1):
+        framer = make()
+        scratch = bytearray(b"\n" * (len(wire) + 8))  # stale delimiters past every read
+        view = memoryview(scratch)
+        got: list[Any] = []
+        for chunk in (wire[:cut], wire[cut:]):
+            scratch[: len(chunk)] = chunk
+            got += framer._feed_read(view, len(chunk))  # type: ignore[attr-defined]
+            scratch[:] = b"\n" * len(scratch)
+        assert got == frames, cut
+        assert framer.buffered == 0
+
+
+@pytest.mark.parametrize(("make", "frames"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_byte_at_a_time_and_all_at_once(make: Callable[[], Framer[Any]], frames: list[Any]) -> None:
     wire = b"".join(make().encode(f) for f in frames)
     framer = make()

@@ -45,13 +45,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 from .._state import DEAD, RUNNING
 from ..errors import FramingError
-from ..framing import Framer, Raw
+from ..framing import Framer, Raw, _Framer
 from ..ids import PID
 from ..mailbox import IGNORE, Mailbox, Signal
 from ..messages import Down
@@ -109,6 +109,12 @@ class TCPConnection(Meta, asyncio.BufferedProtocol):
         if not 0 <= low_watermark < high_watermark:
             raise ValueError("need 0 <= low_watermark < high_watermark")
         self._framer: Framer[Any] = (framing or Raw()).clone()
+        framer = self._framer
+        if isinstance(framer, _Framer):
+            self._feed_read: Callable[[memoryview, int], list[Any]] = framer._feed_read
+        else:  # a framer of the user's: feed it a view of the read
+            feed = framer.feed
+            self._feed_read = lambda view, nbytes: feed(view[:nbytes])
         # Raw frames go to the socket as they are: skip a copy per write.
         self._encode = None if isinstance(self._framer, Raw) else self._framer.encode
         self._read_size = self._framer.max_length if isinstance(self._framer, Raw) else _READ_SIZE
@@ -183,7 +189,7 @@ class TCPConnection(Meta, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were read: frame them and hand each frame to the worker (the hot path)."""
         try:
-            frames = self._framer.feed(self._rbuf[:nbytes])
+            frames = self._feed_read(self._rbuf, nbytes)
         except FramingError as exc:
             if self._worker is not None:
                 self._push(exc.frames)

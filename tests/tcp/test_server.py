@@ -273,3 +273,31 @@ async def test_thousand_connections_leave_nothing(node: Node, probe: Any) -> Non
     info = node.meta_info(alias)
     assert info.inspect["accepted"] == "1000"
     # The node fixture then checks that no socket, task or thread is left.
+
+
+class Upper:
+    """A framer of the user's own (not a metakit class): each read upper-cased."""
+
+    max_length = 1024
+    buffered = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        return [bytes(data).upper()] if data else []
+
+    def encode(self, frame: bytes) -> bytes:
+        return frame.lower()
+
+    def clone(self) -> Upper:
+        return Upper()
+
+
+async def test_a_framer_of_the_users_own(node: Node, probe: Any) -> None:
+    worker, server = await serve(probe, framing=Upper())
+    reader, writer = await connect(server)
+    conn = (await worker.receive()).conn
+    writer.write(b"hello")
+    assert await worker.receive() == TCPMessage(conn, b"HELLO")
+    worker.send(conn, TCPMessage(conn, b"BACK"))
+    assert await reader.readexactly(4) == b"back"
+    await close(writer)
+    assert await worker.receive() == TCPDisconnect(conn, "closed")
