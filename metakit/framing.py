@@ -193,10 +193,16 @@ class Line(_Framer):
 
     def _feed_read(self, view: memoryview, nbytes: int) -> list[bytes]:
         if not self._buf and self._error is None:
-            # One whole line per read, as in feed, searched in place: one copy, the frame's.
+            # One whole line per read, as in feed: copy the frame out, then make sure it
+            # holds no delimiter, nor a start of one (an int `in`: a memchr).
             end = nbytes - self._dlen
-            if view.obj.find(self.delimiter, 0, nbytes) == end and 0 <= end <= self.max_length:  # type: ignore[attr-defined]
-                return [view[:end].tobytes()]
+            first = self._first
+            if 0 <= end <= self.max_length and view[end] == first:
+                frame = view[:end].tobytes()
+                if first not in frame and (
+                    self._dlen == 1 or view.obj.startswith(self.delimiter, end)  # type: ignore[attr-defined]
+                ):
+                    return [frame]
         return self.feed(view[:nbytes])
 
     def _feed(self, data: _Data) -> list[bytes]:
