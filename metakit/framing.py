@@ -182,13 +182,14 @@ class Line(_Framer):
         Raises:
             FrameTooLarge: a line is longer than ``max_length``.
         """
-        if not self._buf and self._error is None:
-            # The common case, one whole line per read: no list building, one search.
-            src = bytes(data)
-            end = len(src) - self._dlen
-            if src.find(self.delimiter) == end and 0 <= end <= self.max_length:
-                return [src[:end]]
-            return self._feed(src)
+        if not self._buf and self._error is None and data.__class__ is bytes:
+            # The common case, one whole line: as _feed_read, on bytes.
+            end = len(data) - self._dlen
+            first = self._first
+            if 0 <= end <= self.max_length and data[end] == first:
+                frame = data[:end]
+                if first not in frame and (self._dlen == 1 or data.startswith(self.delimiter, end)):
+                    return [frame]
         return self._feed(data)
 
     def _feed_read(self, view: memoryview, nbytes: int) -> list[bytes]:
