@@ -61,7 +61,8 @@ the ratios are medians over the rounds of metakit's run / raw's run of the
 same round, with every round's ratio printed beside. A fresh stdlib-loop
 ``asyncio.Protocol`` server starts several times slower until glibc's malloc
 adapts to its 256 KiB read buffers (DESIGN.md §6); metakit reads with
-``BufferedProtocol`` and should show no such cold start. The streams run
+``data_received`` too, but its node tunes malloc once at start, so it should
+show no such cold start. The streams run
 last, on the warm servers.
 
 Targets (metakit vs raw-buffered on the same loop, warm): server CPU per round
@@ -115,7 +116,7 @@ HERE = Path(__file__).resolve().parent
 LOADGEN_SRC = HERE / "tcp_loadgen.c"
 VARIANTS = ("raw-protocol", "raw-buffered", "metakit")
 LOOPS = ("asyncio", "uvloop")
-READ_SIZE = 65536  # the raw-buffered read buffer; metakit's default read size too
+READ_SIZE = 65536  # the raw-buffered read buffer
 MAX_LINE = 4096
 
 # Targets: metakit / raw-buffered on the same loop.

@@ -105,11 +105,6 @@ class _Framer:
         error.frames = frames
         return error
 
-    def _feed_read(self, view: memoryview, nbytes: int) -> list[Any]:
-        """``feed(view[:nbytes])``, for a connection's read into its reused buffer
-        (``view`` is over a ``bytearray``); framers with a faster way override it."""
-        return self.feed(view[:nbytes])  # type: ignore[attr-defined,no-any-return]
-
     def _raise_again(self) -> None:
         error = self._error
         assert error is not None
@@ -122,28 +117,30 @@ class _Framer:
 
 
 class Raw(_Framer):
-    """No framing: every read is one frame, sent as is.
+    """No framing: every read is a frame (split if longer than ``read_size``), sent as is.
 
     Args:
-        read_size: how many bytes to read at a time; the TCP layer reads with
-            ``max_length``, which is this value.
+        read_size: the largest frame; a longer read is cut into frames of this
+            size. A TCP read brings at most 256 KiB, the default.
     """
 
     __slots__ = ("max_length", "read_size")
     _config = ("read_size",)
 
-    def __init__(self, *, read_size: int = 65536) -> None:
+    def __init__(self, *, read_size: int = 262144) -> None:
         super().__init__()
         if read_size < 1:
             raise ValueError(f"read_size must be at least 1, not {read_size}")
         self.read_size = self.max_length = read_size
 
     def feed(self, data: _Data) -> list[bytes]:
-        """Return ``[bytes(data)]``, or ``[]`` for empty data. Never raises."""
-        return [bytes(data)] if data else []
-
-    def _feed_read(self, view: memoryview, nbytes: int) -> list[bytes]:
-        return [view[:nbytes].tobytes()] if nbytes else []
+        """Return ``data`` as ``bytes`` in frames of at most ``read_size``; ``[]`` for
+        empty data. Never raises."""
+        size = self.read_size
+        if len(data) <= size:
+            return [bytes(data)] if data else []  # bytes(data) is data, for bytes: no copy
+        view = memoryview(data)
+        return [view[i : i + size].tobytes() for i in range(0, len(view), size)]
 
     def encode(self, frame: _Data) -> bytes:
         """Return ``frame`` as ``bytes``, unchanged."""
@@ -183,7 +180,8 @@ class Line(_Framer):
             FrameTooLarge: a line is longer than ``max_length``.
         """
         if not self._buf and self._error is None and data.__class__ is bytes:
-            # The common case, one whole line: as _feed_read, on bytes.
+            # The common case, one whole line per read: check its last byte, then
+            # memchr the rest for the delimiter's first byte (no start of one inside).
             end = len(data) - self._dlen
             first = self._first
             if 0 <= end <= self.max_length and data[end] == first:
@@ -191,20 +189,6 @@ class Line(_Framer):
                 if first not in frame and (self._dlen == 1 or data.startswith(self.delimiter, end)):
                     return [frame]
         return self._feed(data)
-
-    def _feed_read(self, view: memoryview, nbytes: int) -> list[bytes]:
-        if not self._buf and self._error is None:
-            # One whole line per read, as in feed: copy the frame out, then make sure it
-            # holds no delimiter, nor a start of one (an int `in`: a memchr).
-            end = nbytes - self._dlen
-            first = self._first
-            if 0 <= end <= self.max_length and view[end] == first:
-                frame = view[:end].tobytes()
-                if first not in frame and (
-                    self._dlen == 1 or view.obj.startswith(self.delimiter, end)  # type: ignore[attr-defined]
-                ):
-                    return [frame]
-        return self.feed(view[:nbytes])
 
     def _feed(self, data: _Data) -> list[bytes]:
         if self._error is not None:

@@ -73,24 +73,16 @@ def test_every_split_gives_the_frames_back(
         assert framer.buffered == 0
 
 
-@pytest.mark.parametrize(("make", "frames"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_every_split_through_the_connections_read_path(
-    make: Callable[[], Framer[Any]], frames: list[Any]
-) -> None:
-    # A TCP connection reads into one reused bytearray and hands the framer a view
-    # of all of it plus the byte count: bytes past the count are stale and unseen.
-    wire = b"".join(make().encode(f) for f in frames)
-    for cut in range(len(wire) + 1):
-        framer = make()
-        scratch = bytearray(b"\n" * (len(wire) + 8))  # stale delimiters past every read
-        view = memoryview(scratch)
-        got: list[Any] = []
-        for chunk in (wire[:cut], wire[cut:]):
-            scratch[: len(chunk)] = chunk
-            got += framer._feed_read(view, len(chunk))  # type: ignore[attr-defined]
-            scratch[:] = b"\n" * len(scratch)
-        assert got == frames, cut
-        assert framer.buffered == 0
+def test_raw_cuts_a_long_read_at_read_size() -> None:
+    raw = Raw(read_size=4)
+    for kind in (bytes, bytearray, memoryview):
+        assert raw.feed(kind(b"abcdefghij")) == [b"abcd", b"efgh", b"ij"]
+        assert raw.feed(kind(b"abcd")) == [b"abcd"]
+        assert raw.feed(kind(b"")) == []
+    assert all(type(f) is bytes for f in raw.feed(memoryview(b"abcdefghij")))
+    data = b"x" * 100
+    assert Raw().feed(data)[0] is data  # a bytes read is not copied
+    assert Raw().read_size == 256 * 1024
 
 
 @pytest.mark.parametrize(("make", "frames"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -388,7 +380,7 @@ def test_constructor_validation(make: Callable[[], object]) -> None:
 
 
 def test_configuration_and_repr() -> None:
-    assert Raw().max_length == 65536
+    assert Raw().max_length == 262144
     assert Raw(read_size=100).max_length == 100
     assert Line().max_length == 65536
     assert LengthPrefixed(1).max_length == 255

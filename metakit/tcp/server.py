@@ -15,7 +15,7 @@ from ..framing import Framer, Raw
 from ..ids import PID
 from ..mailbox import Signal
 from ..meta import Meta
-from .connection import _NO_BUFFER, _READ_SIZE, TCPConnection
+from .connection import TCPConnection
 
 __all__ = ["TCPServer"]
 
@@ -95,7 +95,6 @@ class TCPServer(Meta):
         self._watermarks = (high_watermark, low_watermark)
         self._handshake_timeout = ssl_handshake_timeout
         self._server: asyncio.Server | None = None
-        self._rbuf = _NO_BUFFER  # the connections' shared read buffer, made in init
         self._conns: set[TCPConnection] = set()
         self._accepted = 0
         self._rejected = 0
@@ -105,10 +104,6 @@ class TCPServer(Meta):
     async def init(self) -> None:
         """Bind and listen."""
         loop = asyncio.get_running_loop()
-        read_size = self._framing.max_length if isinstance(self._framing, Raw) else _READ_SIZE
-        # One read buffer for all the connections: each read is framed (and
-        # what is kept copied) before the next one can start.
-        self._rbuf = memoryview(bytearray(read_size))
         self._server = await loop.create_server(
             self._new_connection,
             self.host,
@@ -138,7 +133,6 @@ class TCPServer(Meta):
         conn = TCPConnection(
             self._framing, idle_timeout=self._idle, high_watermark=high, low_watermark=low
         )
-        conn._rbuf = self._rbuf
         conn._server = self
         return conn
 
