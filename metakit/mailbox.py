@@ -282,27 +282,41 @@ class Mailbox(FlowControl):
 
     def _mk_drain(self) -> None:
         q = self._mk_q
-        handle = self.handle_message  # type: ignore[attr-defined]
-        pid_class = PID
-        n = len(q) >> 1
-        if n > _BUDGET:
-            n = _BUDGET
-        handled = 0
-        try:
-            for handled in range(1, n + 1):  # noqa: B007 - read after the loop
-                sender = q.popleft()
-                message = q.popleft()
-                if sender.__class__ is pid_class:
-                    try:
-                        handle(sender, message)
-                    except Exception as exc:
-                        self._mk_end(self._mk_crash_reason(exc))
+        if len(q) == 2:
+            # One message, the common case at light load: the loop below costs
+            # more to set up (a bound method, a range) than the message itself.
+            sender = q.popleft()
+            message = q.popleft()
+            self._mk_in += 1
+            if sender.__class__ is PID:
+                try:
+                    self.handle_message(sender, message)  # type: ignore[attr-defined]
+                except Exception as exc:
+                    self._mk_end(self._mk_crash_reason(exc))
+            else:
+                self._mk_special(sender, message)
+        else:
+            handle = self.handle_message  # type: ignore[attr-defined]
+            pid_class = PID
+            n = len(q) >> 1
+            if n > _BUDGET:
+                n = _BUDGET
+            handled = 0
+            try:
+                for handled in range(1, n + 1):  # noqa: B007 - read after the loop
+                    sender = q.popleft()
+                    message = q.popleft()
+                    if sender.__class__ is pid_class:
+                        try:
+                            handle(sender, message)
+                        except Exception as exc:
+                            self._mk_end(self._mk_crash_reason(exc))
+                            break
+                    elif self._mk_special(sender, message):
                         break
-                elif self._mk_special(sender, message):
-                    break
-        except IndexError:
-            pass  # a handler killed this actor, which emptied the queue
-        self._mk_in += handled
+            except IndexError:
+                pass  # a handler killed this actor, which emptied the queue
+            self._mk_in += handled
         if self._mk_held:
             return  # _mk_scheduled stays True: nothing restarts the drain but _mk_unhold
         if q and self._mk_state == RUNNING:
