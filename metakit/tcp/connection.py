@@ -10,7 +10,7 @@ drive it, so a connection costs a meta and a transport, nothing more.
 
 Why ``data_received`` and not ``BufferedProtocol`` (DESIGN.md §6 chose the
 latter for the stdlib loop's cold start): the node tunes malloc once per
-process (``node._warm_allocator``), after which a fresh stdlib-loop server
+process (``metakit.node._warm_allocator``), after which a fresh stdlib-loop server
 reads at full speed from the start; and then the plain protocol is the
 cheaper one on both loops. uvloop reads into its own buffer and hands over
 ``bytes`` without a Python ``get_buffer`` call, and ``Line`` keeps a whole-line

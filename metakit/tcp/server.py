@@ -54,7 +54,9 @@ class TCPServer(Meta):
         mailbox_size: the bound of each connection's mailbox (0: unbounded);
             a full one raises ``MailboxFull`` at the worker writing to it.
         high_watermark: pause reading when the worker's mailbox holds more
-            messages than this.
+            messages than this. What a slow worker can have queued per
+            connection is about this many frames: with ``Raw()``, reads of up
+            to ``read_size`` (256 KiB) each.
         low_watermark: resume reading when it is down to about this many.
         ssl_handshake_timeout: seconds for the TLS handshake.
 
