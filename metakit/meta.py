@@ -117,6 +117,12 @@ class Meta(Mailbox):
         """Extra fields for ``node.meta_info``; keep it quick and read-only."""
         return {}
 
+    def _mk_quiesce(self) -> Awaitable[Any] | None:
+        """``node.stop()`` calls this on every meta before it stops any process:
+        stop taking new work and return what finishes the work in flight (or
+        None). The meta is terminated later, as usual."""
+        return None
+
     # -- identity and API --------------------------------------------------------
 
     def _mk_setup(self, node: Node, alias: Alias, parent: Process, mailbox_size: int) -> None:

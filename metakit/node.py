@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ._deadlines import Deadlines
 from ._introspect import Introspection
 from ._pubsub import PubSub, _Event
-from ._state import DEAD, EXITING
+from ._state import DEAD, EXITING, RUNNING
 from .errors import (
     MetakitError,
     NodeNotRunning,
@@ -166,10 +166,14 @@ class Node(PubSub, Introspection):
     def stop(self, timeout: float = 5.0) -> asyncio.Future[None]:
         """Stop every process with reason ``"shutdown"``; await the result.
 
-        Processes get the exit signal (their ``terminate`` runs, and their
-        metas close); those still alive after ``timeout`` seconds are killed.
-        Then it waits for meta threads to end. Calling it again returns the
-        same shutdown.
+        First the network metas finish what is in flight while every process
+        still runs to answer: a ``WebServer`` stops accepting and lets its
+        requests complete, a ``WebSocketHandler`` closes its connections with
+        1001 (the workers get ``WSDisconnect``); for up to half of ``timeout``.
+        Then processes get the exit signal (their ``terminate`` runs, and their
+        metas close); those still alive ``timeout`` seconds after the call are
+        killed. Then it waits for meta threads and cleanups to end. Calling
+        it again returns the same shutdown.
 
         Awaited from inside a handler (which it would otherwise wait for), it
         returns at once and the shutdown carries on in the background; from a
@@ -200,6 +204,22 @@ class Node(PubSub, Introspection):
     async def _shutdown(self, timeout: float) -> None:
         loop = self._mk_loop
         deadline = loop.time() + timeout
+        # First the metas take no new work and finish what is in flight (a web
+        # server lets its requests complete) while every process still runs to
+        # answer; only then do the processes stop.
+        finishing = []
+        for actor in list(self._mk_table.values()):
+            if isinstance(actor, Meta) and actor._mk_state == RUNNING:
+                try:
+                    work = actor._mk_quiesce()
+                except Exception:
+                    actor.log.exception("exception in _mk_quiesce")
+                    continue
+                if work is not None:
+                    finishing.append(asyncio.ensure_future(work))
+        if finishing:
+            # At most half the time: the processes' terminate gets the rest.
+            await asyncio.wait(finishing, timeout=timeout / 2)
         processes = [a for a in self._mk_table.values() if isinstance(a, Process)]
         # Newest first, so children tend to go before the supervisors that own them.
         for proc in reversed(processes):

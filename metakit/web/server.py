@@ -48,7 +48,8 @@ class WebServer(Meta):
         busy port or a bad address. When the meta ends it stops accepting at
         once, lets in-flight requests finish up to ``shutdown_timeout``, then
         closes the connections and runs the app's cleanup; ``node.stop()``
-        waits for that.
+        waits for that. ``node.stop()`` does this first, before it stops any
+        process, so the workers answer the requests in flight.
     """
 
     def __init__(
@@ -111,11 +112,21 @@ class WebServer(Meta):
 
     def terminate(self, reason: Any) -> None:
         """Stop accepting now; finish in-flight requests and close in the background."""
+        self._close()
+
+    def _mk_quiesce(self) -> asyncio.Task[Any]:
+        # node.stop(): close before any process stops, so the workers are still
+        # there to answer the requests in flight.
+        return self._close()
+
+    def _close(self) -> asyncio.Task[Any]:
         # aiohttp's graceful shutdown awaits; terminate must not, so the node
         # runs it and node.stop() waits for it.
-        self._closing = self._mk_node._linger(
-            self._runner.cleanup(), f"metakit web stop {self._mk_alias!r}"
-        )
+        if self._closing is None:
+            self._closing = self._mk_node._linger(
+                self._runner.cleanup(), f"metakit web stop {self._mk_alias!r}"
+            )
+        return self._closing
 
     def statistics(self) -> Mapping[str, int]:
         """A snapshot of the counters: open ``connections``."""

@@ -162,6 +162,7 @@ class WebSocketHandler(Meta):
         self.handshake_timeout = handshake_timeout
         self._conn_mailbox = mailbox_size
         self._conns: set[WSConnection] = set()
+        self._quiescing = False  # node.stop() has begun: no new connections
         self._pump = Pump()
         self._mk_state = DEAD  # until spawned: answer 503
         self._stats = {"accepted": 0, "refused_origin": 0, "no_worker": 0}
@@ -169,7 +170,7 @@ class WebSocketHandler(Meta):
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Upgrade one request and serve the connection until it closes (aiohttp calls this)."""
-        if self._mk_state != RUNNING:
+        if self._mk_state != RUNNING or self._quiescing:
             return web.Response(status=503, text="503 Service Unavailable")
         if self.origins is not None and request.headers.get("Origin") not in self.origins:
             self._stats["refused_origin"] += 1
@@ -214,6 +215,13 @@ class WebSocketHandler(Meta):
         ending = Signal(self._mk_alias, self._mk_parent_proc._mk_pid, reason, forced=True)
         for conn in list(self._conns):
             conn._mk_signal(ending)
+
+    def _mk_quiesce(self) -> None:
+        # node.stop(): a WebSocket is never done on its own, and the web server's
+        # graceful close waits for its handler. Going away (1001) now lets that
+        # close finish; the workers, still running, get WSDisconnect.
+        self._quiescing = True
+        self.terminate("shutdown")
 
     def statistics(self) -> Mapping[str, int]:
         """A snapshot of the counters: ``accepted``, ``refused_origin``,

@@ -326,3 +326,60 @@ async def test_mounted_on_an_app_under_pytest_aiohttp(node: Node, aiohttp_client
     assert await resp.json() == {"item": "42", "q": "x"}
     resp = await client.get("/plain")
     assert await resp.text() == "plain aiohttp"
+
+
+async def test_node_stop_lets_in_flight_requests_finish_first(node: Node) -> None:
+    # The worker is spawned after the server's owner: a newest-first shutdown
+    # would stop it first, and the request in flight would get a 503.
+    pid, _, server = await start(node, shutdown_timeout=TIMEOUT)
+    address = server.address
+    api = node._mk_table[pid.id]
+    async with aiohttp.ClientSession() as s:
+        in_flight = asyncio.ensure_future(s.get(f"{server.url}/slow"))
+        await wait_until(lambda: api.held)  # type: ignore[attr-defined]
+        stopping = asyncio.ensure_future(node.stop(timeout=TIMEOUT))
+        # The server stops accepting first...
+        await wait_until(lambda: not server._runner.addresses)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(*address)
+        # ...while every process still runs, so the request gets its answer.
+        assert pid in node.processes()
+        api.answer_held("finally")  # type: ignore[attr-defined]
+        async with await in_flight as r:
+            assert r.status == 200
+            assert await r.text() == "finally"
+        await stopping
+    assert node.processes() == []
+
+
+async def test_node_stop_does_not_wait_all_its_time_for_a_stuck_request(node: Node) -> None:
+    ended: list[Any] = []
+
+    class Stuck(Api):
+        async def terminate(self, reason: Any) -> None:
+            await asyncio.sleep(0.05)  # some cleanup of its own: it needs time to run
+            ended.append(reason)
+
+    handler = WebHandler("stuck", timeout=TIMEOUT)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = WebServer("127.0.0.1", 0, app, shutdown_timeout=TIMEOUT)
+
+    class Owner(Stuck):
+        async def init(self) -> None:
+            await super().init()
+            await self.spawn_meta(handler)
+            await self.spawn_meta(server)
+
+    pid = await node.spawn(Owner, name="stuck")
+    api = node._mk_table[pid.id]
+    async with aiohttp.ClientSession() as s:
+        in_flight = asyncio.ensure_future(s.get(f"{server.url}/slow"))  # never answered
+        await wait_until(lambda: api.held)  # type: ignore[attr-defined]
+        await node.stop(timeout=0.5)
+        # Half the time went to the request; the rest let the worker end
+        # gracefully (its terminate ran to the end: it was not killed), and
+        # the request got a 503.
+        assert ended == ["shutdown"]
+        async with await in_flight as r:
+            assert r.status == 503

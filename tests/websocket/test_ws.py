@@ -429,3 +429,46 @@ async def test_client_down_keeps_writes_and_ignores_a_links_normal(node: Node, p
     assert got == [f"while down {i}" for i in range(3)]
     assert client.statistics()["dropped_writes"] == 0
     owner.send_exit(conn, "normal")
+
+
+async def test_node_stop_says_going_away_while_workers_run(node: Node) -> None:
+    # node.stop() closes WebSockets (1001) before it stops any process: the
+    # worker sees WSDisconnect before its own terminate, and the client a close frame.
+    seen: list[Any] = []
+
+    class Owner(Echo):
+        async def init(self) -> None:
+            handler = WebSocketHandler(self.pid)
+            await self.spawn_meta(handler)
+            app = web.Application()
+            app.router.add_get("/ws", handler)
+            self.server = WebServer("127.0.0.1", 0, app)
+            await self.spawn_meta(self.server)
+
+        def handle_message(self, sender: metakit.PID, message: Any) -> None:
+            seen.append(type(message).__name__)
+            super().handle_message(sender, message)
+
+        def terminate(self, reason: Any) -> None:
+            seen.append(f"terminate {reason}")
+
+    pid = await node.spawn(Owner)
+    url = node._mk_table[pid.id].server.url.replace("http", "ws") + "/ws"  # type: ignore[attr-defined]
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        await ws.send_str("hi")
+        assert await ws.receive_str() == "hi"
+        stopping = asyncio.ensure_future(node.stop(timeout=TIMEOUT))
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1001
+        await stopping
+    assert seen == ["WSConnect", "WSMessage", "WSDisconnect", "terminate shutdown"]
+
+
+async def test_a_handler_going_away_refuses_new_connections(node: Node, probe: Any) -> None:
+    _, handler, url = await serve(probe)
+    handler._mk_quiesce()  # what node.stop() does first
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await s.ws_connect(url)
+        assert info.value.status == 503
