@@ -82,11 +82,11 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, this file's directory comes first on sys.path, and the
-# file (bench/http.py) would shadow the stdlib's http package, which aiohttp
-# and http.client import: take that entry off before importing anything else.
+# Run as a script, this file's directory comes first on sys.path, and
+# bench/http.py would shadow the stdlib's http package, which aiohttp
+# imports: move that entry to the end (bench/_harness.py is still found).
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
+    sys.path.append(sys.path.pop(0))
 
 import argparse
 import asyncio
@@ -108,6 +108,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _harness import host_busy, pinned, proc_cpu, quiet_note, verdict
+
 VARIANTS = ("aiohttp-text", "metakit-text", "aiohttp-json", "metakit-json")
 EXTRA_VARIANTS = ("hop-text", "hop-json")  # only with --variant: see the docstring
 PROFILE_VARIANTS = ["aiohttp-text", "metakit-text"]
@@ -118,7 +120,6 @@ MESSAGE = {"message": TEXT}
 
 TARGET = 0.85  # metakit / aiohttp on the same loop, at least
 SATURATED = 90.0  # server CPU %: at or above it, the server is the limit
-QUIET_LOAD = 0.15  # the machine counts as idle below this many busy cores
 NOISY = 10.0  # a run during which other programs took more % of a core is done again
 TOP = 25
 
@@ -345,47 +346,9 @@ def client_main(url: str, conns: int, start_at: float, seconds: float, out: str)
 # ------------------------------------------------------------------- the driver
 
 
-def pinned(cpus: str | None, cmd: list[str]) -> list[str]:
-    return cmd if cpus is None else ["taskset", "-c", cpus, *cmd]
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (all threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def host_busy() -> float:
-    """Busy CPU seconds of the whole machine so far (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
 def children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def wait_quiet(max_wait: float) -> str | None:
-    """Wait up to ``max_wait`` s for other programs to leave the CPUs idle; a note if not."""
-    deadline = time.monotonic() + max_wait
-    waited = False
-    while True:
-        before = host_busy()
-        time.sleep(0.5)
-        load = (host_busy() - before) / 0.5
-        if load < QUIET_LOAD:
-            return "waited for other programs to go idle" if waited else None
-        if time.monotonic() >= deadline:
-            return f"the machine was busy ({100 * load:.0f}% of a core) at the start"
-        if not waited:
-            print(
-                f"    (waiting for other programs: {100 * load:.0f}% of a core busy)",
-                file=sys.stderr,
-            )
-        waited = True
 
 
 @dataclass
@@ -723,7 +686,7 @@ def measure_loop(
     """Start every variant's server on ``loop``, warm each up, then go round measuring."""
     notes: list[str] = []
     t0 = time.monotonic()
-    note = wait_quiet(min(opts.quiet_wait, opts.spare))
+    note = quiet_note(min(opts.quiet_wait, opts.spare))
     opts.spare -= time.monotonic() - t0
     if note:
         notes.append(f"{loop}: {note}")
@@ -758,7 +721,7 @@ def measure_loop(
                     )
                     results[v].profiled_requests += run.requests  # profiled all the same
                     t0 = time.monotonic()
-                    wait_quiet(min(2.0, opts.spare - opts.seconds - 2))
+                    quiet_note(min(2.0, opts.spare - opts.seconds - 2))
                     run = gen.run(servers[v], opts.seconds)
                     opts.spare -= time.monotonic() - t0
                 results[v].profiled_requests += run.requests
@@ -770,10 +733,6 @@ def measure_loop(
 
 
 # -------------------------------------------------------------------- reporting
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def report(

@@ -104,12 +104,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import Any, TypeVar
+
+from _harness import build_loadgen, pinned, run_loadgen, wait_quiet
 
 R = TypeVar("R", "PingPong", "Stream")
 HERE = Path(__file__).resolve().parent
@@ -124,7 +125,6 @@ CPU_TARGET = 1.4  # server CPU per round trip, at most
 P99_TARGET = 1.5  # p99 latency, at most
 STREAM_TARGET = 0.8  # stream MB/s, at least
 COLD_TARGET = 0.8  # metakit cold round trips/s / warm, at least
-QUIET_LOAD = 0.15  # the machine counts as idle below this many busy cores
 NOISY = 10.0  # a run during which other programs took more % of a core is done again
 
 
@@ -238,32 +238,6 @@ def serve_main(variant: str, loop_name: str, profile: str | None) -> None:
 
 
 # ------------------------------------------------------------------- the driver
-
-
-def build_loadgen() -> Path:
-    """Compile tcp_loadgen.c unless an up-to-date binary is cached; return its path."""
-    out_dir = Path(tempfile.gettempdir()) / f"metakit-bench-{os.getuid()}"
-    out_dir.mkdir(mode=0o700, exist_ok=True)
-    binary = out_dir / "tcp_loadgen"
-    if binary.exists() and binary.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return binary
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise SystemExit("tcp_echo: needs gcc (or cc) to build bench/tcp_loadgen.c")
-    tmp = out_dir / f"tcp_loadgen.{os.getpid()}"
-    subprocess.run([gcc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_SRC)], check=True)
-    tmp.replace(binary)
-    return binary
-
-
-def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
-    if cpu is None:
-        return cmd
-    return ["taskset", "-c", str(cpu), *cmd]
-
-
-def parse_kv(line: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in line.split())
 
 
 @dataclass
@@ -418,48 +392,6 @@ class Server:
             raise RuntimeError(f"server exited with status {proc.returncode}")
 
 
-def host_busy() -> float:
-    """Busy CPU seconds of the whole machine so far (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait: float) -> float:
-    """Wait up to ``max_wait`` s for the other programs to leave the CPUs idle.
-
-    Returns the seconds waited.
-    """
-    start = time.monotonic()
-    told = False
-    while True:
-        before = host_busy()
-        time.sleep(0.5)
-        load = (host_busy() - before) / 0.5
-        waited = time.monotonic() - start
-        if load < QUIET_LOAD or waited >= max_wait:
-            return waited
-        if not told:
-            print(
-                f"    (waiting for other programs: {100 * load:.0f}% of a core busy)",
-                file=sys.stderr,
-            )
-            told = True
-
-
-def run_loadgen(binary: Path, cpu: int | None, args: list[str], timeout: float) -> dict[str, str]:
-    out = subprocess.run(
-        pinned(cpu, [str(binary), *args]),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if out.returncode != 0 or not out.stdout.strip():
-        raise RuntimeError(f"tcp_loadgen {' '.join(args)} failed: {out.stderr.strip()}")
-    return parse_kv(out.stdout.strip().splitlines()[-1])
-
-
 def measure_loop(
     opts: argparse.Namespace,
     binary: Path,
@@ -505,7 +437,7 @@ def measure_loop(
 
     def quiet() -> None:
         nonlocal waited
-        waited += wait_quiet(max(0.0, budget - waited))
+        waited += wait_quiet(max(0.0, budget - waited))[0]
 
     def disturbed(run: PingPong | Stream, variant: str, what: str, attempt: int) -> bool:
         if run.other_pct <= NOISY or attempt == opts.retries:
@@ -833,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.sched_setaffinity(0, {opts.client_cpu})  # keep this driver off the server's CPU
 
-    binary = build_loadgen()
+    binary = build_loadgen(LOADGEN_SRC)
     header(opts, binary)
     results = []
     with tempfile.TemporaryDirectory(prefix="tcp-echo-prof-") as prof_dir:

@@ -50,6 +50,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#define LOADGEN_NAME "tcp_loadgen"
+#include "loadgen.h"
+
 #define MAX_CONNS 4096
 #define MAX_MSG 65536
 #define SLICE_NS 250000000LL
@@ -57,107 +60,6 @@
 #define STREAM_CHUNK (256 * 1024)
 #define STREAM_TIMEOUT_NS (300LL * 1000000000LL)
 #define PATTERN_MOD 251
-
-static void die(const char *what) {
-    fprintf(stderr, "tcp_loadgen: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
-
-static void fail(const char *what) {
-    fprintf(stderr, "tcp_loadgen: %s\n", what);
-    exit(1);
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static double cpu_seconds(const struct timeval *tv) {
-    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
-}
-
-struct cpu {
-    double user, sys;
-};
-
-static struct cpu self_cpu(void) {
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0) die("getrusage");
-    struct cpu c = {cpu_seconds(&ru.ru_utime), cpu_seconds(&ru.ru_stime)};
-    return c;
-}
-
-/* utime and stime (fields 14 and 15) of /proc/PID/stat, in seconds. */
-static struct cpu proc_cpu(long pid) {
-    struct cpu c = {0, 0};
-    if (pid <= 0) return c;
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) die("open /proc/PID/stat");
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p) fail("bad /proc/PID/stat");
-    p += 2; /* field 3 (state) starts here */
-    unsigned long long ut = 0, st = 0;
-    if (sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        fail("bad /proc/PID/stat");
-    double hz = (double)sysconf(_SC_CLK_TCK);
-    c.user = (double)ut / hz;
-    c.sys = (double)st / hz;
-    return c;
-}
-
-/* Busy time of the whole machine (every CPU; all but idle and iowait), seconds. */
-static double host_busy(void) {
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) die("open /proc/stat");
-    unsigned long long v[8] = {0};
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
-                   &v[6], &v[7]);
-    fclose(f);
-    if (n < 4) fail("bad /proc/stat");
-    /* user nice system idle iowait irq softirq steal */
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi) {
-        fprintf(stderr, "tcp_loadgen: bad %s: %s\n", what, s);
-        exit(2);
-    }
-    return v;
-}
-
-static double parse_double(const char *s, const char *what) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || v < 0 || v > 3600) {
-        fprintf(stderr, "tcp_loadgen: bad %s: %s\n", what, s);
-        exit(2);
-    }
-    return v;
-}
-
-static struct sockaddr_in loopback(const char *host, long port) {
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || strcmp(host, "127.0.0.1") != 0) {
-        fprintf(stderr, "tcp_loadgen: only 127.0.0.1 is allowed, not %s\n", host);
-        exit(2);
-    }
-    return sa;
-}
 
 /* A blocking connect (setup only), then non-blocking with TCP_NODELAY. */
 static int open_conn(const struct sockaddr_in *sa) {

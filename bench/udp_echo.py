@@ -99,6 +99,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _harness import build_loadgen, parse_kv, pinned, quiet_note, verdict
+
 HERE = Path(__file__).resolve().parent
 LOADGEN_SRC = HERE / "udp_loadgen.c"
 VARIANTS = ("raw", "metakit")
@@ -108,7 +110,6 @@ LOOPS = ("asyncio", "uvloop")
 SAME_LOOP_TARGET = 0.7  # metakit / raw on the same loop, at least
 VS_STDLIB_TARGET = 3.0  # metakit on uvloop / raw on the stdlib loop, at least
 BUSY = 90.0  # % of a core: above it a process counts as the limit
-QUIET_LOAD = 0.15  # the machine counts as idle below this many busy cores
 NOISY = 10.0  # % of a core used by other programs during a run: it is disturbed
 METAKIT_DROPS = ("dropped_full", "dropped_oversize", "dropped_no_worker")
 
@@ -247,32 +248,6 @@ def serve_main(variant: str, loop_name: str, recv_buffer: int | None, profile: s
 
 
 # ------------------------------------------------------------------- the driver
-
-
-def build_loadgen() -> Path:
-    """Compile udp_loadgen.c unless an up-to-date binary is cached; return its path."""
-    out_dir = Path(tempfile.gettempdir()) / f"metakit-bench-{os.getuid()}"
-    out_dir.mkdir(mode=0o700, exist_ok=True)
-    binary = out_dir / "udp_loadgen"
-    if binary.exists() and binary.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return binary
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise SystemExit("udp_echo: needs gcc (or cc) to build bench/udp_loadgen.c")
-    tmp = out_dir / f"udp_loadgen.{os.getpid()}"
-    subprocess.run([gcc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_SRC)], check=True)
-    tmp.replace(binary)
-    return binary
-
-
-def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
-    if cpu is None:
-        return cmd
-    return ["taskset", "-c", str(cpu), *cmd]
-
-
-def parse_kv(line: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in line.split())
 
 
 @dataclass
@@ -445,36 +420,6 @@ class Server:
             raise RuntimeError(f"the {self.name} server exited with status {proc.returncode}")
 
 
-def host_busy() -> float:
-    """Busy CPU seconds of the whole machine so far (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait: float) -> str | None:
-    """Wait up to ``max_wait`` s for other programs to leave the CPUs idle.
-
-    Returns a note for the report if it had to wait, or gave up.
-    """
-    deadline = time.monotonic() + max_wait
-    waited = False
-    while True:
-        before = host_busy()
-        time.sleep(0.3)
-        load = (host_busy() - before) / 0.3
-        if load < QUIET_LOAD:
-            return "waited for other programs to go idle" if waited else None
-        if time.monotonic() >= deadline:
-            return f"the machine was busy ({100 * load:.0f}% of a core) at the start"
-        if not waited:
-            print(
-                f"    (waiting for other programs: {100 * load:.0f}% of a core busy)",
-                file=sys.stderr,
-            )
-        waited = True
-
-
 def delta(after: dict[str, Any], before: dict[str, Any], key: str) -> int | None:
     a, b = after.get(key), before.get(key)
     return None if a is None or b is None else int(a) - int(b)
@@ -539,7 +484,7 @@ def measure(opts: argparse.Namespace, binary: Path, prof_dir: str) -> list[Resul
             for combo in combos[shift:] + combos[:shift]:
                 result = results[combo]
                 for attempt in (1, 2):
-                    note = wait_quiet(max(0.0, min(opts.quiet_wait, slack())))
+                    note = quiet_note(max(0.0, min(opts.quiet_wait, slack())), step=0.3)
                     if note:
                         result.notes.append(f"round {round_no + 1}: {note}")
                     print(f"  round {round_no + 1}: {combo[0]} on {combo[1]}...", file=sys.stderr)
@@ -565,10 +510,6 @@ def measure(opts: argparse.Namespace, binary: Path, prof_dir: str) -> list[Resul
 
 
 # -------------------------------------------------------------------- reporting
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def _drops(value: int | None) -> str:
@@ -780,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {opts.client_cpu})  # keep this driver off the servers' CPU
 
     t0 = time.monotonic()
-    binary = build_loadgen()
+    binary = build_loadgen(LOADGEN_SRC)
     header(opts, binary)
     with tempfile.TemporaryDirectory(prefix="udp-echo-prof-") as prof_dir:
         results = measure(opts, binary, prof_dir)

@@ -54,76 +54,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#define LOADGEN_NAME "udp_loadgen"
+#include "loadgen.h"
+
 #define MAX_WINDOW 4096
 #define MAX_SIZE 65507
 #define HEADER 20 /* slot (4), seq (8), send time (8) */
 #define BATCH 64  /* datagrams per recvmmsg / sendmmsg */
 #define SLICE_NS 250000000LL
 #define MAX_SLICES 4096
-
-static void die(const char *what) {
-    fprintf(stderr, "udp_loadgen: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
-
-static void fail(const char *what) {
-    fprintf(stderr, "udp_loadgen: %s\n", what);
-    exit(1);
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-struct cpu {
-    double user, sys;
-};
-
-static struct cpu self_cpu(void) {
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0) die("getrusage");
-    struct cpu c = {(double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
-                    (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6};
-    return c;
-}
-
-/* utime and stime (fields 14 and 15) of /proc/PID/stat, in seconds. */
-static struct cpu proc_cpu(long pid) {
-    struct cpu c = {0, 0};
-    if (pid <= 0) return c;
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) die("open /proc/PID/stat");
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p) fail("bad /proc/PID/stat");
-    p += 2; /* field 3 (state) starts here */
-    unsigned long long ut = 0, st = 0;
-    if (sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        fail("bad /proc/PID/stat");
-    double hz = (double)sysconf(_SC_CLK_TCK);
-    c.user = (double)ut / hz;
-    c.sys = (double)st / hz;
-    return c;
-}
-
-/* Busy time of the whole machine (every CPU; all but idle and iowait), seconds. */
-static double host_busy(void) {
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) die("open /proc/stat");
-    unsigned long long v[8] = {0};
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
-                   &v[6], &v[7]);
-    fclose(f);
-    if (n < 4) fail("bad /proc/stat");
-    /* user nice system idle iowait irq softirq steal */
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-}
 
 /* Kernel drops of the IPv4 UDP socket bound to local port `port` (/proc/net/udp), or -1. */
 static long long udp_drops(unsigned port) {
@@ -147,27 +86,6 @@ static long long udp_drops(unsigned port) {
     }
     fclose(f);
     return drops;
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi) {
-        fprintf(stderr, "udp_loadgen: bad %s: %s\n", what, s);
-        exit(2);
-    }
-    return v;
-}
-
-static double parse_double(const char *s, const char *what) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || v < 0 || v > 3600) {
-        fprintf(stderr, "udp_loadgen: bad %s: %s\n", what, s);
-        exit(2);
-    }
-    return v;
 }
 
 /* ------------------------------------------------------------- latencies */

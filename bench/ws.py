@@ -82,9 +82,9 @@ import sys
 
 # Run as a script, this file's directory comes first on sys.path, and
 # bench/http.py would shadow the stdlib's http package, which aiohttp
-# imports: take that entry off before importing anything else.
+# imports: move that entry to the end (bench/_harness.py is still found).
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
+    sys.path.append(sys.path.pop(0))
 
 import argparse
 import asyncio
@@ -105,6 +105,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _harness import build_loadgen, pinned, quiet_note, run_loadgen, verdict
+
 HERE = Path(__file__).resolve().parent
 LOADGEN_SRC = HERE / "ws_loadgen.c"
 VARIANTS = ("aiohttp", "metakit")
@@ -119,7 +121,6 @@ WS_OPTIONS: dict[str, Any] = {"heartbeat": None, "compress": False, "max_msg_siz
 ECHO_TARGET = 0.75  # metakit / aiohttp, at least
 FANOUT_TARGET = 1.3  # metakit / aiohttp fan-out time, at most
 SATURATED = 90.0  # server CPU %: at or above it, the server is the limit
-QUIET_LOAD = 0.15  # the machine counts as idle below this many busy cores
 NOISY = 10.0  # a run during which other programs took more % of a core is done again
 TOP = 30
 
@@ -315,30 +316,6 @@ def serve_main(variant: str, loop_name: str, profile: str | None) -> None:
 
 
 # ------------------------------------------------------------------- the driver
-
-
-def build_loadgen() -> Path:
-    """Compile ws_loadgen.c unless an up-to-date binary is cached; return its path."""
-    out_dir = Path(tempfile.gettempdir()) / f"metakit-bench-{os.getuid()}"
-    out_dir.mkdir(mode=0o700, exist_ok=True)
-    binary = out_dir / "ws_loadgen"
-    if binary.exists() and binary.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return binary
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise SystemExit("ws: needs gcc (or cc) to build bench/ws_loadgen.c")
-    tmp = out_dir / f"ws_loadgen.{os.getpid()}"
-    subprocess.run([gcc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_SRC)], check=True)
-    tmp.replace(binary)
-    return binary
-
-
-def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
-    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
-
-
-def parse_kv(line: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in line.split())
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -542,46 +519,6 @@ class Server:
             raise RuntimeError(f"the {self.variant} server exited with status {proc.returncode}")
 
 
-def host_busy() -> float:
-    """Busy CPU seconds of the whole machine so far (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait: float) -> str | None:
-    """Wait up to ``max_wait`` s for other programs to leave the CPUs idle; a note if not."""
-    deadline = time.monotonic() + max_wait
-    waited = False
-    while True:
-        before = host_busy()
-        time.sleep(0.5)
-        load = (host_busy() - before) / 0.5
-        if load < QUIET_LOAD:
-            return "waited for other programs to go idle" if waited else None
-        if time.monotonic() >= deadline:
-            return f"the machine was busy ({100 * load:.0f}% of a core) at the start"
-        if not waited:
-            print(
-                f"    (waiting for other programs: {100 * load:.0f}% of a core busy)",
-                file=sys.stderr,
-            )
-        waited = True
-
-
-def run_loadgen(binary: Path, cpu: int | None, args: list[str], timeout: float) -> dict[str, str]:
-    out = subprocess.run(
-        pinned(cpu, [str(binary), *args]),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if out.returncode != 0 or not out.stdout.strip():
-        raise RuntimeError(f"ws_loadgen {' '.join(args)} failed: {out.stderr.strip()}")
-    return parse_kv(out.stdout.strip().splitlines()[-1])
-
-
 def run_once(opts: argparse.Namespace, binary: Path, phase: str, server: Server) -> Any:
     server.gc_events()  # forget the collections so far
     run = _run_once(opts, binary, phase, server)
@@ -628,7 +565,7 @@ def measure_phase(
 ) -> tuple[list[Result], list[str]]:
     """Start every variant's server for one phase on ``loop``, then go round measuring."""
     notes: list[str] = []
-    note = wait_quiet(opts.quiet_wait)
+    note = quiet_note(opts.quiet_wait)
     if note:
         notes.append(f"{phase} on {loop}: {note}")
     results = {
@@ -659,7 +596,7 @@ def measure_phase(
                     results[v].notes.append(
                         f"run {rnd + 1} disturbed ({run.other_pct:.0f}% other CPU): again"
                     )
-                    wait_quiet(2.0)
+                    quiet_note(2.0)
                     run = run_once(opts, binary, phase, servers[v])
                     results[v].served += served(opts, run)
                 results[v].runs.append(run)
@@ -670,10 +607,6 @@ def measure_phase(
 
 
 # -------------------------------------------------------------------- reporting
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def report_echo(results: list[Result], opts: argparse.Namespace) -> dict[str, bool]:
@@ -960,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.sched_setaffinity(0, {opts.client_cpu})  # keep this driver off the servers' CPU
 
-    binary = build_loadgen()
+    binary = build_loadgen(LOADGEN_SRC)
     header(opts, binary)
     results: list[Result] = []
     notes: list[str] = []
