@@ -9,7 +9,9 @@ behind the stdlib's ``http``), and so do their server subprocesses.
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,3 +115,78 @@ def run_loadgen(binary: Path, cpu: int | None, args: list[str], timeout: float) 
 def verdict(ok: bool) -> str:
     """PASS or MISS."""
     return "PASS" if ok else "MISS"
+
+
+class ServeProcess:
+    """A script's own ``--serve`` subprocess, pinned: it prints one line starting
+    with ``ready`` once it listens, answers requests on stdin line by line, and
+    stops when its stdin is closed.
+
+    Args:
+        script: the benchmark script (its ``__file__``).
+        name: for messages, e.g. ``"metakit/uvloop"``.
+        args: after ``--serve``.
+        cpu: the CPU(s) to pin it to, or None.
+        ready: the prefix of its ready line; the words after it are ``fields``.
+    """
+
+    def __init__(
+        self,
+        script: str,
+        name: str,
+        args: list[str],
+        cpu: int | str | None,
+        ready: str,
+        *,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.stop_timeout = stop_timeout
+        cmd = [sys.executable, str(Path(script).resolve()), "--serve", *args]
+        self.proc = subprocess.Popen(
+            pinned(cpu, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        line = self.readline(30)
+        if not line.startswith(ready):
+            self.stop()
+            raise RuntimeError(f"the {name} server did not start: {line!r}")
+        self.fields = line.split()[1:]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def readline(self, timeout: float) -> str:
+        """Its next output line, or "" after ``timeout`` seconds."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline() if ready else ""
+
+    def ask(self, request: str, answer: str, timeout: float = 10.0) -> str:
+        """Send a request line; return its answer line (which starts with ``answer``)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        line = self.readline(timeout)
+        if not line.startswith(answer):
+            raise RuntimeError(f"the {self.name} server did not answer {request!r}: {line!r}")
+        return line
+
+    def stop(self) -> None:
+        """Close its stdin and wait; terminate, then kill, if it takes too long."""
+        proc = self.proc
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()
+        try:
+            proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.returncode not in (0, -signal.SIGTERM):
+            raise RuntimeError(f"the {self.name} server exited with status {proc.returncode}")

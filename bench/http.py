@@ -98,7 +98,6 @@ import platform
 import pstats
 import re
 import resource
-import select
 import shutil
 import signal
 import subprocess
@@ -108,7 +107,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import host_busy, pinned, proc_cpu, quiet_note, verdict
+from _harness import ServeProcess, host_busy, pinned, proc_cpu, quiet_note, verdict
 
 VARIANTS = ("aiohttp-text", "metakit-text", "aiohttp-json", "metakit-json")
 EXTRA_VARIANTS = ("hop-text", "hop-json")  # only with --variant: see the docstring
@@ -421,56 +420,24 @@ def parse_wrk(out: str) -> dict[str, float]:
     }
 
 
-class Server:
+class Server(ServeProcess):
     """A ``--serve`` subprocess, pinned; stops when its stdin is closed."""
 
     def __init__(self, variant: str, loop: str, cpu: str | None, profile: str | None) -> None:
         self.variant = variant
         self.warm = False
         self.profiled = bool(profile)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", variant, "--loop", loop]
-        if profile:
-            cmd += ["--profile-to", profile]
-        self.proc = subprocess.Popen(
-            pinned(cpu, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"the {variant} server on {loop} did not start: {line!r}")
-        _, port, self.loop_class, self.access_log = line.split()
+        args = [variant, "--loop", loop] + (["--profile-to", profile] if profile else [])
+        super().__init__(__file__, f"{variant}/{loop}", args, cpu, "READY ", stop_timeout=15)
+        port, self.loop_class, self.access_log = self.fields
         self.port = int(port)
         self.url = f"http://127.0.0.1:{self.port}/"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def profile(self, on: bool) -> None:
         """Start or stop the profiler of a ``--profile-to`` server."""
         if self.profiled:
             os.kill(self.pid, signal.SIGUSR1 if on else signal.SIGUSR2)
             time.sleep(0.05)  # let its loop handle the signal
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc.stdin is not None and not proc.stdin.closed:
-            proc.stdin.close()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"the {self.variant} server exited with status {proc.returncode}")
 
 
 def fetch(url: str) -> tuple[int, bytes, dict[str, str]]:

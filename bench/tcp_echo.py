@@ -98,7 +98,6 @@ import cProfile
 import os
 import platform
 import pstats
-import select
 import shutil
 import signal
 import subprocess
@@ -110,7 +109,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any, TypeVar
 
-from _harness import build_loadgen, pinned, run_loadgen, wait_quiet
+from _harness import ServeProcess, build_loadgen, run_loadgen, wait_quiet
 
 R = TypeVar("R", "PingPong", "Stream")
 HERE = Path(__file__).resolve().parent
@@ -351,45 +350,13 @@ class Result:
         return max(self.streams, key=lambda r: r.mbps)
 
 
-class Server:
+class Server(ServeProcess):
     """A ``--serve`` subprocess, pinned; stops when its stdin is closed."""
 
     def __init__(self, variant: str, loop: str, cpu: int | None, profile: str | None) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", variant, "--loop", loop]
-        if profile:
-            cmd += ["--profile-to", profile]
-        self.proc = subprocess.Popen(
-            pinned(cpu, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("PORTS "):
-            self.stop()
-            raise RuntimeError(f"the {variant} server on {loop} did not start: {line!r}")
-        self.line_port, self.raw_port = (int(x) for x in line.split()[1:3])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc.stdin is not None and not proc.stdin.closed:
-            proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"server exited with status {proc.returncode}")
+        args = [variant, "--loop", loop] + (["--profile-to", profile] if profile else [])
+        super().__init__(__file__, f"{variant}/{loop}", args, cpu, "PORTS ")
+        self.line_port, self.raw_port = (int(x) for x in self.fields[:2])
 
 
 def measure_loop(

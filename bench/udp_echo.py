@@ -87,7 +87,6 @@ import json
 import os
 import platform
 import pstats
-import select
 import shutil
 import signal
 import socket
@@ -99,7 +98,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import build_loadgen, parse_kv, pinned, quiet_note, verdict
+from _harness import ServeProcess, build_loadgen, parse_kv, pinned, quiet_note, verdict
 
 HERE = Path(__file__).resolve().parent
 LOADGEN_SRC = HERE / "udp_loadgen.c"
@@ -356,7 +355,7 @@ class Result:
         return self.best.server_pct >= BUSY
 
 
-class Server:
+class Server(ServeProcess):
     """A ``--serve`` subprocess, pinned; stops when its stdin is closed."""
 
     def __init__(
@@ -367,57 +366,17 @@ class Server:
         recv_buffer: int | None,
         profile: str | None,
     ) -> None:
-        self.name = f"{variant}/{loop}"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", variant, "--loop", loop]
+        args = [variant, "--loop", loop]
         if recv_buffer:
-            cmd += ["--recv-buffer", str(recv_buffer)]
+            args += ["--recv-buffer", str(recv_buffer)]
         if profile:
-            cmd += ["--profile-to", profile]
-        self.proc = subprocess.Popen(
-            pinned(cpu, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        line = self._readline(30)
-        if not line.startswith("PORT "):
-            self.stop()
-            raise RuntimeError(f"the {self.name} server did not start: {line!r}")
-        self.port = int(line.split()[1])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _readline(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline() if ready else ""
+            args += ["--profile-to", profile]
+        super().__init__(__file__, f"{variant}/{loop}", args, cpu, "PORT ")
+        self.port = int(self.fields[0])
 
     def stats(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        line = self._readline(10)
-        if not line.startswith("STATS "):
-            raise RuntimeError(f"the {self.name} server did not report its stats: {line!r}")
-        result: dict[str, Any] = json.loads(line[6:])
+        result: dict[str, Any] = json.loads(self.ask("stats", "STATS ")[6:])
         return result
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc.stdin is not None and not proc.stdin.closed:
-            proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"the {self.name} server exited with status {proc.returncode}")
 
 
 def delta(after: dict[str, Any], before: dict[str, Any], key: str) -> int | None:

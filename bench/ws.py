@@ -93,11 +93,9 @@ import gc
 import platform
 import pstats
 import resource
-import select
 import shutil
 import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections import deque
@@ -105,7 +103,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import build_loadgen, pinned, quiet_note, run_loadgen, verdict
+from _harness import ServeProcess, build_loadgen, quiet_note, run_loadgen, verdict
 
 HERE = Path(__file__).resolve().parent
 LOADGEN_SRC = HERE / "ws_loadgen.c"
@@ -460,63 +458,23 @@ class Result:
         return max(self.runs, key=lambda r: r.key)
 
 
-class Server:
+class Server(ServeProcess):
     """A ``--serve`` subprocess, pinned; stops when its stdin is closed."""
 
     def __init__(self, variant: str, loop: str, cpu: int | None, profile: str | None) -> None:
         self.variant = variant
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", variant, "--loop", loop]
-        if profile:
-            cmd += ["--profile-to", profile]
-        self.proc = subprocess.Popen(
-            pinned(cpu, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"the {variant} server on {loop} did not start: {line!r}")
-        _, port, self.loop_class = line.split()
+        args = [variant, "--loop", loop] + (["--profile-to", profile] if profile else [])
+        super().__init__(__file__, f"{variant}/{loop}", args, cpu, "READY ", stop_timeout=15)
+        port, self.loop_class = self.fields
         self.port = int(port)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def gc_events(self) -> list[tuple[int, int, int]]:
         """The collections the server logged since the last call: (gen, start ns, duration ns)."""
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("GC"):
-            raise RuntimeError(f"the {self.variant} server did not send its GC log: {line!r}")
         events = []
-        for item in line.split()[1:]:
+        for item in self.ask("", "GC").split()[1:]:
             gen, start, duration = item.split(":")
             events.append((int(gen), int(start), int(duration)))
         return events
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc.stdin is not None and not proc.stdin.closed:
-            proc.stdin.close()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"the {self.variant} server exited with status {proc.returncode}")
 
 
 def run_once(opts: argparse.Namespace, binary: Path, phase: str, server: Server) -> Any:
