@@ -120,14 +120,15 @@ class Raw(_Framer):
     """No framing: every read is a frame (split if longer than ``read_size``), sent as is.
 
     Args:
-        read_size: the largest frame; a longer read is cut into frames of this
-            size. A TCP read brings at most 256 KiB, the default.
+        read_size: the largest frame; a longer read (loops read up to 256 KiB
+            at a time, TLS may hand over more) is cut into frames of this size.
+            It bounds what a connection's high watermark of frames can hold.
     """
 
     __slots__ = ("max_length", "read_size")
     _config = ("read_size",)
 
-    def __init__(self, *, read_size: int = 262144) -> None:
+    def __init__(self, *, read_size: int = 65536) -> None:
         super().__init__()
         if read_size < 1:
             raise ValueError(f"read_size must be at least 1, not {read_size}")

@@ -167,9 +167,11 @@ class Node(PubSub, Introspection):
         """Stop every process with reason ``"shutdown"``; await the result.
 
         First the network metas finish what is in flight while every process
-        still runs to answer: a ``WebServer`` stops accepting and lets its
-        requests complete, a ``WebSocketHandler`` closes its connections with
-        1001 (the workers get ``WSDisconnect``); for up to half of ``timeout``.
+        still runs to answer (and may still spawn): a ``WebServer`` stops
+        accepting and lets its requests complete, a ``WebSocketHandler`` closes
+        its connections with 1001 and waits until their workers have had
+        ``WSDisconnect``, a ``TCPServer`` stops listening; for up to half of
+        ``timeout``.
         Then processes get the exit signal (their ``terminate`` runs, and their
         metas close); those still alive ``timeout`` seconds after the call are
         killed. Then it waits for meta threads and cleanups to end. Calling
@@ -185,7 +187,6 @@ class Node(PubSub, Introspection):
             done.set_result(None)
             return done
         if self._stop_task is None:
-            self._running = False
             self._stop_task = loop.create_task(self._shutdown(timeout), name="metakit node stop")
         if current_actor.get() is not None:
             done = loop.create_future()
@@ -207,7 +208,7 @@ class Node(PubSub, Introspection):
         # First the metas take no new work and finish what is in flight (a web
         # server lets its requests complete) while every process still runs to
         # answer; only then do the processes stop.
-        finishing = []
+        finishing: list[asyncio.Future[Any]] = []
         for actor in list(self._mk_table.values()):
             if isinstance(actor, Meta) and actor._mk_state == RUNNING:
                 try:
@@ -215,11 +216,16 @@ class Node(PubSub, Introspection):
                 except Exception:
                     actor.log.exception("exception in _mk_quiesce")
                     continue
-                if work is not None:
+                if asyncio.iscoroutine(work):  # tracked, so the end of stop() waits for it
+                    finishing.append(self._linger(work, f"metakit quiesce {actor._mk_alias!r}"))
+                elif work is not None:
                     finishing.append(asyncio.ensure_future(work))
         if finishing:
             # At most half the time: the processes' terminate gets the rest.
             await asyncio.wait(finishing, timeout=timeout / 2)
+        # Until here a worker could still spawn (a supervisor restart, a client
+        # for a request in flight); from here on nothing new starts.
+        self._running = False
         processes = [a for a in self._mk_table.values() if isinstance(a, Process)]
         # Newest first, so children tend to go before the supervisors that own them.
         for proc in reversed(processes):

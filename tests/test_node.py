@@ -14,6 +14,7 @@ import pytest
 
 import metakit
 from metakit import Node, Process
+from metakit.tcp import TCPServer
 from metakit.testing import TIMEOUT, Probe, wait_until
 
 
@@ -100,6 +101,60 @@ async def test_stop_kills_after_timeout() -> None:
     assert node.processes() == []
     assert log == [("ok", "shutdown")]
     assert loop.time() - started < TIMEOUT
+
+
+class Draining(metakit.Meta):
+    """A meta with work in flight at stop(): the node waits for ``done`` first."""
+
+    def __init__(self, done: asyncio.Future[None], fail: bool = False) -> None:
+        self.done = done
+        self.fail = fail
+        self.quiesced = False
+
+    def _mk_quiesce(self) -> asyncio.Future[None]:
+        self.quiesced = True
+        if self.fail:
+            raise RuntimeError("quiesce failed")
+        return self.done
+
+
+async def test_stop_lets_metas_finish_first_and_spawning_goes_on_meanwhile() -> None:
+    log: list[Any] = []
+    node = await Node("q@localhost").start()
+    owner: Recorder = node._mk_table[(await node.spawn(Recorder, log, "owner")).id]  # type: ignore[assignment]
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    draining = Draining(done)
+    await owner.spawn_meta(draining)
+    server = TCPServer("127.0.0.1", 0)
+    await owner.spawn_meta(server)
+    address = server.address
+    stopping = asyncio.ensure_future(node.stop(timeout=TIMEOUT))
+    await wait_until(lambda: draining.quiesced)
+    # Work in flight: every process runs, and may still spawn...
+    assert log == []
+    helper = await node.spawn(Recorder, log, "helper")
+    assert helper in node.processes()
+    # ...but the TCP server has stopped listening.
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(*address)
+    done.set_result(None)
+    await stopping
+    assert sorted(log) == [("helper", "shutdown"), ("owner", "shutdown")]
+    assert node.processes() == []
+    assert node.metas() == []
+
+
+async def test_stop_carries_on_when_a_meta_fails_to_quiesce(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[Any] = []
+    node = await Node("qf@localhost").start()
+    owner: Recorder = node._mk_table[(await node.spawn(Recorder, log, "owner")).id]  # type: ignore[assignment]
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    await owner.spawn_meta(Draining(never, fail=True))
+    await node.stop(timeout=TIMEOUT)
+    assert log == [("owner", "shutdown")]
+    assert "quiesce failed" in caplog.text
 
 
 async def test_stop_force_kills_without_terminate() -> None:

@@ -54,9 +54,9 @@ class TCPServer(Meta):
         mailbox_size: the bound of each connection's mailbox (0: unbounded);
             a full one raises ``MailboxFull`` at the worker writing to it.
         high_watermark: pause reading when the worker's mailbox holds more
-            messages than this. What a slow worker can have queued per
-            connection is about this many frames: with ``Raw()``, reads of up
-            to ``read_size`` (256 KiB) each.
+            messages than this: what a slow worker can have queued per
+            connection is about this many frames (with ``Raw()``, of up to
+            ``read_size``, 64 KiB, each).
         low_watermark: resume reading when it is down to about this many.
         ssl_handshake_timeout: seconds for the TLS handshake.
 
@@ -64,7 +64,8 @@ class TCPServer(Meta):
         Binding happens in ``init``, so ``spawn_meta`` raises ``OSError`` for
         a busy port or a bad address. When the server ends (exit signal, or
         its parent ending), it stops listening at once, freeing the port, and
-        ends its connections with the same reason.
+        ends its connections with the same reason. ``node.stop()`` stops it
+        listening first, while the workers finish what is in flight.
     """
 
     def __init__(
@@ -158,6 +159,12 @@ class TCPServer(Meta):
 
     def _forget(self, conn: TCPConnection) -> None:
         self._conns.discard(conn)
+
+    def _mk_quiesce(self) -> None:
+        # node.stop(): refuse new connections while the workers finish; the
+        # open ones end with the server, as usual.
+        if self._server is not None:
+            self._server.close()
 
     def terminate(self, reason: Any) -> None:
         """Stop listening (the port is free at once) and end every connection."""

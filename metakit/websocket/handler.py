@@ -92,7 +92,7 @@ class WSConnection(WSConnectionBase):
         """Close as the base class does, and leave the handler's books."""
         super().terminate(reason)
         if self._handler is not None:
-            self._handler._conns.discard(self)
+            self._handler._forget(self)
 
 
 class WebSocketHandler(Meta):
@@ -130,7 +130,9 @@ class WebSocketHandler(Meta):
 
     Resource handling:
         Connections are metas of this handler's parent. When the handler
-        ends, its connections close with the same reason.
+        ends, its connections close with the same reason. ``node.stop()``
+        first closes them with 1001 ("shutdown") and refuses new ones, and
+        stops the processes once their workers have had ``WSDisconnect``.
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class WebSocketHandler(Meta):
         self._conn_mailbox = mailbox_size
         self._conns: set[WSConnection] = set()
         self._quiescing = False  # node.stop() has begun: no new connections
+        self._gone: asyncio.Future[None] | None = None  # ...and they have all ended
         self._pump = Pump()
         self._mk_state = DEAD  # until spawned: answer 503
         self._stats = {"accepted": 0, "refused_origin": 0, "no_worker": 0}
@@ -216,12 +219,22 @@ class WebSocketHandler(Meta):
         for conn in list(self._conns):
             conn._mk_signal(ending)
 
-    def _mk_quiesce(self) -> None:
-        # node.stop(): a WebSocket is never done on its own, and the web server's
-        # graceful close waits for its handler. Going away (1001) now lets that
-        # close finish; the workers, still running, get WSDisconnect.
+    def _mk_quiesce(self) -> asyncio.Future[None] | None:
+        # node.stop(): a WebSocket is never done on its own (and a web server's
+        # graceful close waits for its handler). Going away (1001) now, while
+        # the workers still run: the node waits until they have had their
+        # WSDisconnect and the connections have ended.
         self._quiescing = True
+        if not self._conns:
+            return None
+        self._gone = self._mk_loop.create_future()
         self.terminate("shutdown")
+        return self._gone
+
+    def _forget(self, conn: WSConnection) -> None:
+        self._conns.discard(conn)
+        if not self._conns and self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
 
     def statistics(self) -> Mapping[str, int]:
         """A snapshot of the counters: ``accepted``, ``refused_origin``,

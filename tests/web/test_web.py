@@ -354,10 +354,12 @@ async def test_node_stop_lets_in_flight_requests_finish_first(node: Node) -> Non
 
 async def test_node_stop_does_not_wait_all_its_time_for_a_stuck_request(node: Node) -> None:
     ended: list[Any] = []
+    cleaned = asyncio.Event()
 
     class Stuck(Api):
         async def terminate(self, reason: Any) -> None:
-            await asyncio.sleep(0.05)  # some cleanup of its own: it needs time to run
+            ended.append("terminating")
+            await cleaned.wait()  # cleanup of its own: it needs time to run
             ended.append(reason)
 
     handler = WebHandler("stuck", timeout=TIMEOUT)
@@ -376,10 +378,12 @@ async def test_node_stop_does_not_wait_all_its_time_for_a_stuck_request(node: No
     async with aiohttp.ClientSession() as s:
         in_flight = asyncio.ensure_future(s.get(f"{server.url}/slow"))  # never answered
         await wait_until(lambda: api.held)  # type: ignore[attr-defined]
-        await node.stop(timeout=0.5)
-        # Half the time went to the request; the rest let the worker end
-        # gracefully (its terminate ran to the end: it was not killed), and
-        # the request got a 503.
-        assert ended == ["shutdown"]
+        stopping = asyncio.ensure_future(node.stop(timeout=TIMEOUT / 2))
+        # Half the time goes to the request in flight; the other half is the
+        # worker's, to end gracefully (it is not killed while it cleans up).
+        await wait_until(lambda: ended == ["terminating"])
+        cleaned.set()
+        await stopping
+        assert ended == ["terminating", "shutdown"]
         async with await in_flight as r:
             assert r.status == 503

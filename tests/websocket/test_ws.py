@@ -431,37 +431,46 @@ async def test_client_down_keeps_writes_and_ignores_a_links_normal(node: Node, p
     owner.send_exit(conn, "normal")
 
 
-async def test_node_stop_says_going_away_while_workers_run(node: Node) -> None:
-    # node.stop() closes WebSockets (1001) before it stops any process: the
-    # worker sees WSDisconnect before its own terminate, and the client a close frame.
-    seen: list[Any] = []
+class Recording(Echo):
+    """An echo owning a WebSocketHandler (and a WebServer, if asked) that notes
+    what it handles, and its terminate."""
 
-    class Owner(Echo):
-        async def init(self) -> None:
-            handler = WebSocketHandler(self.pid)
-            await self.spawn_meta(handler)
+    async def init(self, seen: list[Any], web_server: bool) -> None:
+        self.seen = seen
+        self.handler = WebSocketHandler(self.pid)
+        await self.spawn_meta(self.handler)
+        if web_server:
             app = web.Application()
-            app.router.add_get("/ws", handler)
+            app.router.add_get("/ws", self.handler)
             self.server = WebServer("127.0.0.1", 0, app)
             await self.spawn_meta(self.server)
 
-        def handle_message(self, sender: metakit.PID, message: Any) -> None:
-            seen.append(type(message).__name__)
-            super().handle_message(sender, message)
+    def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        self.seen.append(type(message).__name__)
+        super().handle_message(sender, message)
 
-        def terminate(self, reason: Any) -> None:
-            seen.append(f"terminate {reason}")
+    def terminate(self, reason: Any) -> None:
+        self.seen.append(f"terminate {reason}")
 
-    pid = await node.spawn(Owner)
-    url = node._mk_table[pid.id].server.url.replace("http", "ws") + "/ws"  # type: ignore[attr-defined]
+
+async def stop_while_connected(node: Node, url: str) -> None:
+    """Stop the node while a client is connected: it must get a 1001 close frame."""
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
         await ws.send_str("hi")
         assert await ws.receive_str() == "hi"
         stopping = asyncio.ensure_future(node.stop(timeout=TIMEOUT))
         msg = await ws.receive()
-        assert msg.type is aiohttp.WSMsgType.CLOSE
-        assert msg.data == 1001
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
         await stopping
+
+
+async def test_node_stop_says_going_away_while_workers_run(node: Node) -> None:
+    # node.stop() closes WebSockets (1001) before it stops any process: the
+    # worker sees WSDisconnect before its own terminate, and the client a close frame.
+    seen: list[Any] = []
+    pid = await node.spawn(Recording, seen, True)
+    url = node._mk_table[pid.id].server.url.replace("http", "ws") + "/ws"  # type: ignore[attr-defined]
+    await stop_while_connected(node, url)
     assert seen == ["WSConnect", "WSMessage", "WSDisconnect", "terminate shutdown"]
 
 
@@ -472,3 +481,21 @@ async def test_a_handler_going_away_refuses_new_connections(node: Node, probe: A
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await s.ws_connect(url)
         assert info.value.status == 503
+
+
+async def test_node_stop_waits_for_the_disconnects_without_a_web_server(node: Node) -> None:
+    # The handler on an aiohttp runner of the user's own, not a WebServer: the
+    # node itself waits until the worker has had WSDisconnect.
+    seen: list[Any] = []
+    pid = await node.spawn(Recording, seen, False)
+    app = web.Application()
+    app.router.add_get("/ws", node._mk_table[pid.id].handler)  # type: ignore[attr-defined]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        await stop_while_connected(node, f"ws://127.0.0.1:{runner.addresses[0][1]}/ws")
+    finally:
+        await runner.cleanup()
+    assert seen == ["WSConnect", "WSMessage", "WSDisconnect", "terminate shutdown"]
