@@ -149,6 +149,11 @@ class TCPConnection(Meta, asyncio.Protocol):
         self._worker = worker
         self._server = server
         self._sender = self._mk_parent_proc._mk_pid
+        if isinstance(self._framer, Raw) and hasattr(transport, "max_size"):
+            # The stdlib loop's recv size (256 KiB): read no more than a frame,
+            # rather than read 256 KiB and cut it into copies. (uvloop reads
+            # into its own buffer; Raw cuts what it hands over.)
+            transport.max_size = self._framer.read_size
         self.peer = transport.get_extra_info("peername")
         self.local = transport.get_extra_info("sockname")
         if worker is not self._mk_parent_proc:

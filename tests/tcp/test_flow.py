@@ -50,6 +50,7 @@ class SlowSink(metakit.Process):
         self.peak_rss = rss()
         self.peak_mailbox = 0
         self.max_pauses = 0
+        self.max_frame = 0
         self.server: TCPServer | None = None
 
     async def handle_message(self, sender: metakit.PID, message: Any) -> None:
@@ -57,6 +58,7 @@ class SlowSink(metakit.Process):
             case TCPMessage(conn, data):
                 self.crc = zlib.crc32(data, self.crc)
                 self.size += len(data)
+                self.max_frame = max(self.max_frame, len(data))
                 self.peak_mailbox = max(self.peak_mailbox, self._mk_mailbox_len)
                 if self.size % (4 << 20) < len(data):
                     self.peak_rss = max(self.peak_rss, rss())
@@ -119,6 +121,7 @@ async def test_a_read_of_many_frames_stops_at_the_high_watermark(node: Node) -> 
     options = {"framing": Raw(read_size=1000), "high_watermark": 4, "low_watermark": 1}
     sink = await flood(node, 128, TIMEOUT * 4, **options)  # 8 MiB
     assert sink.peak_mailbox <= 4 + 2, sink.peak_mailbox
+    assert sink.max_frame == 1000  # chunks as they arrive, up to read_size
 
 
 async def test_slow_reader_pushes_back_with_mailbox_full(node: Node, probe: Any) -> None:
