@@ -61,12 +61,17 @@ class Probe(Process):
 
     Every message arrives in :attr:`inbox` as ``(sender, message)``.
     ``handle_call`` answers with :attr:`reply_with` (default None).
+
+    ``holder``, when given, is a list the probe appends itself to in ``init``:
+    how whoever spawns it gets hold of the object behind the PID.
     """
 
-    async def init(self) -> None:
+    async def init(self, holder: list[Probe] | None = None) -> None:
         self.inbox: asyncio.Queue[tuple[PID, Any]] = asyncio.Queue()
         self.trap_exit = True
         self.reply_with: Any = None
+        if holder is not None:
+            holder.append(self)
 
     def handle_message(self, sender: PID, message: Any) -> None:
         self.inbox.put_nowait((sender, message))
@@ -174,15 +179,16 @@ async def _node_fixture() -> AsyncIterator[Node]:
         yield node
     finally:
         await node.stop(timeout=TIMEOUT)
-    alive = [repr(a) for a in node._mk_table.values()]
+    alive = [repr(a) for a in [*node.processes(), *node.metas()]]
     assert not alive, f"still alive after node.stop(): {alive}"
     await leaks.check()
 
 
 async def _probe_fixture(node: Node) -> AsyncIterator[Callable[..., Awaitable[Probe]]]:
     async def make(name: str | None = None) -> Probe:
-        pid = await node.spawn(Probe, name=name)
-        return node._mk_table[pid.id]  # type: ignore[return-value]
+        holder: list[Probe] = []
+        await node.spawn(Probe, holder, name=name)
+        return holder[0]
 
     yield make
 
