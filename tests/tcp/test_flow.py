@@ -43,7 +43,8 @@ def rss() -> int:
 class SlowSink(metakit.Process):
     """Checks the stream's order with a running CRC, slower than the network."""
 
-    async def init(self, done: asyncio.Future[Any]) -> None:
+    async def init(self, done: asyncio.Future[Any], holder: list[SlowSink]) -> None:
+        holder.append(self)
         self.done = done
         self.crc = 0
         self.size = 0
@@ -59,7 +60,8 @@ class SlowSink(metakit.Process):
                 self.crc = zlib.crc32(data, self.crc)
                 self.size += len(data)
                 self.max_frame = max(self.max_frame, len(data))
-                self.peak_mailbox = max(self.peak_mailbox, self._mk_mailbox_len)
+                mailbox = self.node.process_info(self.pid).mailbox
+                self.peak_mailbox = max(self.peak_mailbox, mailbox)
                 if self.size % (4 << 20) < len(data):
                     self.peak_rss = max(self.peak_rss, rss())
                     info = self.node.meta_info(conn).inspect
@@ -76,8 +78,9 @@ async def flood(node: Node, blocks: int, timeout: float, **options: Any) -> Slow
     """A client sends ``blocks`` of BLOCK to a SlowSink's server, then closes;
     every byte must arrive, in order."""
     done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    pid = await node.spawn(SlowSink, done)
-    sink: SlowSink = node._mk_table[pid.id]  # type: ignore[assignment]
+    holder: list[SlowSink] = []
+    await node.spawn(SlowSink, done, holder)
+    [sink] = holder
     server = TCPServer("127.0.0.1", 0, **options)
     await sink.spawn_meta(server)
     client = await asyncio.create_subprocess_exec(
@@ -161,7 +164,8 @@ async def test_slow_reader_pushes_back_with_mailbox_full(node: Node, probe: Any)
 class CountingEcho(metakit.Process):
     """Echoes every chunk and counts the bytes it has read."""
 
-    async def init(self) -> None:
+    async def init(self, holder: list[CountingEcho]) -> None:
+        holder.append(self)
         self.received = 0
         self.conn: metakit.Alias | None = None
         self.server = TCPServer("127.0.0.1", 0)
@@ -180,8 +184,9 @@ async def test_peer_that_does_not_read_is_not_read_either(node: Node) -> None:
     # An echo's peer sends 64 MiB and reads nothing: once the replies back up,
     # the connection stops reading that peer, so the server holds a bounded
     # amount (kernel buffers and the transport's high-water mark), not 64 MiB.
-    pid = await node.spawn(CountingEcho)
-    echo: CountingEcho = node._mk_table[pid.id]  # type: ignore[assignment]
+    holder: list[CountingEcho] = []
+    await node.spawn(CountingEcho, holder)
+    [echo] = holder
     reader, writer = await asyncio.open_connection(*echo.server.address, limit=1 << 20)
     total = 64 << 20
     for i in range(total // len(BLOCK)):
