@@ -25,6 +25,44 @@ async def serve(probe: Any, **options: Any) -> tuple[Probe, TCPServer]:
     return worker, server
 
 
+class HeldWorker(metakit.Process):
+    """A worker that can be held busy, so what reaches it meanwhile stays queued.
+
+    ``("hold", gate)`` keeps its (coroutine) handler waiting until the test
+    sets ``gate``, an asyncio.Event; any other message goes to :attr:`inbox`.
+    """
+
+    async def init(self, holder: list[HeldWorker]) -> None:
+        holder.append(self)
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        match message:
+            case ("hold", asyncio.Event() as gate):
+                await gate.wait()
+            case _:
+                self.inbox.put_nowait(message)
+
+    def hold(self) -> asyncio.Event:
+        """Queue a hold; the worker is busy from when it gets there until the event is set."""
+        gate = asyncio.Event()
+        self.node.send(self.pid, ("hold", gate))
+        return gate
+
+    async def receive(self) -> Any:
+        return await asyncio.wait_for(self.inbox.get(), TIMEOUT)
+
+
+async def serve_held(node: Node, **options: Any) -> tuple[HeldWorker, TCPServer]:
+    """A HeldWorker that owns a TCPServer on a free port."""
+    holder: list[HeldWorker] = []
+    await node.spawn(HeldWorker, holder)
+    [worker] = holder
+    server = TCPServer("127.0.0.1", 0, **options)
+    await worker.spawn_meta(server)
+    return worker, server
+
+
 async def connect(server: TCPServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(*server.address)
 
@@ -102,30 +140,44 @@ async def test_send_exit_kill_aborts(node: Node, probe: Any) -> None:
     await close(writer)
 
 
-async def test_writes_after_remote_close_are_dropped_not_raised(node: Node, probe: Any) -> None:
-    worker, server = await serve(probe)
-    _, writer = await connect(server)
+async def test_writes_after_remote_close_are_dropped_not_raised(node: Node) -> None:
+    worker, server = await serve_held(node)
+    reader, writer = await connect(server)
     conn = (await worker.receive()).conn
-    await close(writer)
+    # The peer closes while the worker is busy: the connection reads no more and
+    # waits for the worker to handle what was read before the EOF.
+    first = worker.hold()
+    writer.write_eof()
+    await wait_until(lambda: node.meta_info(conn).inspect["reading"] == "paused")
+    # The worker gets there, then is busy again: the connection closes (the
+    # peer sees it) and the TCPDisconnect waits in the worker's mailbox.
+    second = worker.hold()
+    first.set()
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
     # The worker has not seen TCPDisconnect yet: writing must not raise.
-    await wait_until(lambda: server._conns and next(iter(server._conns))._closed)
     worker.send(conn, TCPMessage(conn, b"too late"))
+    await wait_until(lambda: node.meta_info(conn).inspect["dropped_writes"] == "1")
+    second.set()
     assert await worker.receive() == TCPDisconnect(conn, "closed")
     await wait_until(lambda: conn not in node.metas())
     with pytest.raises(metakit.NoProcess):  # after it: the connection is gone
         worker.send(conn, TCPMessage(conn, b"way too late"))
+    await close(writer)
 
 
-async def test_writes_after_own_send_exit_are_dropped_not_raised(node: Node, probe: Any) -> None:
-    worker, server = await serve(probe, framing=Line(max_length=100))
+async def test_writes_after_own_send_exit_are_dropped_not_raised(node: Node) -> None:
+    worker, server = await serve_held(node, framing=Line(max_length=100))
     reader, writer = await connect(server)
     conn = (await worker.receive()).conn
+    gate = worker.hold()  # busy: the TCPDisconnect will wait in its mailbox
     worker.send(conn, TCPMessage(conn, b"last"))
     worker.send_exit(conn, "normal")
-    await wait_until(lambda: server._conns and next(iter(server._conns))._closed)
-    worker.send(conn, TCPMessage(conn, b"after close"))  # no NoProcess: dropped
-    assert await worker.receive() == TCPDisconnect(conn, "normal")
+    # EOF: the connection has closed; the worker has not seen TCPDisconnect yet.
     assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"last\n"
+    worker.send(conn, TCPMessage(conn, b"after close"))  # no NoProcess: dropped
+    await wait_until(lambda: node.meta_info(conn).inspect["dropped_writes"] == "1")
+    gate.set()
+    assert await worker.receive() == TCPDisconnect(conn, "normal")
     await wait_until(lambda: conn not in node.metas())
     assert node.meta_info(server.id).inspect["connections"] == "0"
     await close(writer)
@@ -133,13 +185,15 @@ async def test_writes_after_own_send_exit_are_dropped_not_raised(node: Node, pro
 
 async def test_half_close_gets_replies_then_eof(node: Node, probe: Any) -> None:
     class Upper(metakit.Process):
+        async def init(self, server: TCPServer) -> None:
+            await self.spawn_meta(server)
+
         def handle_message(self, sender: metakit.PID, message: Any) -> None:
             if isinstance(message, TCPMessage):
                 self.send(message.conn, TCPMessage(message.conn, message.data.upper()))
 
-    pid = await node.spawn(Upper)
     server = TCPServer("127.0.0.1", 0, framing=Line(max_length=100))
-    await node._mk_table[pid.id].spawn_meta(server)  # type: ignore[attr-defined]
+    await node.spawn(Upper, server)
     reader, writer = await connect(server)
     writer.write(b"a\nb\nc\n")
     writer.write_eof()
