@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 import metakit
 from metakit import Down, Exit, Node, Process
-from metakit.testing import Probe, wait_until
+from metakit.testing import TIMEOUT, Probe, wait_until
 
 
 class Worker(Process):
@@ -32,7 +33,33 @@ class Linker(Process):
             self.exits.append(message)
 
     def handle_call(self, sender: metakit.Caller, request: Any) -> Any:
-        return list(self.exits)
+        match request:
+            case ("link", target):
+                self.link(target)
+            case ("unlink", target):
+                self.unlink(target)
+            case "exits":
+                return list(self.exits)
+        return None
+
+    def handle_inspect(self) -> dict[str, str]:
+        return {"exits": str(len(self.exits))}
+
+
+class Held(Process):
+    """Busy while handling ``("hold", gate)`` until the test sets ``gate``, so
+    what arrives meanwhile stays queued; other messages go to :attr:`inbox`."""
+
+    async def init(self, holder: list[Held]) -> None:
+        holder.append(self)
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        match message:
+            case ("hold", asyncio.Event() as gate):
+                await gate.wait()
+            case _:
+                self.inbox.put_nowait(message)
 
 
 async def test_abnormal_exit_propagates_over_link(node: Node, probe: Any) -> None:
@@ -61,14 +88,15 @@ async def test_trap_exit_turns_signal_into_message(node: Node) -> None:
     worker = await node.spawn(Worker)
     linker = await node.spawn(Linker, worker, True)
     node.send(worker, "crash")
-    exits = await wait_until(lambda: node._mk_table[linker.id].exits)  # type: ignore[attr-defined]
+    await wait_until(lambda: node.process_info(linker).inspect["exits"] != "0")
+    exits = await node.call(linker, "exits")
     assert exits[0].source == worker
     assert isinstance(exits[0].reason, RuntimeError)
     # A trapping process also sees a linked "normal" exit, as a message.
     worker2 = await node.spawn(Worker)
-    node._mk_table[linker.id].link(worker2)  # type: ignore[attr-defined]
+    await node.call(linker, ("link", worker2))
     node.send(worker2, "stop")
-    await wait_until(lambda: len(node._mk_table[linker.id].exits) == 2)  # type: ignore[attr-defined]
+    await wait_until(lambda: node.process_info(linker).inspect["exits"] == "2")
     assert (await node.call(linker, "exits"))[1] == Exit(worker2, "normal")
 
 
@@ -101,7 +129,7 @@ async def test_unlink(node: Node, probe: Any) -> None:
     p: Probe = await probe()
     worker = await node.spawn(Worker)
     linker = await node.spawn(Linker, worker)
-    node._mk_table[linker.id].unlink(worker)  # type: ignore[attr-defined]
+    await node.call(linker, ("unlink", worker))
     ref = p.monitor(worker)
     node.send(worker, "crash")
     assert (await p.receive()).ref == ref
@@ -133,8 +161,10 @@ async def test_monitor_dead_target_gives_noproc(node: Node, probe: Any) -> None:
     assert await p.receive() == Down("nobody", ref2, "noproc")
 
 
-async def test_demonitor_removes_queued_down(node: Node, probe: Any) -> None:
-    p: Probe = await probe()
+async def test_demonitor_removes_queued_down(node: Node) -> None:
+    holder: list[Held] = []
+    await node.spawn(Held, holder)
+    [p] = holder
     worker = await node.spawn(Worker)
     ref = p.monitor(worker)
     p.demonitor(ref)
@@ -143,14 +173,16 @@ async def test_demonitor_removes_queued_down(node: Node, probe: Any) -> None:
     # Down that is queued but not yet handled is withdrawn as well.
     w2 = await node.spawn(Worker)
     ref2 = p.monitor(w2)
-    p._mk_scheduled = True  # hold the probe's drain so the Down stays queued
+    gate = asyncio.Event()
+    p.send(p.pid, ("hold", gate))  # keep it busy so the Down stays queued
+    await wait_until(lambda: node.process_info(p.pid).mailbox == 0)  # it is holding
     node.kill(w2)
     assert node.process_info(p.pid).mailbox == 1
     p.demonitor(ref2)
     assert node.process_info(p.pid).mailbox == 0
-    p._mk_scheduled = False
+    gate.set()
     p.send(p.pid, "marker")
-    assert await p.receive() == "marker"
+    assert await asyncio.wait_for(p.inbox.get(), TIMEOUT) == "marker"
 
 
 async def test_monitor_meta_alias(node: Node, probe: Any) -> None:
