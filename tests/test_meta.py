@@ -14,6 +14,18 @@ from metakit import Down, Meta, Node, Process
 from metakit.testing import TIMEOUT, Probe, wait_until
 
 
+def main_task(alias: metakit.Alias) -> asyncio.Task[Any]:
+    """The running main-loop Task of an ``async def start`` meta (named after its Alias)."""
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == f"metakit main {alias!r}"]
+    return task
+
+
+def main_thread(alias: metakit.Alias) -> threading.Thread:
+    """The running main-loop thread of a plain ``def start`` meta (named after its Alias)."""
+    [thread] = [t for t in threading.enumerate() if t.name == f"metakit {alias!r}"]
+    return thread
+
+
 class Ticker(Meta):
     """Async main loop: sends ticks to its parent until told to stop."""
 
@@ -92,6 +104,7 @@ async def test_meta_ends_and_terminates_once(
 ) -> None:
     meta = Ticker(finish_after=1, fail=how == "start raises")
     owner, watcher, alias, ref = await _spawn_watched(probe, meta)
+    main = main_task(alias)
     watcher.link(alias)
     if how in ("start returns", "start raises"):
         owner.send(alias, "tick")
@@ -117,8 +130,7 @@ async def test_meta_ends_and_terminates_once(
         assert down.reason == expected
     assert meta.terminated == [down.reason]  # exactly once, with the reason
     assert alias not in node.metas()
-    assert meta._mk_main is not None
-    await wait_until(lambda: meta._mk_main.done())  # type: ignore[union-attr]
+    await wait_until(main.done)
 
 
 async def test_meta_exit_does_not_overtake_queued_messages(node: Node, probe: Any) -> None:
@@ -230,6 +242,7 @@ async def test_thread_meta_reads_blocking_socket(node: Node, probe: Any) -> None
         meta = SocketReader(theirs)
         alias = await owner.spawn_meta(meta)
         assert node.meta_info(alias).main_loop == "thread"
+        thread = main_thread(alias)
         for chunk in (b"one", b"two"):
             ours.sendall(chunk)
             sender, data = await owner.receive_from()
@@ -241,7 +254,7 @@ async def test_thread_meta_reads_blocking_socket(node: Node, probe: Any) -> None
         ours.shutdown(socket.SHUT_WR)
         assert await owner.receive() == Down(alias, ref, "normal")
     assert meta.terminated == ["normal"]
-    await wait_until(lambda: meta._mk_thread is not None and not meta._mk_thread.is_alive())
+    await wait_until(lambda: not thread.is_alive())
 
 
 async def test_thread_meta_closed_when_parent_exits(node: Node, probe: Any) -> None:
@@ -251,12 +264,13 @@ async def test_thread_meta_closed_when_parent_exits(node: Node, probe: Any) -> N
     with ours:
         meta = SocketReader(theirs)
         alias = await owner.spawn_meta(meta)
+        thread = main_thread(alias)
         ref = watcher.monitor(alias)
         node.send_exit(owner.pid, "shutdown")
         assert await watcher.receive() == Down(alias, ref, "shutdown")
         assert meta.terminated == ["shutdown"]
         assert theirs.fileno() == -1
-        await wait_until(lambda: meta._mk_thread is not None and not meta._mk_thread.is_alive())
+        await wait_until(lambda: not thread.is_alive())
 
 
 async def test_thread_meta_send_errors_raise_in_thread(node: Node, probe: Any) -> None:
@@ -277,13 +291,12 @@ async def test_node_stop_leaves_no_thread() -> None:
     async with Node("stop@localhost") as node:
 
         class Owner(Process):
-            async def init(self) -> None:
-                self.meta = SocketReader(theirs)
-                await self.spawn_meta(self.meta)
+            async def init(self, meta: Meta) -> None:
+                await self.spawn_meta(meta)
 
-        pid = await node.spawn(Owner)
-        meta = node._mk_table[pid.id].meta  # type: ignore[attr-defined]
-        await wait_until(lambda: meta._mk_thread is not None and meta._mk_thread.is_alive())
+        meta = SocketReader(theirs)
+        await node.spawn(Owner, meta)
+        await wait_until(lambda: main_thread(meta.id).is_alive())
     assert meta.terminated == ["shutdown"]
     assert set(threading.enumerate()) - before == set()
     ours.close()
@@ -293,15 +306,15 @@ async def test_node_stop_waits_for_async_main_loops() -> None:
     async with Node("stop2@localhost") as node:
 
         class Owner(Process):
-            async def init(self) -> None:
-                self.metas = [Ticker() for _ in range(3)]
-                for meta in self.metas:
+            async def init(self, metas: list[Ticker]) -> None:
+                for meta in metas:
                     await self.spawn_meta(meta)
 
-        pid = await node.spawn(Owner)
-        metas = node._mk_table[pid.id].metas  # type: ignore[attr-defined]
+        metas = [Ticker() for _ in range(3)]
+        await node.spawn(Owner, metas)
+        mains = [main_task(m.id) for m in metas]
         await node.stop(timeout=TIMEOUT)
-        assert all(m._mk_main.done() for m in metas)
+        assert all(main.done() for main in mains)
         assert [m.terminated for m in metas] == [["shutdown"]] * 3
 
 
@@ -318,7 +331,7 @@ async def test_stuck_coroutine_handler_does_not_outlive_node_stop() -> None:
             self.send(self.meta, "block")
 
     pid = await node.spawn(Owner)
-    alias = node._mk_table[pid.id].meta  # type: ignore[attr-defined]
+    [alias] = node.process_info(pid).metas
     await wait_until(lambda: node.meta_info(alias).state == "running")
     await node.stop(timeout=0.2)  # the parent's exit waits behind the stuck handler...
     assert node.metas() == []  # ...so the timeout's kill takes the meta too
@@ -330,16 +343,20 @@ async def test_meta_handler_stops_with_the_meta(node: Node, probe: Any) -> None:
     class Short(Meta):
         def __init__(self) -> None:
             self.go = asyncio.Event()
+            self.handler_ended = asyncio.Event()
 
         async def start(self) -> None:
             await self.go.wait()  # returns: the meta ends
 
         async def handle_message(self, sender: metakit.PID, message: Any) -> None:
-            seen.append("started")
-            self.go.set()
-            await asyncio.sleep(0)  # the main loop returns meanwhile
-            await asyncio.Event().wait()
-            seen.append("ran after terminate")
+            try:
+                seen.append("started")
+                self.go.set()
+                await asyncio.sleep(0)  # the main loop returns meanwhile
+                await asyncio.Event().wait()
+                seen.append("ran after terminate")
+            finally:
+                self.handler_ended.set()
 
     owner: Probe = await probe()
     meta = Short()
@@ -347,5 +364,5 @@ async def test_meta_handler_stops_with_the_meta(node: Node, probe: Any) -> None:
     ref = owner.monitor(alias)
     owner.send(alias, "go")
     assert await owner.receive() == Down(alias, ref, "normal")
-    await wait_until(lambda: meta._mk_task is None or meta._mk_task.done())
+    await wait_until(meta.handler_ended.is_set)
     assert seen == ["started"]
