@@ -19,11 +19,15 @@ from metakit.testing import TIMEOUT, Probe, wait_until
 
 
 class Recorder(Process):
-    """Appends its terminate reason to a shared list."""
+    """Appends its terminate reason to a shared list (and itself to ``holder``)."""
 
-    async def init(self, log: list[Any], tag: str = "") -> None:
+    async def init(
+        self, log: list[Any], tag: str = "", holder: list[Recorder] | None = None
+    ) -> None:
         self.record = log
         self.tag = tag
+        if holder is not None:
+            holder.append(self)
 
     def terminate(self, reason: Any) -> None:
         self.record.append((self.tag, reason))
@@ -118,10 +122,17 @@ class Draining(metakit.Meta):
         return self.done
 
 
+async def spawn_owner(node: Node, log: list[Any]) -> Recorder:
+    """A Recorder tagged "owner", as an object: the test spawns metas from it."""
+    holder: list[Recorder] = []
+    await node.spawn(Recorder, log, "owner", holder=holder)
+    return holder[0]
+
+
 async def test_stop_lets_metas_finish_first_and_spawning_goes_on_meanwhile() -> None:
     log: list[Any] = []
     node = await Node("q@localhost").start()
-    owner: Recorder = node._mk_table[(await node.spawn(Recorder, log, "owner")).id]  # type: ignore[assignment]
+    owner = await spawn_owner(node, log)
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     draining = Draining(done)
     await owner.spawn_meta(draining)
@@ -149,7 +160,7 @@ async def test_stop_carries_on_when_a_meta_fails_to_quiesce(
 ) -> None:
     log: list[Any] = []
     node = await Node("qf@localhost").start()
-    owner: Recorder = node._mk_table[(await node.spawn(Recorder, log, "owner")).id]  # type: ignore[assignment]
+    owner = await spawn_owner(node, log)
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     await owner.spawn_meta(Draining(never, fail=True))
     await node.stop(timeout=TIMEOUT)
