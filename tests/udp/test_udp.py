@@ -30,6 +30,12 @@ class Echo(metakit.Process):
             case UDPError():
                 self.errors.append(message)
 
+    def handle_call(self, sender: metakit.Caller, request: Any) -> Any:
+        return list(self.errors)  # "errors"
+
+    def handle_inspect(self) -> dict[str, str]:
+        return {"errors": str(len(self.errors))}
+
 
 async def echo_server(node: Node, **options: Any) -> tuple[metakit.PID, UDPServer]:
     server = UDPServer(options.pop("host", "127.0.0.1"), 0, **options)
@@ -153,9 +159,11 @@ async def test_slow_worker_drops_are_counted_and_memory_bounded(node: Node, prob
             await gate.wait()
             self.handled += 1
 
+        def handle_inspect(self) -> dict[str, str]:
+            return {"handled": str(self.handled)}
+
     server = UDPServer("127.0.0.1", 0, max_queue=8)
     pid = await node.spawn(Slow, server)
-    slow = node._mk_table[pid.id]
     with client() as sock:
         for i in range(100):
             sock.sendto(b"%d" % i, server.address)
@@ -163,21 +171,25 @@ async def test_slow_worker_drops_are_counted_and_memory_bounded(node: Node, prob
         assert server.statistics()["dropped_full"] >= 100 - 9  # 8 queued, 1 in the handler
         assert node.process_info(pid).mailbox <= 8
         gate.set()
-        await wait_until(lambda: slow.handled == 100 - server.statistics()["dropped_full"])  # type: ignore[attr-defined]
+        await wait_until(
+            lambda: (
+                node.process_info(pid).inspect["handled"]
+                == str(100 - server.statistics()["dropped_full"])
+            )
+        )
     # Still serving.
     assert node.meta_info(server.id).state in ("idle", "running")
 
 
 async def test_reply_to_closed_port_is_udp_error(node: Node) -> None:
     pid, server = await echo_server(node)
-    echo = node._mk_table[pid.id]
     with client() as sock:
         sock.sendto(b"are you there?", server.address)
         await wait_until(lambda: server.statistics()["received"] == 1)
         addr = sock.getsockname()
     # The client is gone before the echo goes out: ICMP port unreachable.
-    await wait_until(lambda: echo.errors)  # type: ignore[attr-defined]
-    error = echo.errors[0]  # type: ignore[attr-defined]
+    await wait_until(lambda: node.process_info(pid).inspect["errors"] != "0")
+    error = (await node.call(pid, "errors"))[0]
     assert error == UDPError(server.id, addr, error.error)
     assert isinstance(error.error, ConnectionRefusedError)
     # The server is alive and serving.
