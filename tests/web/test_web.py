@@ -27,7 +27,12 @@ class Api(metakit.Process):
 
     async def handle_call(self, sender: Caller, request: Any) -> Any:
         if not isinstance(request, WebRequest):
-            return [c for c in self.seen] if request == "seen" else self.answer_held(request)
+            match request:
+                case "seen":
+                    return list(self.seen)
+                case "held":
+                    return list(self.held)
+            return self.answer_held(request)
         self.seen.append(f"{request.method} {request.path}")
         match request:
             case WebRequest(method="GET", path="/hello"):
@@ -62,6 +67,28 @@ class Api(metakit.Process):
         for caller in held:
             self.reply(caller, answer)
         return len(held)
+
+    def handle_inspect(self) -> dict[str, str]:
+        return {"held": str(len(self.held))}
+
+
+class MetaOwner(metakit.Process):
+    """Owns the metas it is called with: ``await node.call(owner, meta)`` spawns one."""
+
+    async def handle_call(self, sender: Caller, meta: metakit.Meta) -> metakit.Alias:
+        return await self.spawn_meta(meta)
+
+
+def holding(node: Node, pid: metakit.PID) -> bool:
+    """Whether the Api worker holds a request back."""
+    return node.process_info(pid).inspect["held"] != "0"
+
+
+def listening(server: WebServer) -> bool:
+    try:
+        return bool(server.address)
+    except metakit.MetakitError:  # "the web server is not listening"
+        return False
 
 
 async def start(
@@ -136,18 +163,15 @@ async def test_handle_call_raises_gives_generic_500(
 
 
 async def test_worker_not_running_is_503(node: Node, session: aiohttp.ClientSession) -> None:
-    class Owner(metakit.Process):
-        pass
-
     handler = WebHandler("nobody", timeout=TIMEOUT)
     app = web.Application()
     app.router.add_get("/", handler)
     server = WebServer("127.0.0.1", 0, app)
-    owner = await node.spawn(Owner)
-    await node._mk_table[owner.id].spawn_meta(server)  # type: ignore[attr-defined]
+    owner = await node.spawn(MetaOwner)
+    await node.call(owner, server)
     async with session.get(f"{server.url}/") as r:
         assert r.status == 503  # the handler itself is not spawned yet
-    await node._mk_table[owner.id].spawn_meta(handler)  # type: ignore[attr-defined]
+    await node.call(owner, handler)
     async with session.get(f"{server.url}/") as r:
         assert r.status == 503  # spawned, but no process named "nobody"
 
@@ -159,8 +183,9 @@ async def test_full_mailbox_is_503_with_retry_after(
     started = asyncio.Event()
 
     class Busy(metakit.Process):
-        async def init(self, handler: WebHandler) -> None:
+        async def init(self, handler: WebHandler, server: WebServer) -> None:
             await self.spawn_meta(handler)
+            await self.spawn_meta(server)
 
         async def handle_call(self, sender: Caller, request: Any) -> Any:
             started.set()
@@ -171,8 +196,7 @@ async def test_full_mailbox_is_503_with_retry_after(
     app = web.Application()
     app.router.add_get("/", handler)
     server = WebServer("127.0.0.1", 0, app)
-    pid = await node.spawn(Busy, handler, name="busy", mailbox_size=1)
-    await node._mk_table[pid.id].spawn_meta(server)  # type: ignore[attr-defined]
+    pid = await node.spawn(Busy, handler, server, name="busy", mailbox_size=1)
     first = asyncio.ensure_future(session.get(f"{server.url}/"))  # in the handler
     await asyncio.wait_for(started.wait(), TIMEOUT)
     second = asyncio.ensure_future(session.get(f"{server.url}/"))  # queued
@@ -203,9 +227,8 @@ async def test_client_disconnect_abandons_the_call(node: Node) -> None:
     reader, writer = await asyncio.open_connection(*server.address)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    api = node._mk_table[pid.id]
-    await wait_until(lambda: api.held)  # type: ignore[attr-defined]
-    caller = api.held[0]  # type: ignore[attr-defined]
+    await wait_until(lambda: holding(node, pid))
+    [caller] = await node.call(pid, "held")
     writer.close()  # the client goes away while waiting
     await writer.wait_closed()
     await wait_until(lambda: caller.done)  # the pending call is abandoned
@@ -256,13 +279,10 @@ async def test_web_server_bind_errors_and_url(node: Node) -> None:
     _, _, server = await start(node)
     assert server.url.startswith("http://127.0.0.1:")
 
-    class Owner(metakit.Process):
-        pass
-
-    owner = await node.spawn(Owner)
+    owner = await node.spawn(MetaOwner)
     busy = WebServer("127.0.0.1", server.address[1], web.Application())
     with pytest.raises(OSError, match="in use"):
-        await node._mk_table[owner.id].spawn_meta(busy)  # type: ignore[attr-defined]
+        await node.call(owner, busy)
 
 
 async def test_shutdown_lets_in_flight_requests_finish(node: Node) -> None:
@@ -271,12 +291,11 @@ async def test_shutdown_lets_in_flight_requests_finish(node: Node) -> None:
     address = server.address
     async with aiohttp.ClientSession() as s:
         in_flight = asyncio.ensure_future(s.get(f"{url}/slow"))
-        api = node._mk_table[pid.id]
-        await wait_until(lambda: api.held)  # type: ignore[attr-defined]
+        await wait_until(lambda: holding(node, pid))
         node.send_exit(server.id, "shutdown")
 
         # It stops accepting new connections...
-        await wait_until(lambda: not server._runner.addresses)
+        await wait_until(lambda: not listening(server))
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(*address)
         # ...while the request in flight still gets its answer.
@@ -333,18 +352,17 @@ async def test_node_stop_lets_in_flight_requests_finish_first(node: Node) -> Non
     # would stop it first, and the request in flight would get a 503.
     pid, _, server = await start(node, shutdown_timeout=TIMEOUT)
     address = server.address
-    api = node._mk_table[pid.id]
     async with aiohttp.ClientSession() as s:
         in_flight = asyncio.ensure_future(s.get(f"{server.url}/slow"))
-        await wait_until(lambda: api.held)  # type: ignore[attr-defined]
+        await wait_until(lambda: holding(node, pid))
         stopping = asyncio.ensure_future(node.stop(timeout=TIMEOUT))
         # The server stops accepting first...
-        await wait_until(lambda: not server._runner.addresses)
+        await wait_until(lambda: not listening(server))
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(*address)
         # ...while every process still runs, so the request gets its answer.
         assert pid in node.processes()
-        api.answer_held("finally")  # type: ignore[attr-defined]
+        assert await node.call(pid, "finally") == 1
         async with await in_flight as r:
             assert r.status == 200
             assert await r.text() == "finally"
@@ -374,10 +392,9 @@ async def test_node_stop_does_not_wait_all_its_time_for_a_stuck_request(node: No
             await self.spawn_meta(server)
 
     pid = await node.spawn(Owner, name="stuck")
-    api = node._mk_table[pid.id]
     async with aiohttp.ClientSession() as s:
         in_flight = asyncio.ensure_future(s.get(f"{server.url}/slow"))  # never answered
-        await wait_until(lambda: api.held)  # type: ignore[attr-defined]
+        await wait_until(lambda: holding(node, pid))
         stopping = asyncio.ensure_future(node.stop(timeout=TIMEOUT / 2))
         # Half the time goes to the request in flight; the other half is the
         # worker's, to end gracefully (it is not killed while it cleans up).
