@@ -50,17 +50,18 @@ class Echo(metakit.Process):
 
 async def echo_server(node: Node, **options: Any) -> str:
     class Owner(Echo):
-        async def init(self) -> None:
+        async def init(self, urls: list[str]) -> None:
             handler = WebSocketHandler(self.pid, **options)
             await self.spawn_meta(handler)
             app = web.Application()
             app.router.add_get("/ws", handler)
-            self.server = WebServer("127.0.0.1", 0, app)
-            await self.spawn_meta(self.server)
+            server = WebServer("127.0.0.1", 0, app)
+            await self.spawn_meta(server)
+            urls.append(server.url.replace("http", "ws") + "/ws")
 
-    pid = await node.spawn(Owner)
-    url: str = node._mk_table[pid.id].server.url  # type: ignore[attr-defined]
-    return url.replace("http", "ws") + "/ws"
+    urls: list[str] = []
+    await node.spawn(Owner, urls)
+    return urls[0]
 
 
 async def test_text_binary_and_lifecycle(node: Node, probe: Any) -> None:
@@ -203,7 +204,7 @@ async def test_worker_crash_closes_its_connections_with_1011(node: Node, probe: 
     url = server.url.replace("http", "ws") + "/ws"
     async with aiohttp.ClientSession() as s:
         sockets = [await s.ws_connect(url) for _ in range(3)]
-        await wait_until(lambda: handler._conns and len(handler._conns) == 3)
+        await wait_until(lambda: handler.statistics()["connections"] == 3)
         await sockets[0].send_str("crash")
         for ws in sockets:
             msg = await ws.receive()
@@ -216,23 +217,27 @@ async def test_slow_worker_pauses_reading(node: Node, probe: Any) -> None:
     gate = asyncio.Event()
 
     class Slow(metakit.Process):
-        async def init(self) -> None:
+        async def init(self, urls: list[str]) -> None:
             self.got = 0
             handler = WebSocketHandler(self.pid, high_watermark=8, low_watermark=2)
             await self.spawn_meta(handler)
             app = web.Application()
             app.router.add_get("/ws", handler)
-            self.server = WebServer("127.0.0.1", 0, app)
-            await self.spawn_meta(self.server)
+            server = WebServer("127.0.0.1", 0, app)
+            await self.spawn_meta(server)
+            urls.append(server.url.replace("http", "ws") + "/ws")
 
         async def handle_message(self, sender: metakit.PID, message: Any) -> None:
             if isinstance(message, WSMessage):
                 await gate.wait()
                 self.got += 1
 
-    pid = await node.spawn(Slow)
-    slow = node._mk_table[pid.id]
-    url = slow.server.url.replace("http", "ws") + "/ws"  # type: ignore[attr-defined]
+        def handle_inspect(self) -> dict[str, str]:
+            return {"got": str(self.got)}
+
+    urls: list[str] = []
+    pid = await node.spawn(Slow, urls)
+    [url] = urls
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
         for i in range(200):
             await ws.send_str(str(i))
@@ -240,7 +245,7 @@ async def test_slow_worker_pauses_reading(node: Node, probe: Any) -> None:
         # It stopped reading: the high watermark, plus the resume marker.
         assert node.process_info(pid).mailbox <= 8 + 2
         gate.set()
-        await wait_until(lambda: slow.got == 200)  # type: ignore[attr-defined]
+        await wait_until(lambda: node.process_info(pid).inspect["got"] == "200")
 
 
 async def test_thousand_connections(node: Node) -> None:
@@ -435,7 +440,8 @@ class Recording(Echo):
     """An echo owning a WebSocketHandler (and a WebServer, if asked) that notes
     what it handles, and its terminate."""
 
-    async def init(self, seen: list[Any], web_server: bool) -> None:
+    async def init(self, seen: list[Any], web_server: bool, holder: list[Recording]) -> None:
+        holder.append(self)
         self.seen = seen
         self.handler = WebSocketHandler(self.pid)
         await self.spawn_meta(self.handler)
@@ -468,8 +474,9 @@ async def test_node_stop_says_going_away_while_workers_run(node: Node) -> None:
     # node.stop() closes WebSockets (1001) before it stops any process: the
     # worker sees WSDisconnect before its own terminate, and the client a close frame.
     seen: list[Any] = []
-    pid = await node.spawn(Recording, seen, True)
-    url = node._mk_table[pid.id].server.url.replace("http", "ws") + "/ws"  # type: ignore[attr-defined]
+    holder: list[Recording] = []
+    await node.spawn(Recording, seen, True, holder)
+    url = holder[0].server.url.replace("http", "ws") + "/ws"
     await stop_while_connected(node, url)
     assert seen == ["WSConnect", "WSMessage", "WSDisconnect", "terminate shutdown"]
 
@@ -487,9 +494,10 @@ async def test_node_stop_waits_for_the_disconnects_without_a_web_server(node: No
     # The handler on an aiohttp runner of the user's own, not a WebServer: the
     # node itself waits until the worker has had WSDisconnect.
     seen: list[Any] = []
-    pid = await node.spawn(Recording, seen, False)
+    holder: list[Recording] = []
+    await node.spawn(Recording, seen, False, holder)
     app = web.Application()
-    app.router.add_get("/ws", node._mk_table[pid.id].handler)  # type: ignore[attr-defined]
+    app.router.add_get("/ws", holder[0].handler)
     runner = web.AppRunner(app)
     await runner.setup()
     try:
