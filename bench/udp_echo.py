@@ -83,6 +83,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import json
 import os
 import platform
@@ -167,7 +168,7 @@ async def _serve_metakit(recv_buffer: int | None) -> tuple[int, Any, Any]:
         def handle_call(self, sender: Any, request: Any) -> Any:
             if request == "port":
                 return self.server.address[1]
-            stats = dict(self.server.statistics())
+            stats = dataclasses.asdict(self.server.statistics())
             stats["kernel_drops"] = stats.pop("dropped_kernel", None)
             return stats
 

@@ -12,6 +12,7 @@ Try: nc -u 127.0.0.1 9000   then type lines; Ctrl-C stops the server.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -35,7 +36,7 @@ class Echo(Process):
                 print(f"cannot reach {addr}: {error}", flush=True)
 
     def terminate(self, reason: Any) -> None:
-        counters = self.server.statistics()
+        counters = dataclasses.asdict(self.server.statistics())
         print("stopped:", ", ".join(f"{k}={v}" for k, v in counters.items()), flush=True)
 
 

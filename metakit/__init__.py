@@ -1,14 +1,17 @@
 """metakit: actor-style meta-processes for asyncio network endpoints.
 
 The core lives here: :class:`Node`, :class:`Process`, :class:`Meta`,
-:class:`Supervisor`, the ids, the system messages and the exceptions. The
-network metas are in the subpackages ``metakit.tcp``, ``metakit.udp``,
-``metakit.web`` and ``metakit.websocket`` (this module never imports aiohttp).
+:class:`Supervisor`, the ids, the system messages and the exceptions, and
+the seam every network meta stands on (:class:`Connection`,
+:class:`ConnectionSet`, :class:`Pool`, :func:`broadcast`). The network metas
+are in the subpackages ``metakit.tcp``, ``metakit.udp``, ``metakit.web`` and
+``metakit.websocket`` (this module never imports aiohttp).
 """
 
 from __future__ import annotations
 
 from ._run import loop_factory, run
+from .connection import Connection, ConnectionSet, ConnectionStatistics, ConnState, broadcast
 from .errors import (
     CallTimeout,
     FrameDecodeError,
@@ -24,11 +27,12 @@ from .errors import (
     TooManyRestarts,
     UnknownEvent,
 )
-from .ids import PID, Alias, Ref
+from .ids import PID, Alias, Ref, Target
 from .info import MetaInfo, ProcessInfo
 from .messages import NO_REPLY, Caller, Down, EventMessage, Exit
 from .meta import Meta
 from .node import Node
+from .pool import Pool
 from .process import Process
 from .supervisor import ChildSpec, StartChild, Supervisor
 
@@ -41,6 +45,10 @@ __all__ = [
     "CallTimeout",
     "Caller",
     "ChildSpec",
+    "ConnState",
+    "Connection",
+    "ConnectionSet",
+    "ConnectionStatistics",
     "Down",
     "EventMessage",
     "Exit",
@@ -55,6 +63,7 @@ __all__ = [
     "NoProcess",
     "Node",
     "NodeNotRunning",
+    "Pool",
     "Process",
     "ProcessExited",
     "ProcessInfo",
@@ -62,9 +71,11 @@ __all__ = [
     "StartChild",
     "Stop",
     "Supervisor",
+    "Target",
     "TooManyRestarts",
     "UnknownEvent",
     "__version__",
+    "broadcast",
     "loop_factory",
     "run",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-__all__ = ["PID", "Alias", "Ref"]
+__all__ = ["PID", "Alias", "Ref", "Target"]
 
 # One counter for PIDs, Aliases and Refs: the node's routing table is keyed by
 # this int (a C-level hash), which keeps the send hot path cheap (DESIGN.md §6).
@@ -64,3 +64,8 @@ class Ref:
 
     def __repr__(self) -> str:
         return f"<Ref {self.node}.{self.id}>"
+
+
+Target = PID | Alias | str
+"""What ``send``, ``call``, ``link``, ``monitor`` and ``send_exit`` accept: a PID,
+an Alias, or a registered name."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .ids import PID, Alias, Ref
 
@@ -68,6 +69,8 @@ class MetaInfo:
         links: what it is linked to.
         monitors: the Refs of monitors set on it.
         inspect: what its ``handle_inspect`` returned.
+        statistics: what its ``statistics()`` returned: a frozen dataclass of
+            counters for the ready metas, None for a meta without any.
     """
 
     alias: Alias
@@ -82,3 +85,4 @@ class MetaInfo:
     links: tuple[PID | Alias, ...]
     monitors: tuple[Ref, ...]
     inspect: Mapping[str, str]
+    statistics: Any = None

@@ -1,51 +1,59 @@
-"""The mailbox half of every actor: queue, bound, scheduling and the drain loop.
+"""The mailbox half of every actor: the envelope, delivery, flow markers and the drain.
 
 Theory of operation
 -------------------
+
+This is the one module that knows the envelope layout; everything else
+delivers through the ``Mailbox._mk_*`` methods below (DESIGN.md §7).
 
 Every runtime name on :class:`Mailbox`, :class:`~metakit.Process` and
 :class:`~metakit.Meta` starts with ``_mk_``: those are the classes users
 subclass, and an actor's own ``self._state`` or ``self._events`` must never
 land in the runtime's slots.
 
-:class:`Mailbox` is the base of :class:`~metakit.Process` and
-:class:`~metakit.Meta`. Its queue is one ``deque`` holding each envelope as
-two consecutive entries, sender then message: no tuple per message, because
-a tracked allocation per message sets off the cyclic GC's young-generation
-collections, which cost more than the whole hop. The sender's *class* tells
-the drain what an envelope is, so the common case costs one identity test:
+The queue is one ``deque`` holding each envelope as two consecutive entries,
+sender then message: no tuple per message, because a tracked allocation per
+message sets off the cyclic GC's young-generation collections, which cost
+more than the whole hop. The sender's *class* tells the drain what an
+envelope is, so the common case costs one identity test:
 
 * ``PID`` — an ordinary message, for ``handle_message``;
 * :class:`~metakit.messages.Caller` — a call, for ``handle_call``;
-* :class:`Signal` — an exit signal.
+* :class:`Signal` — an exit signal;
+* :class:`Notify` — a marker: run a callback when the drain gets there;
+* ``HOLD`` — the drain stops here while the actor is held.
 
 Delivery (DESIGN.md §6) is a bound check, a ``deque.append`` and, only when
-the actor is idle, one append to the node's ready list: a burst of messages
-costs one scheduling, and waking a thousand idle actors (a broadcast) costs
-a thousand appends and one ``loop.call_soon``, not a thousand Handles and
-bound methods for the cyclic GC to trace. ``Process.send`` and ``Meta.send`` inline that code, and
-``messages_in`` is counted once per drain, not per message: each attribute
-touched per message shows in the throughput. Actors whose handlers are all plain functions drain in
-that callback, with no Task or Future per message.
+the actor is idle, one append to the scheduler's ready list: a burst costs
+one scheduling. Actors whose handlers are all plain functions drain in that
+callback, with no Task or Future per message; those with a coroutine
+handler drain in one Task per burst, which ends when the queue is empty.
+``messages_in`` is counted once per drain, not per message.
 
-A few metas are *eager* (the TCP and WebSocket connections, the UDP
-server): their handler is a short, non-blocking write to a transport, so
-when ``send`` finds one idle (nothing queued, not held, not in init) it hands
-the message to its handler right there, without queueing or scheduling. Order and one-at-a-time hold
-as before; an echo saves a loop turn per message. Actors with a coroutine
-handler drain in one Task per burst, which ends when the queue is empty, so
-an idle actor holds no Task. Either way one actor runs one handler at a time.
+A few metas are *eager* (the connections, the UDP server): their handler
+is a short, non-blocking write, so when a send finds one idle (nothing
+queued, not held, not in init) it runs the handler right there
+(:meth:`Mailbox._mk_post`). Order and one-at-a-time hold as before; an echo
+saves a loop turn per message. ``Process.send`` is :func:`process_send`, the
+same hop inlined (it runs for every message); ``tests/test_mailbox.py`` runs
+both side by side.
 
 A process handles exit signals before ordinary messages: they are inserted
-after the signals already waiting at the front of the queue (``_mk_nurgent``
-counts them). A meta-process handles them in order, so ``send_exit(conn,
-"normal")`` never overtakes writes queued before it. ``"kill"`` acts at once.
+after the signals already waiting at the front (``_mk_nurgent`` counts them).
+A meta handles them in order, so ``send_exit(conn, "normal")`` never
+overtakes writes queued before it. ``"kill"`` acts at once.
 
 Bounds are in deque entries (``_mk_limit`` is twice the mailbox size). A dead
 actor has ``_mk_limit = -1``: every delivery then takes the slow branch, which
 raises :class:`~metakit.errors.NoProcess` instead of ``MailboxFull``.
 ``send`` skips that check for unbounded targets (``_mk_cap == 0``): it found the
 target in the routing table, which holds live actors only.
+
+Flow control never touches the hot path: a :class:`Notify` marker placed
+``behind`` messages from the end of a worker's mailbox tells a connection
+the worker has caught up (resume reading) or has handled its Disconnect;
+holding (``_mk_hold``/``_mk_unhold``) stops an actor's drain while the object
+it writes to is full, so its bounded mailbox pushes back on senders.
 """
 
 from __future__ import annotations
@@ -59,17 +67,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._flow import HOLD, FlowControl, Notify
-from ._state import DEAD, EXITING, INIT, RUNNING
-from ._state import STATE_NAMES as _STATE_NAMES
+from ._envelope import HOLD, IGNORE, Notify, Signal
+from ._state import DEAD, EXITING, INIT, RUNNING, State
 from .errors import MailboxFull, NoProcess, ProcessExited, Stop
 from .ids import PID, Alias
 from .messages import NO_REPLY, Caller
 
 if TYPE_CHECKING:
+    from ._scheduler import Scheduler
     from .node import Node
 
-__all__ = ["HOLD", "Mailbox", "Notify", "Signal"]
+__all__ = ["Mailbox", "current_actor", "process_send"]
 
 # Messages one drain handles before it yields the loop to other actors.
 _BUDGET = 256
@@ -80,42 +88,6 @@ _BUDGET = 256
 current_actor: contextvars.ContextVar[Mailbox | None] = contextvars.ContextVar(
     "metakit_current_actor", default=None
 )
-
-
-class Signal:
-    """An exit signal in flight (internal envelope, never seen by handlers).
-
-    Attributes:
-        source: who sent it: a PID, an Alias, or an event name.
-        sender: the PID a trapped ``Exit`` appears to come from.
-        reason: the exit reason.
-        link: ``True`` when it comes from a link (``"normal"`` is then ignored).
-        forced: ``True`` when trapping cannot turn it into a message (node stop, parent).
-    """
-
-    __slots__ = ("forced", "link", "reason", "sender", "source")
-
-    def __init__(
-        self,
-        source: PID | Alias | str,
-        sender: PID,
-        reason: Any,
-        *,
-        link: bool = False,
-        forced: bool = False,
-    ) -> None:
-        self.source = source
-        self.sender = sender
-        self.reason = reason
-        self.link = link
-        self.forced = forced
-
-    def __repr__(self) -> str:
-        return f"<Signal {self.reason!r} from {self.source!r}>"
-
-
-# What Mailbox._mk_trap returns for a signal that changes nothing (a link's "normal").
-IGNORE: Any = object()
 
 
 class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -129,7 +101,7 @@ def _is_async(cls: type, name: str) -> bool:
     return inspect.iscoroutinefunction(getattr(cls, name, None))
 
 
-class Mailbox(FlowControl):
+class Mailbox:
     """Base of processes and meta-processes: a mailbox and the loop that drains it.
 
     Not instantiated directly; subclass :class:`~metakit.Process` or
@@ -142,6 +114,7 @@ class Mailbox(FlowControl):
         "_mk_current_call",
         "_mk_deferred",
         "_mk_held",
+        "_mk_ident",
         "_mk_in",
         "_mk_limit",
         "_mk_links",
@@ -152,6 +125,7 @@ class Mailbox(FlowControl):
         "_mk_nurgent",
         "_mk_out",
         "_mk_q",
+        "_mk_sched",
         "_mk_scheduled",
         "_mk_size",
         "_mk_state",
@@ -167,9 +141,18 @@ class Mailbox(FlowControl):
     _mk_terminate_is_async: ClassVar[bool] = False
     # Processes take exit signals first; metas take them in order.
     _mk_signals_first: ClassVar[bool] = True
-    # Drained at once when a send finds it idle: set by the network metas,
-    # whose handler is a short non-blocking write (see the module docstring).
+    # Drained at once when a send finds it idle (see the module docstring).
     _mk_eager: ClassVar[bool] = False
+
+    if TYPE_CHECKING:
+        # What Process and Meta each define: how a signal is taken, how it ends.
+        _mk_ident: PID | Alias
+
+        def _mk_trap(self, sig: Signal) -> Any: ...
+        def _mk_end(self, reason: Any) -> None: ...
+        def _mk_kill(self) -> None: ...
+        def handle_message(self, sender: PID, message: Any) -> Any: ...
+        def handle_call(self, sender: Caller, request: Any) -> Any: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -182,12 +165,14 @@ class Mailbox(FlowControl):
 
     # -- setup -------------------------------------------------------------
 
-    def _mk_setup_mailbox(self, node: Node, mailbox_size: int) -> None:
+    def _mk_setup_mailbox(self, node: Node, ident: PID | Alias, mailbox_size: int) -> None:
         if mailbox_size < 0:
             raise ValueError(f"mailbox_size must be >= 0, not {mailbox_size}")
         self._mk_node = node
-        self._mk_loop = node._mk_loop
-        self._mk_table = node._mk_table
+        self._mk_ident = ident
+        self._mk_loop = node._loop
+        self._mk_sched: Scheduler = node._scheduler
+        self._mk_table = node._registry.table
         self._mk_q: deque[Any] = deque()
         self._mk_size = mailbox_size
         self._mk_cap = 2 * mailbox_size
@@ -195,7 +180,7 @@ class Mailbox(FlowControl):
         self._mk_nurgent = 0
         # True during init, so early messages wait until init has finished.
         self._mk_scheduled = True
-        self._mk_state = INIT
+        self._mk_state: State = INIT
         self._mk_task: asyncio.Task[None] | None = None
         self._mk_in = 0
         self._mk_out = 0
@@ -208,13 +193,10 @@ class Mailbox(FlowControl):
         self._mk_waiters: list[asyncio.Future[Any]] | None = None
         self._mk_log: logging.LoggerAdapter[logging.Logger] | None = None
 
-    @property
-    def _mk_ident(self) -> PID | Alias:
-        raise NotImplementedError
-
     # -- delivery (the hot path) -----------------------------------------------
 
     def _mk_deliver(self, sender: Any, message: Any) -> None:
+        """Queue one message; MailboxFull past the bound, NoProcess if dead."""
         q = self._mk_q
         if len(q) >= self._mk_limit:
             self._mk_refuse()
@@ -224,8 +206,16 @@ class Mailbox(FlowControl):
             self._mk_scheduled = True
             self._mk_kick()
 
+    def _mk_post(self, sender: PID, message: Any) -> None:
+        """:meth:`_mk_deliver`, but an idle eager meta handles it at once (the
+        readable original of :func:`process_send`)."""
+        if not self._mk_scheduled and self._mk_eager:
+            self._mk_run_now(self.handle_message, sender, message)
+            return
+        self._mk_deliver(sender, message)
+
     def _mk_deliver_system(self, sender: Any, message: Any) -> None:
-        """Deliver past the bound: Down and trapped exits must never be lost."""
+        """Deliver past the bound: Down, trapped exits, a Connect/Disconnect must never be lost."""
         if self._mk_state == DEAD:
             return
         self._mk_q.append(sender)
@@ -233,6 +223,66 @@ class Mailbox(FlowControl):
         if not self._mk_scheduled:
             self._mk_scheduled = True
             self._mk_kick()
+
+    def _mk_offer(self, sender: Any, message: Any, max_pending: int) -> bool:
+        """Queue unless full or already ``max_pending`` deep; False (nothing queued) if not."""
+        q = self._mk_q
+        if len(q) >= 2 * max_pending or len(q) >= self._mk_limit:
+            return False
+        q.append(sender)
+        q.append(message)
+        if not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
+        return True
+
+    def _mk_feed(
+        self, sender: Any, make: Callable[[Any, Any], Any], conn: Any, frames: list[Any], high: int
+    ) -> int:
+        """Queue ``make(conn, frame)`` for each frame, in order, while under the
+        bound (and, after the first, under ``high`` pending): a connection's read.
+
+        Returns how many it took, or ``~taken`` (negative) when the reader must
+        pause: the mailbox is past ``high`` or could not take them all.
+        """
+        q = self._mk_q
+        limit = self._mk_limit
+        high2 = 2 * high
+        if len(frames) == 1:  # the common case: one frame per read
+            if len(q) >= limit:
+                return ~0
+            q.append(sender)
+            q.append(make(conn, frames[0]))
+            taken = 1
+        else:
+            taken = 0
+            for frame in frames:
+                # One read may hold hundreds of frames: past the high watermark
+                # the rest wait in the connection, as when the mailbox is full.
+                if len(q) >= limit or len(q) > high2:
+                    break
+                q.append(sender)
+                q.append(make(conn, frame))
+                taken += 1
+        if taken and not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
+        if len(q) > high2 or taken < len(frames):
+            return ~taken
+        return taken
+
+    def _mk_call(self, pid: PID, request: Any) -> asyncio.Future[Any]:
+        """Queue a call from ``pid``; the future its answer settles."""
+        q = self._mk_q
+        if self._mk_cap and len(q) >= self._mk_cap:
+            self._mk_refuse()
+        future = self._mk_loop.create_future()
+        q.append(Caller(pid, future))
+        q.append(request)
+        if not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
+        return future
 
     def _mk_refuse(self) -> None:
         if self._mk_state == DEAD:
@@ -245,12 +295,12 @@ class Mailbox(FlowControl):
                 self._mk_drain_async(), name=f"metakit {self._mk_ident!r}"
             )
         else:
-            # Node._ready, inlined: this runs on every wake-up of an idle actor.
-            node = self._mk_node
-            ready = node._ready_list
+            # Scheduler.schedule, inlined: this runs on every wake-up of an idle actor.
+            sched = self._mk_sched
+            ready = sched.ready
             ready.append(self)
             if len(ready) == 1:
-                self._mk_loop.call_soon(node._run_ready)
+                self._mk_loop.call_soon(sched.run)
 
     def _mk_signal(self, sig: Signal) -> None:
         """Take an exit signal: ``kill`` at once, others through the queue."""
@@ -278,6 +328,70 @@ class Mailbox(FlowControl):
         if self._mk_scheduled:
             self._mk_kick()
 
+    # -- flow control: markers and holds -------------------------------------
+
+    def _mk_notify(self, callback: Callable[[], Any], behind: int = 0) -> bool:
+        """Run ``callback()`` when the drain gets to ``behind`` messages from the end.
+
+        False (and never called) if the actor is dead; the marker goes with
+        the mailbox if the actor dies first.
+        """
+        if self._mk_state == DEAD:
+            return False
+        q = self._mk_q
+        at = max(len(q) - 2 * behind, 2 * self._mk_nurgent)
+        q.insert(at, None)
+        q.insert(at, Notify(callback))
+        if not self._mk_scheduled:
+            self._mk_scheduled = True
+            self._mk_kick()
+        return True
+
+    def _mk_hold(self) -> None:
+        """Stop draining after the current message, until :meth:`_mk_unhold`.
+
+        Deliveries still queue (up to the bound), so the bound pushes back.
+        """
+        if self._mk_held or self._mk_state == DEAD:
+            return
+        self._mk_held = True
+        self._mk_scheduled = True
+        self._mk_q.appendleft(None)
+        self._mk_q.appendleft(HOLD)
+        if self._mk_cap:  # the marker must not take a bounded mailbox's place
+            self._mk_cap += 2
+            self._mk_limit += 2
+
+    def _mk_unhold(self) -> None:
+        if not self._mk_held:
+            return
+        self._mk_held = False
+        if self._mk_cap:
+            self._mk_cap -= 2
+            if self._mk_limit > 0:
+                self._mk_limit -= 2
+        q = self._mk_q
+        if q and q[0] is HOLD:
+            q.popleft()
+            q.popleft()
+        self._mk_scheduled = bool(q) and self._mk_state == RUNNING
+        if self._mk_scheduled:
+            self._mk_kick()
+
+    def _mk_withdraw(self, match: Callable[[Any], bool]) -> None:
+        """Take back the first queued ordinary message ``match`` accepts."""
+        q = self._mk_q
+        for i in range(1, len(q), 2):
+            if q[i - 1].__class__ is PID and match(q[i]):
+                del q[i]
+                del q[i - 1]
+                return
+
+    @property
+    def _mk_pending(self) -> int:
+        """Messages waiting (markers included)."""
+        return len(self._mk_q) >> 1
+
     # -- the drain ---------------------------------------------------------------
 
     def _mk_drain(self) -> None:
@@ -290,13 +404,13 @@ class Mailbox(FlowControl):
             self._mk_in += 1
             if sender.__class__ is PID:
                 try:
-                    self.handle_message(sender, message)  # type: ignore[attr-defined]
+                    self.handle_message(sender, message)
                 except Exception as exc:
                     self._mk_end(self._mk_crash_reason(exc))
             else:
                 self._mk_special(sender, message)
         else:
-            handle = self.handle_message  # type: ignore[attr-defined]
+            handle = self.handle_message
             pid_class = PID
             n = len(q) >> 1
             if n > _BUDGET:
@@ -320,7 +434,7 @@ class Mailbox(FlowControl):
         if self._mk_held:
             return  # _mk_scheduled stays True: nothing restarts the drain but _mk_unhold
         if q and self._mk_state == RUNNING:
-            self._mk_node._ready(self)  # over budget: again after the others
+            self._mk_sched.schedule(self)  # over budget: again after the others
         else:
             self._mk_scheduled = False
 
@@ -341,7 +455,7 @@ class Mailbox(FlowControl):
         if self._mk_held:
             return  # it stays scheduled until _mk_unhold
         if self._mk_q and self._mk_state == RUNNING:
-            self._mk_node._ready(self)  # something arrived meanwhile (a Down...)
+            self._mk_sched.schedule(self)  # something arrived meanwhile (a Down...)
         else:
             self._mk_scheduled = False
 
@@ -353,7 +467,7 @@ class Mailbox(FlowControl):
                 return False  # the caller gave up; do not run the request
             self._mk_current_call = sender
             try:
-                result = self.handle_call(sender, message)  # type: ignore[attr-defined]
+                result = self.handle_call(sender, message)
             except Stop as stop:
                 self._mk_end(stop.reason)
                 return True
@@ -381,7 +495,7 @@ class Mailbox(FlowControl):
         if trapped is IGNORE:
             return False
         try:
-            self.handle_message(sender.sender, trapped)  # type: ignore[attr-defined]
+            self.handle_message(sender.sender, trapped)
         except Exception as exc:
             self._mk_end(self._mk_crash_reason(exc))
             return True
@@ -402,7 +516,7 @@ class Mailbox(FlowControl):
 
     async def _mk_drain_async_loop(self) -> None:
         q = self._mk_q
-        handle = self.handle_message  # type: ignore[attr-defined]
+        handle = self.handle_message
         pid_class = PID
         budget = _BUDGET
         while q and self._mk_state == RUNNING:
@@ -439,7 +553,7 @@ class Mailbox(FlowControl):
                 return False
             self._mk_current_call = sender
             try:
-                result = self.handle_call(sender, message)  # type: ignore[attr-defined]
+                result = self.handle_call(sender, message)
                 if self._mk_call_is_async:
                     result = await result
             except Stop as stop:
@@ -460,7 +574,7 @@ class Mailbox(FlowControl):
         if trapped is IGNORE:
             return False
         try:
-            result = self.handle_message(sender.sender, trapped)  # type: ignore[attr-defined]
+            result = self.handle_message(sender.sender, trapped)
             if result is not None:
                 await result
         except Exception as exc:
@@ -476,7 +590,7 @@ class Mailbox(FlowControl):
         else:
             caller._resolve(result)
 
-    # -- ending (the subclasses say how) -----------------------------------------
+    # -- ending (Process and Meta say how) ----------------------------------------
 
     def _mk_crash_reason(self, exc: Exception) -> Any:
         if isinstance(exc, Stop):
@@ -484,18 +598,8 @@ class Mailbox(FlowControl):
         self.log.error("terminated by an exception in a handler", exc_info=exc)
         return exc
 
-    def _mk_trap(self, sig: Signal) -> Any:
-        """What a dequeued signal does: a message to handle, IGNORE, or None to end."""
-        raise NotImplementedError
-
-    def _mk_end(self, reason: Any) -> None:
-        raise NotImplementedError
-
     async def _mk_end_async(self, reason: Any) -> None:
         self._mk_end(reason)
-
-    def _mk_kill(self) -> None:
-        raise NotImplementedError
 
     def _mk_fail_calls(self, reason: Any) -> None:
         """Every call this actor holds gets ProcessExited: queued, deferred, running."""
@@ -529,11 +633,52 @@ class Mailbox(FlowControl):
         return log
 
     @property
-    def _mk_mailbox_len(self) -> int:
-        return len(self._mk_q) >> 1
-
-    @property
     def _mk_state_name(self) -> str:
         if self._mk_state == RUNNING:
             return "running" if self._mk_scheduled else "idle"
-        return _STATE_NAMES[self._mk_state]
+        return self._mk_state.label
+
+
+def process_send(self: Any, to: Any, message: Any) -> None:
+    """Send ``message`` to a PID, an Alias or a registered name; never blocks.
+
+    Raises:
+        NoProcess: no live process or meta answers to ``to``.
+        MailboxFull: the target's bounded mailbox is full; nothing was delivered.
+    """
+    # Process.send: the routing lookup and Mailbox._mk_post (with _mk_run_now
+    # and _mk_deliver) inlined, for it runs for every message; the copy is
+    # tested against the original in tests/test_mailbox.py.
+    # PID and Alias carry the int key of the routing table; a name (or
+    # anything else) has no .id and takes the slow path.
+    try:
+        target = self._mk_table[to.id]
+    except (KeyError, AttributeError):
+        target = self._mk_node._registry.resolve(to)
+    if not target._mk_scheduled and target._mk_eager:
+        # An idle eager meta writes now (idle: nothing queued, so no bound to check).
+        self._mk_out += 1
+        target._mk_scheduled = True
+        target._mk_in += 1
+        try:
+            target.handle_message(self._mk_pid, message)
+        except Exception as exc:
+            target._mk_end(target._mk_crash_reason(exc))
+            return
+        if target._mk_held:
+            return  # it stays scheduled until _mk_unhold
+        if target._mk_q and target._mk_state == RUNNING:
+            target._mk_sched.schedule(target)  # something arrived meanwhile
+        else:
+            target._mk_scheduled = False
+        return
+    q = target._mk_q
+    # Whatever is in the table is alive: only a bounded mailbox needs a check.
+    if target._mk_cap and len(q) >= target._mk_cap:
+        target._mk_refuse()
+    self._mk_out += 1
+    q.append(self._mk_pid)
+    q.append(message)
+    if not target._mk_scheduled:
+        target._mk_scheduled = True
+        target._mk_kick()

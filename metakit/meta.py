@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import inspect
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._envelope import IGNORE, Signal
 from ._state import DEAD, EXITING, RUNNING
 from .errors import NoProcess, ProcessExited
-from .ids import PID, Alias
-from .mailbox import IGNORE, Mailbox, Signal
+from .ids import PID, Alias, Target
+from .mailbox import Mailbox
 from .messages import Caller
 
 if TYPE_CHECKING:
@@ -38,8 +40,6 @@ if TYPE_CHECKING:
     from .process import Process
 
 __all__ = ["Meta"]
-
-Target = PID | Alias | str
 
 
 class Meta(Mailbox):
@@ -78,8 +78,14 @@ class Meta(Mailbox):
     mailbox_size: int = 0
     """The bound of this meta's mailbox when ``spawn_meta`` gives none (0: unbounded)."""
 
+    eager: ClassVar[bool] = False
+    """Set it on a meta whose ``handle_message`` is a short, non-blocking write
+    (a socket's): a send that finds the meta idle runs the handler at once,
+    in order, instead of scheduling a drain (the ready network metas do)."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._mk_eager = cls.eager and not cls._mk_async_mode
         if cls._mk_terminate_is_async:
             raise TypeError(f"{cls.__name__}.terminate must be a plain def: it closes the object")
         if cls.start is Meta.start:
@@ -114,13 +120,32 @@ class Meta(Mailbox):
         """Close the object; called exactly once when the meta ends."""
 
     def handle_inspect(self) -> dict[str, str]:
-        """Extra fields for ``node.meta_info``; keep it quick and read-only."""
-        return {}
+        """Extra fields for ``node.meta_info``; keep it quick and read-only.
 
-    def _mk_quiesce(self) -> Awaitable[Any] | None:
-        """``node.stop()`` calls this on every meta before it stops any process:
-        stop taking new work and return what finishes the work in flight (or
-        None). The meta is terminated later, as usual."""
+        By default, the fields of :meth:`statistics` as strings.
+        """
+        stats = self.statistics()
+        if stats is None:
+            return {}
+        return {f.name: str(getattr(stats, f.name)) for f in dataclasses.fields(stats)}
+
+    def quiesce(self) -> Awaitable[Any] | None:
+        """Take part in the graceful start of ``node.stop()``; override it to.
+
+        ``node.stop()`` calls it on every running meta before it stops any
+        process: stop taking new work and return an awaitable that finishes
+        the work in flight (or None); the node waits for it up to half its
+        timeout. The meta is terminated later, as usual. A server stops
+        listening here; a WebSocket handler closes its connections with 1001.
+        """
+        return None
+
+    def statistics(self) -> Any:
+        """An immutable snapshot of this meta's counters (a frozen dataclass), or None.
+
+        The ready metas return their own dataclass; ``node.meta_info(alias)``
+        carries it as ``.statistics``.
+        """
         return None
 
     # -- identity and API --------------------------------------------------------
@@ -128,15 +153,11 @@ class Meta(Mailbox):
     def _mk_setup(self, node: Node, alias: Alias, parent: Process, mailbox_size: int) -> None:
         if getattr(self, "_mk_alias", None) is not None:
             raise ValueError(f"{self!r} has been spawned already; create a new instance")
-        self._mk_setup_mailbox(node, mailbox_size)
+        self._mk_setup_mailbox(node, alias, mailbox_size)
         self._mk_alias = alias
         self._mk_parent_proc = parent
         self._mk_main: asyncio.Task[None] | None = None
         self._mk_thread: threading.Thread | None = None
-
-    @property
-    def _mk_ident(self) -> Alias:
-        return self._mk_alias
 
     @property
     def id(self) -> Alias:
@@ -175,21 +196,94 @@ class Meta(Mailbox):
         try:
             target = self._mk_table[to.id]  # type: ignore[union-attr]
         except (KeyError, AttributeError):
-            target = self._mk_node._resolve(to)
-        q = target._mk_q
-        # Whatever is in the table is alive: only a bounded mailbox needs a check.
-        if target._mk_cap and len(q) >= target._mk_cap:
-            target._mk_refuse()
+            target = self._mk_node._registry.resolve(to)
         self._mk_out += 1
-        if not target._mk_scheduled and target._mk_eager:
-            # An idle network meta writes now.
-            target._mk_run_now(target.handle_message, self._mk_parent_proc._mk_pid, message)  # type: ignore[attr-defined]
-            return
-        q.append(self._mk_parent_proc._mk_pid)
-        q.append(message)
-        if not target._mk_scheduled:
-            target._mk_scheduled = True
-            target._mk_kick()
+        target._mk_post(self._mk_parent_proc._mk_pid, message)
+
+    # -- the seam: what a meta's own I/O uses (DESIGN.md §7) ---------------------
+
+    def send_system(self, to: Target, message: Any) -> None:
+        """Deliver past the target's bound: a message its worker must not miss.
+
+        For what a transport tells its worker once (a ``Connect``, a
+        ``Disconnect``, an error report), never for a stream of data: that
+        goes through :meth:`send` or :meth:`offer`, which the bound limits.
+
+        Raises:
+            NoProcess: no live process or meta answers to ``to``.
+        """
+        self._mk_node._registry.resolve(to)._mk_deliver_system(
+            self._mk_parent_proc._mk_pid, message
+        )
+        self._mk_out += 1
+
+    def offer(self, to: PID | Alias, message: Any, *, max_pending: int) -> bool:
+        """Deliver unless the target's mailbox is full or holds ``max_pending``
+        messages already; False, and nothing delivered, if so (or if it is gone).
+
+        For a transport that may drop (UDP): the caller counts the drop.
+        """
+        target = self._mk_table.get(to.id)
+        if target is None or not target._mk_offer(
+            self._mk_parent_proc._mk_pid, message, max_pending
+        ):
+            return False
+        self._mk_out += 1
+        return True
+
+    def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
+        """Call ``to``'s ``handle_call`` as the parent; await the result for the reply.
+
+        As :meth:`Process.call <metakit.Process.call>` (the same errors).
+        """
+        future = self._mk_node._call(self._mk_parent_proc._mk_pid, to, request, timeout, self)
+        self._mk_out += 1
+        return future
+
+    def hold_writes(self) -> None:
+        """Take no more messages from the mailbox, after the current one, until
+        :meth:`release_writes`: the object this meta writes to is full.
+
+        Deliveries still queue up to the mailbox bound, where ``MailboxFull``
+        pushes back on the senders. Exit signals wait too; ``"kill"`` does not.
+        """
+        self._mk_hold()
+
+    def release_writes(self) -> None:
+        """Take messages again (see :meth:`hold_writes`)."""
+        self._mk_unhold()
+
+    @property
+    def writes_held(self) -> bool:
+        """Whether :meth:`hold_writes` is in force."""
+        return self._mk_held
+
+    def exit(self, reason: Any = "normal") -> None:
+        """End this meta now with ``reason``: ``terminate`` runs, links and
+        monitors are told. For a transport callback that learns the object is
+        gone; a handler may ``raise metakit.Stop(reason)`` instead."""
+        self._mk_end(reason)
+
+    def spawn_nowait(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
+        """Start a meta whose ``init`` does nothing, owned by the same parent, without awaiting.
+
+        For a server's protocol callback making one connection meta per
+        accept; ``meta.init`` is not called.
+
+        Raises:
+            NodeNotRunning: the node is stopping.
+        """
+        return self._mk_node._spawn_meta_now(meta, self._mk_parent_proc, mailbox_size)
+
+    def create_task(
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        """Run ``coro`` in a Task the node tracks: ``node.stop()`` waits for it.
+
+        It is not cancelled when this meta ends: it is for work that outlives
+        a plain ``terminate``, such as a graceful close that must await.
+        """
+        return self._mk_node._linger(coro, name or f"metakit {self._mk_alias!r} task")
 
     def reply(self, caller: Caller, value: Any) -> None:
         """Answer a call for which ``handle_call`` returned ``NO_REPLY``."""

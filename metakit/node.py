@@ -1,85 +1,46 @@
-"""Node: the process table, names, routing, spawning and shutdown.
+"""Node: lifecycle, spawning, routing entry points and shutdown.
 
 A node runs on the event loop that starts it (``async with Node(...)``, or
 :func:`metakit.run`, which creates a uvloop loop where available). All of its
 bookkeeping is touched from that loop's thread only; the one door in from
 other threads is :meth:`Meta.send` in a threaded main loop, which hops over
-with ``call_soon_threadsafe``.
+with ``call_soon_threadsafe``. The parts live beside it, each with its own
+interface: :mod:`._scheduler` (the ready list), :mod:`._registry` (the
+routing table and names), :mod:`._links` (links and monitors),
+:mod:`._events` (pub/sub), :mod:`._introspect` (snapshots).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any, TypeVar
 
+from . import _introspect
 from ._deadlines import Deadlines
-from ._introspect import Introspection
-from ._pubsub import PubSub, _Event
+from ._envelope import Signal
+from ._events import Events
+from ._links import Links
+from ._malloc import warm_allocator
+from ._registry import Registry
+from ._scheduler import Scheduler
 from ._state import DEAD, EXITING, RUNNING
-from .errors import (
-    MetakitError,
-    NodeNotRunning,
-    NoProcess,
-    ProcessExited,
-    Stop,
-)
-from .ids import PID, Alias, _next_id
-from .mailbox import Mailbox, Signal, current_actor
-from .messages import Caller
+from .errors import MetakitError, NodeNotRunning, NoProcess, ProcessExited, Stop
+from .ids import PID, Alias, Target, _next_id
+from .info import MetaInfo, ProcessInfo
+from .mailbox import Mailbox, current_actor
 from .meta import Meta
 from .process import Process
 
 __all__ = ["Node"]
 
 P = TypeVar("P", bound=Process)
-Target = PID | Alias | str
 
 
-_allocator_warmed = False
-
-
-def _warm_allocator() -> None:
-    """Tune glibc's malloc once per process for socket-heavy work.
-
-    1. Free one 512 KiB block. On the stdlib loop each read allocates a
-       256 KiB buffer (``recv``/``recvfrom`` with asyncio's ``max_size``) and
-       shrinks it with realloc: a full-size block is never freed, so glibc
-       never raises its dynamic mmap threshold, and every read costs an
-       mmap/mremap/munmap (DESIGN.md §6: a fresh server runs ~4x slower until
-       something frees one). One free raises it for the whole process.
-    2. Raise the heap trim threshold to 64 MiB. Streaming keeps many 64 KiB
-       frames in flight; at glibc's default the heap grows and is trimmed
-       back over and over (a page fault storm: 213k faults per GiB echoed
-       against 23k for a raw echo, half the throughput on uvloop). Freed heap
-       up to 64 MiB stays in the process instead. Done after step 1: setting
-       it freezes glibc's dynamic thresholds where step 1 left them.
-
-    ``METAKIT_MALLOC_TUNING=0`` skips step 2. Elsewhere than glibc, step 2
-    does nothing and step 1 is one short-lived allocation.
-    """
-    global _allocator_warmed
-    if _allocator_warmed:
-        return
-    _allocator_warmed = True
-    block = bytearray(512 * 1024)
-    del block
-    if os.environ.get("METAKIT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return
-    mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
-
-
-class Node(PubSub, Introspection):
+class Node:
     """A node: hosts processes and meta-processes and routes messages between them.
 
     ::
@@ -111,14 +72,14 @@ class Node(PubSub, Introspection):
         self.env: dict[str, Any] = dict(env or {})
         self._logger = logging.getLogger("metakit").getChild(name)
         self._logger.setLevel(log_level.upper() if isinstance(log_level, str) else log_level)
-        self._mk_pid = PID(name, _next_id())
-        self._mk_table: dict[int, Mailbox] = {}
-        self._ready_list: list[Mailbox] = []  # plain-handler actors with a drain due
-        self._names: dict[str, Process] = {}
-        self._mk_events: dict[str, _Event] = {}
+        self._pid = PID(name, _next_id())
+        self._registry = Registry()
+        self._events = Events(name, self._pid)
+        self._links = Links(name, self._pid, self._registry, self._events)
         self._threads: set[threading.Thread] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._mk_loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._scheduler: Scheduler = None  # type: ignore[assignment]
         self._thread_id = 0
         self._started_at = 0.0
         self._running = False
@@ -134,9 +95,10 @@ class Node(PubSub, Introspection):
             raise MetakitError(f"node {self.name!r} is already running")
         if self._stop_task is not None:
             raise NodeNotRunning(f"node {self.name!r} was stopped; create a new Node")
-        self._mk_loop = asyncio.get_running_loop()
-        self._deadlines = Deadlines(self._mk_loop)
-        _warm_allocator()
+        self._loop = asyncio.get_running_loop()
+        self._scheduler = Scheduler(self._loop)
+        self._deadlines = Deadlines(self._loop)
+        warm_allocator()
         self._thread_id = threading.get_ident()
         self._started_at = time.monotonic()
         self._running = True
@@ -151,7 +113,7 @@ class Node(PubSub, Introspection):
     @property
     def pid(self) -> PID:
         """The node's own PID: the sender of ``node.send`` and parent of top-level processes."""
-        return self._mk_pid
+        return self._pid
 
     @property
     def running(self) -> bool:
@@ -166,32 +128,30 @@ class Node(PubSub, Introspection):
     def stop(self, timeout: float = 5.0) -> asyncio.Future[None]:
         """Stop every process with reason ``"shutdown"``; await the result.
 
-        First the network metas finish what is in flight while every process
+        First every meta's :meth:`Meta.quiesce` runs while every process
         still runs to answer (and may still spawn): a ``WebServer`` stops
-        accepting and lets its requests complete, a ``WebSocketHandler`` closes
-        its connections with 1001 and waits until their workers have had
-        ``WSDisconnect``, a ``TCPServer`` stops listening; for up to half of
-        ``timeout``.
-        Then processes get the exit signal (their ``terminate`` runs, and their
-        metas close); those still alive ``timeout`` seconds after the call are
-        killed. Then it waits for meta threads and cleanups to end. Calling
-        it again returns the same shutdown.
+        accepting and lets its requests complete, a ``WebSocketHandler``
+        closes its connections with 1001 and waits until their workers have
+        had ``WSDisconnect``, a ``TCPServer`` stops listening; for up to half
+        of ``timeout``. Then processes get the exit signal (their
+        ``terminate`` runs, and their metas close); those still alive
+        ``timeout`` seconds after the call are killed. Then it waits for meta
+        threads and cleanups to end. Calling it again returns the same
+        shutdown.
 
         Awaited from inside a handler (which it would otherwise wait for), it
         returns at once and the shutdown carries on in the background; from a
         plain handler, call it without ``await``.
         """
-        loop = self._mk_loop or asyncio.get_running_loop()
-        if self._mk_loop is None:
+        loop = self._loop or asyncio.get_running_loop()
+        if self._loop is None or current_actor.get() is not None:
+            if self._loop is not None and self._stop_task is None:
+                self._stop_task = loop.create_task(self._shutdown(timeout), name="metakit stop")
             done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
             return done
         if self._stop_task is None:
-            self._stop_task = loop.create_task(self._shutdown(timeout), name="metakit node stop")
-        if current_actor.get() is not None:
-            done = loop.create_future()
-            done.set_result(None)
-            return done
+            self._stop_task = loop.create_task(self._shutdown(timeout), name="metakit stop")
         return asyncio.shield(self._stop_task)
 
     def stop_force(self) -> None:
@@ -199,45 +159,32 @@ class Node(PubSub, Introspection):
         self._running = False
         # Metas too: one stuck in a coroutine handler would never get to the
         # exit signal its parent's death queued for it.
-        for actor in reversed(list(self._mk_table.values())):
+        for actor in reversed(list(self._registry.table.values())):
             actor._mk_kill()
 
     async def _shutdown(self, timeout: float) -> None:
-        loop = self._mk_loop
+        loop = self._loop
         deadline = loop.time() + timeout
-        # First the metas take no new work and finish what is in flight (a web
-        # server lets its requests complete) while every process still runs to
-        # answer; only then do the processes stop.
-        finishing: list[asyncio.Future[Any]] = []
-        for actor in list(self._mk_table.values()):
-            if isinstance(actor, Meta) and actor._mk_state == RUNNING:
-                try:
-                    work = actor._mk_quiesce()
-                except Exception:
-                    actor.log.exception("exception in _mk_quiesce")
-                    continue
-                if asyncio.iscoroutine(work):  # tracked, so the end of stop() waits for it
-                    finishing.append(self._linger(work, f"metakit quiesce {actor._mk_alias!r}"))
-                elif work is not None:
-                    finishing.append(asyncio.ensure_future(work))
+        # First the metas take no new work and finish what is in flight while
+        # every process still runs to answer; at most half the time.
+        finishing = self._quiesce_metas()
         if finishing:
-            # At most half the time: the processes' terminate gets the rest.
             await asyncio.wait(finishing, timeout=timeout / 2)
         # Until here a worker could still spawn (a supervisor restart, a client
         # for a request in flight); from here on nothing new starts.
         self._running = False
-        processes = [a for a in self._mk_table.values() if isinstance(a, Process)]
+        table = self._registry.table
         # Newest first, so children tend to go before the supervisors that own them.
-        for proc in reversed(processes):
-            proc._mk_signal(Signal(self._mk_pid, self._mk_pid, "shutdown", forced=True))
-        if self._mk_table:
+        for actor in reversed([a for a in table.values() if isinstance(a, Process)]):
+            actor._mk_signal(Signal(self._pid, self._pid, "shutdown", forced=True))
+        if table:
             self._empty = loop.create_future()
             try:
                 await asyncio.wait_for(
                     asyncio.shield(self._empty), max(0.0, deadline - loop.time())
                 )
             except TimeoutError:
-                alive = [a._mk_ident for a in self._mk_table.values() if isinstance(a, Process)]
+                alive = self._registry.processes()
                 self._logger.warning("still alive %g s after stop(); killing %s", timeout, alive)
                 self.stop_force()
         # Meta threads were told to stop (terminate closed their objects).
@@ -254,6 +201,21 @@ class Node(PubSub, Introspection):
         if tasks:
             await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()))
         self._deadlines.close()
+
+    def _quiesce_metas(self) -> list[asyncio.Future[Any]]:
+        finishing: list[asyncio.Future[Any]] = []
+        for actor in list(self._registry.table.values()):
+            if isinstance(actor, Meta) and actor._mk_state == RUNNING:
+                try:
+                    work = actor.quiesce()
+                except Exception:
+                    actor.log.exception("exception in quiesce")
+                    continue
+                if asyncio.iscoroutine(work):  # tracked, so the end of stop() waits for it
+                    finishing.append(self._linger(work, f"metakit quiesce {actor._mk_ident!r}"))
+                elif work is not None:
+                    finishing.append(asyncio.ensure_future(work))
+        return finishing
 
     def _thread_ended(self, thread: threading.Thread | None) -> None:
         self._threads.discard(thread)
@@ -285,23 +247,13 @@ class Node(PubSub, Introspection):
             NodeNotRunning: the node is stopped or stopping.
             Exception: whatever ``init`` raised; nothing of the process is left.
         """
-        return await self._spawn(
-            cls,
-            args,
-            kwargs,
-            parent=None,
-            name=name,
-            link=False,
-            mailbox_size=mailbox_size,
-            env=env,
-        )
+        return await self._spawn(cls, args, kwargs, None, name, False, mailbox_size, env)
 
     async def _spawn(
         self,
         cls: type[P],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
         parent: Process | None,
         name: str | None,
         link: bool,
@@ -316,15 +268,13 @@ class Node(PubSub, Introspection):
         merged = dict(parent._mk_env) if parent is not None and parent._mk_env else None
         if env:
             merged = {**(merged or {}), **env}
-        proc._mk_setup(
-            self, pid, parent._mk_pid if parent is not None else self._mk_pid, mailbox_size, merged
-        )
-        self._mk_table[pid.id] = proc
+        proc._mk_setup(self, pid, parent._mk_pid if parent else self._pid, mailbox_size, merged)
+        self._registry.table[pid.id] = proc
         try:
             if name is not None:
-                self.register_name(name, pid)
+                self._registry.register(name, pid)
             if link and parent is not None:
-                self._link(parent, proc)
+                self._links.link(parent, proc)
             token = current_actor.set(proc)  # stop() awaited in init must not wait for itself
             try:
                 result = proc.init(*args, **kwargs)
@@ -353,8 +303,6 @@ class Node(PubSub, Introspection):
         return alias
 
     def _spawn_meta_now(self, meta: Meta, parent: Process, mailbox_size: int = 0) -> Alias:
-        """Spawn a meta whose ``init`` does nothing, without awaiting (the network metas
-        spawn one per accepted connection from a protocol callback)."""
         alias = self._add_meta(meta, parent, mailbox_size)
         self._run_meta(meta)
         return alias
@@ -367,7 +315,7 @@ class Node(PubSub, Introspection):
             raise NoProcess(parent._mk_pid)
         alias = Alias(self.name, _next_id())
         meta._mk_setup(self, alias, parent, mailbox_size or meta.mailbox_size)
-        self._mk_table[alias.id] = meta
+        self._registry.table[alias.id] = meta
         if parent._mk_metas is None:
             parent._mk_metas = set()
         parent._mk_metas.add(meta)
@@ -382,36 +330,9 @@ class Node(PubSub, Introspection):
             self._tasks.add(meta._mk_main)
             meta._mk_main.add_done_callback(self._tasks.discard)
 
-    def _ready(self, actor: Mailbox) -> None:
-        """Queue a plain-handler actor's drain; one call_soon runs the whole batch."""
-        ready = self._ready_list
-        ready.append(actor)
-        if len(ready) == 1:
-            self._mk_loop.call_soon(self._run_ready)
-
-    def _run_ready(self) -> None:
-        # Drains queued meanwhile (by these handlers) run on the next loop turn,
-        # as they would with a call_soon each.
-        ready = self._ready_list
-        if len(ready) == 1:  # the common case: one actor woke up; no new list
-            ready.pop()._mk_drain()
-            return
-        self._ready_list = []
-        for i, actor in enumerate(ready):
-            try:
-                actor._mk_drain()
-            except BaseException:
-                # Only a BaseException escapes a drain: keep the rest scheduled.
-                rest = ready[i + 1 :]
-                if rest:
-                    if not self._ready_list:
-                        self._mk_loop.call_soon(self._run_ready)
-                    self._ready_list[:0] = rest
-                raise
-
     def _linger(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run cleanup that outlives a meta's (plain) terminate; stop() waits for it."""
-        task = self._mk_loop.create_task(coro, name=name)
+        """Run work that outlives a meta's (plain) terminate; stop() waits for it."""
+        task = self._loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -423,37 +344,16 @@ class Node(PubSub, Introspection):
         if actor._mk_state == DEAD:
             return
         if spawner is not None:
-            self._unlink(actor, spawner)
-        metas = getattr(actor, "_mk_metas", None)
-        if metas:
-            for meta in list(metas):
-                meta._mk_end(reason)
+            self._links.unlink(actor, spawner)
+        for meta in list(getattr(actor, "_mk_metas", None) or ()):
+            meta._mk_end(reason)
         self._reap(actor, reason)
 
     def _check_running(self) -> None:
         if not self._running:
             raise NodeNotRunning(f"node {self.name!r} is not running")
 
-    # -- routing -----------------------------------------------------------------
-
-    def _lookup(self, to: Any) -> Mailbox | None:
-        cls = to.__class__
-        if cls is PID or cls is Alias:
-            return self._mk_table.get(to.id)
-        if cls is str:
-            return self._names.get(to)
-        raise TypeError(f"expected a PID, an Alias or a registered name, not {to!r}")
-
-    def _resolve(self, to: Any) -> Mailbox:
-        actor = self._lookup(to)
-        if actor is None:
-            raise NoProcess(to)
-        return actor
-
-    def _sender_of(self, actor: Mailbox) -> PID:
-        if isinstance(actor, Process):
-            return actor._mk_pid
-        return actor._mk_parent_proc._mk_pid  # type: ignore[attr-defined,no-any-return]
+    # -- messaging from outside any process ----------------------------------------
 
     def send(self, to: Target, message: Any) -> None:
         """Send from outside any process (the sender is :attr:`pid`).
@@ -462,7 +362,7 @@ class Node(PubSub, Introspection):
             NoProcess: nothing answers to ``to``.
             MailboxFull: the target's bounded mailbox is full.
         """
-        self._resolve(to)._mk_deliver(self._mk_pid, message)
+        self._registry.resolve(to)._mk_deliver(self._pid, message)
 
     def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Call ``to``'s ``handle_call`` from outside any process; await it for the reply.
@@ -470,43 +370,23 @@ class Node(PubSub, Introspection):
         Raises:
             NoProcess, MailboxFull, CallTimeout, ProcessExited: as :meth:`Process.call`.
         """
-        return self._call(self._mk_pid, to, request, timeout)
+        return self._call(self._pid, to, request, timeout)
 
     def _call(
-        self,
-        pid: PID,
-        to: Target,
-        request: Any,
-        timeout: float | None,
-        caller: Mailbox | None = None,
+        self, pid: PID, to: Any, request: Any, timeout: float | None, caller: Any = None
     ) -> asyncio.Future[Any]:
         # A name raises AttributeError here, so resolve names first (WebHandler's
         # usual target): the exception would cost more than the lookup.
         if to.__class__ is str:
-            target = self._resolve(to)
+            target = self._registry.resolve(to)
         else:
             try:
-                target = self._mk_table[to.id]  # type: ignore[union-attr]
+                target = self._registry.table[to.id]
             except (KeyError, AttributeError):
-                target = self._resolve(to)
+                target = self._registry.resolve(to)
         if target is caller:
             raise MetakitError(f"{pid!r} cannot call itself: it would wait for its own reply")
-        return self._call_actor(pid, target, to, request, timeout)
-
-    def _call_actor(
-        self, pid: PID, target: Mailbox, to: Any, request: Any, timeout: float | None
-    ) -> asyncio.Future[Any]:
-        """Deliver a call to an actor already looked up; ``to`` is what timeouts name."""
-        future = self._mk_loop.create_future()
-        # Process.send's delivery, inlined: this is the call hot path.
-        q = target._mk_q
-        if target._mk_cap and len(q) >= target._mk_cap:
-            target._mk_refuse()
-        q.append(Caller(pid, future))
-        q.append(request)
-        if not target._mk_scheduled:
-            target._mk_scheduled = True
-            target._mk_kick()
+        future = target._mk_call(pid, request)
         if timeout is not None:
             self._deadlines.add(future, timeout, to)
         return future
@@ -517,11 +397,11 @@ class Node(PubSub, Introspection):
         A process spawned by another process and trapping exits gets an
         ``Exit`` message instead. ``"kill"`` ends anything at once.
         """
-        self._resolve(to)._mk_signal(Signal(self._mk_pid, self._mk_pid, reason))
+        self._registry.resolve(to)._mk_signal(Signal(self._pid, self._pid, reason))
 
     def kill(self, to: Target) -> None:
         """End a process or meta at once with reason ``"kill"``."""
-        self._resolve(to)._mk_kill()
+        self._registry.resolve(to)._mk_kill()
 
     def _cancel_drain(self, actor: Mailbox) -> None:
         task = actor._mk_task
@@ -541,29 +421,30 @@ class Node(PubSub, Introspection):
             return
         actor._mk_state = DEAD
         actor._mk_limit = -1
-        self._mk_table.pop(actor._mk_ident.id, None)
+        self._registry.remove(actor)
         actor._mk_fail_calls(reason)
         if isinstance(actor, Process):
-            if actor._mk_name is not None and self._names.get(actor._mk_name) is actor:
-                del self._names[actor._mk_name]
+            sender = actor._mk_pid
             metas = actor._mk_metas
             if metas:
                 actor._mk_metas = None
-                parent_exit = Signal(actor._mk_pid, actor._mk_pid, reason, forced=True)
+                parent_exit = Signal(sender, sender, reason, forced=True)
                 for meta in list(metas):
                     meta._mk_signal(parent_exit)
-        elif isinstance(actor, Meta):
-            owner = actor._mk_parent_proc._mk_metas
+        else:
+            sender = actor._mk_parent_proc._mk_pid  # type: ignore[attr-defined]
+            owner = actor._mk_parent_proc._mk_metas  # type: ignore[attr-defined]
             if owner:
                 owner.discard(actor)
-        self._notify_death(actor, reason)
+        self._links.actor_died(actor, sender, reason)
+        self._events.forget(actor, reason)
         waiters = actor._mk_waiters
         if waiters:
             actor._mk_waiters = None
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(reason)
-        if not self._mk_table and self._empty is not None and not self._empty.done():
+        if not self._registry.table and self._empty is not None and not self._empty.done():
             self._empty.set_result(None)
 
     def wait_exit(self, to: Target, timeout: float | None = None) -> Awaitable[Any]:
@@ -576,8 +457,8 @@ class Node(PubSub, Introspection):
         Raises:
             TimeoutError: (when awaited) still alive after ``timeout`` seconds.
         """
-        waiter: asyncio.Future[Any] = self._mk_loop.create_future()
-        actor = self._lookup(to)
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        actor = self._registry.lookup(to)
         if actor is None:
             waiter.set_result("noproc")
         else:
@@ -586,6 +467,55 @@ class Node(PubSub, Introspection):
             actor._mk_waiters.append(waiter)
         return asyncio.wait_for(waiter, timeout)
 
+    # -- the directory ---------------------------------------------------------------
+
+    def register_name(self, name: str, pid: PID) -> None:
+        """Register ``pid`` under ``name``.
+
+        Raises:
+            NameTaken: the name is taken, or the process already has a name.
+            NoProcess: ``pid`` is not a live process.
+        """
+        self._registry.register(name, pid)
+
+    def unregister_name(self, name: str) -> PID | None:
+        """Drop a name; returns the PID it pointed to, or None."""
+        return self._registry.unregister(name)
+
+    def whereis(self, name: str) -> PID | None:
+        """The PID registered under ``name``, or None."""
+        return self._registry.whereis(name)
+
+    def processes(self) -> list[PID]:
+        """PIDs of the live processes, oldest first."""
+        return self._registry.processes()
+
+    def metas(self) -> list[Alias]:
+        """Aliases of the live meta-processes, oldest first."""
+        return self._registry.metas()
+
+    def process_info(self, pid: PID | str) -> ProcessInfo:
+        """An immutable snapshot of a live process.
+
+        Raises:
+            NoProcess: it is not alive.
+        """
+        proc = self._registry.resolve(pid)
+        if not isinstance(proc, Process):
+            raise NoProcess(pid)
+        return _introspect.process_info(proc)
+
+    def meta_info(self, alias: Alias) -> MetaInfo:
+        """An immutable snapshot of a live meta-process (its ``statistics()`` included).
+
+        Raises:
+            NoProcess: it is not alive.
+        """
+        meta = self._registry.resolve(alias)
+        if not isinstance(meta, Meta):
+            raise NoProcess(alias)
+        return _introspect.meta_info(meta)
+
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
-        return f"<Node {self.name!r} {state}, {len(self._mk_table)} actors>"
+        return f"<Node {self.name!r} {state}, {len(self._registry.table)} actors>"

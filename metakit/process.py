@@ -12,9 +12,10 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._state import DEAD, EXITING, RUNNING
-from .ids import PID, Alias, Ref
-from .mailbox import IGNORE, Mailbox, Signal
+from ._envelope import IGNORE, Signal
+from ._state import DEAD, EXITING
+from .ids import PID, Alias, Ref, Target
+from .mailbox import Mailbox, process_send
 from .messages import Caller, Exit
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["Process"]
 
 P = TypeVar("P", bound="Process")
-Target = PID | Alias | str
 
 
 class Process(Mailbox):
@@ -123,7 +123,7 @@ class Process(Mailbox):
     def _mk_setup(
         self, node: Node, pid: PID, parent: PID, mailbox_size: int, env: dict[str, Any] | None
     ) -> None:
-        self._mk_setup_mailbox(node, mailbox_size)
+        self._mk_setup_mailbox(node, pid, mailbox_size)
         self._mk_pid = pid
         self._mk_parent = parent
         self._mk_name: str | None = None
@@ -131,10 +131,6 @@ class Process(Mailbox):
         self._mk_metas: set[Meta] | None = None
         self._mk_events: set[str] | None = None
         self._mk_subs: dict[str, Ref | None] | None = None
-
-    @property
-    def _mk_ident(self) -> PID:
-        return self._mk_pid
 
     @property
     def pid(self) -> PID:
@@ -158,47 +154,7 @@ class Process(Mailbox):
 
     # -- messaging -------------------------------------------------------------
 
-    def send(self, to: Target, message: Any) -> None:
-        """Send ``message`` to a PID, an Alias or a registered name; never blocks.
-
-        Raises:
-            NoProcess: no live process or meta answers to ``to``.
-            MailboxFull: the target's bounded mailbox is full; nothing was delivered.
-        """
-        # PID and Alias carry the int key of the routing table; a name (or
-        # anything else) has no .id and takes the slow path.
-        try:
-            target = self._mk_table[to.id]  # type: ignore[union-attr]
-        except (KeyError, AttributeError):
-            target = self._mk_node._resolve(to)
-        if not target._mk_scheduled and target._mk_eager:
-            # An idle network meta writes now (idle: nothing queued, so no bound
-            # to check): Mailbox._mk_run_now, inlined.
-            self._mk_out += 1
-            target._mk_scheduled = True
-            target._mk_in += 1
-            try:
-                target.handle_message(self._mk_pid, message)  # type: ignore[attr-defined]
-            except Exception as exc:
-                target._mk_end(target._mk_crash_reason(exc))
-                return
-            if target._mk_held:
-                return  # it stays scheduled until _mk_unhold
-            if target._mk_q and target._mk_state == RUNNING:
-                target._mk_node._ready(target)  # something arrived meanwhile
-            else:
-                target._mk_scheduled = False
-            return
-        q = target._mk_q
-        # Whatever is in the table is alive: only a bounded mailbox needs a check.
-        if target._mk_cap and len(q) >= target._mk_cap:
-            target._mk_refuse()
-        self._mk_out += 1
-        q.append(self._mk_pid)
-        q.append(message)
-        if not target._mk_scheduled:
-            target._mk_scheduled = True
-            target._mk_kick()
+    send = process_send  # the hop, inlined in mailbox.py beside the envelope it fills
 
     def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Send ``request`` to ``to``'s ``handle_call``; await the result for its reply.
@@ -233,7 +189,7 @@ class Process(Mailbox):
         after the messages already in its mailbox, so ``send_exit(conn,
         "normal")`` closes a connection after the writes sent before it.
         """
-        target = self._mk_node._resolve(to)
+        target = self._mk_node._registry.resolve(to)
         forced = isinstance(target, Process) and target._mk_parent == self._mk_pid
         target._mk_signal(Signal(self._mk_pid, self._mk_pid, reason, forced=forced))
 
@@ -294,34 +250,34 @@ class Process(Mailbox):
         Raises:
             NoProcess: ``target`` is not alive.
         """
-        self._mk_node._link(self, self._mk_node._resolve(target))
+        self._mk_node._links.link(self, self._mk_node._registry.resolve(target))
 
     def unlink(self, target: Target) -> None:
         """Remove a link; does nothing if there is none or the target is gone."""
-        other = self._mk_node._lookup(target)
+        other = self._mk_node._registry.lookup(target)
         if other is not None:
-            self._mk_node._unlink(self, other)
+            self._mk_node._links.unlink(self, other)
 
     def monitor(self, target: Target) -> Ref:
         """Watch ``target``: one ``Down(target, ref, reason)`` arrives when it ends.
 
         If it is already gone, ``Down`` arrives at once with reason ``"noproc"``.
         """
-        return self._mk_node._monitor(self, target)
+        return self._mk_node._links.monitor(self, target)
 
     def demonitor(self, ref: Ref) -> None:
         """Stop watching; a ``Down`` for ``ref`` already in the mailbox is removed."""
-        self._mk_node._demonitor(self, ref)
+        self._mk_node._links.demonitor(self, ref)
 
     # -- events ----------------------------------------------------------------
 
     def register_event(self, name: str) -> None:
         """Declare this process the producer of event ``name``."""
-        self._mk_node._register_event(self, name)
+        self._mk_node._events.register(self, name)
 
     def unregister_event(self, name: str) -> None:
         """Withdraw event ``name``; its monitors get ``Down(name, ref, "unregistered")``."""
-        self._mk_node._unregister_event(self, name, "unregistered")
+        self._mk_node._events.unregister(self, name, "unregistered")
 
     def send_event(self, name: str, message: Any) -> int:
         """Publish ``message`` to every subscriber of ``name``, in one pass.
@@ -330,23 +286,23 @@ class Process(Mailbox):
             how many subscribers received it; a subscriber whose bounded
             mailbox is full misses it, and that is counted and logged.
         """
-        return self._mk_node._send_event(self, name, message)
+        return self._mk_node._events.send(self, name, message)
 
     def monitor_event(self, name: str) -> Ref:
         """Subscribe to ``name``: ``EventMessage``s, then ``Down`` when the producer ends."""
-        return self._mk_node._subscribe(self, name, monitor=True)
+        return self._mk_node._events.subscribe(self, name, monitor=True)
 
     def link_event(self, name: str) -> None:
         """Subscribe to ``name``: ``EventMessage``s, then an exit signal when the producer ends."""
-        self._mk_node._subscribe(self, name, monitor=False)
+        self._mk_node._events.subscribe(self, name, monitor=False)
 
     def demonitor_event(self, name: str) -> None:
         """Unsubscribe from ``name`` (after ``monitor_event``)."""
-        self._mk_node._unsubscribe(self, name)
+        self._mk_node._events.unsubscribe(self, name)
 
     def unlink_event(self, name: str) -> None:
         """Unsubscribe from ``name`` (after ``link_event``)."""
-        self._mk_node._unsubscribe(self, name)
+        self._mk_node._events.unsubscribe(self, name)
 
     # -- environment -----------------------------------------------------------
 

@@ -11,7 +11,18 @@ import pytest
 
 import metakit
 
-CORE_MODULES = ["errors", "ids", "info", "messages", "meta", "node", "process", "supervisor"]
+CORE_MODULES = [
+    "connection",
+    "errors",
+    "ids",
+    "info",
+    "messages",
+    "meta",
+    "node",
+    "pool",
+    "process",
+    "supervisor",
+]
 
 
 def test_top_level_all_is_the_union_of_core_modules() -> None:

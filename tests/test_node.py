@@ -115,7 +115,7 @@ class Draining(metakit.Meta):
         self.fail = fail
         self.quiesced = False
 
-    def _mk_quiesce(self) -> asyncio.Future[None]:
+    def quiesce(self) -> asyncio.Future[None]:
         self.quiesced = True
         if self.fail:
             raise RuntimeError("quiesce failed")

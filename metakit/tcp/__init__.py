@@ -2,7 +2,7 @@
 
 Every connection, accepted or outgoing, is a :class:`TCPConnection` meta
 whose Alias is the connection id in ``TCPConnect``, ``TCPMessage`` and
-``TCPDisconnect``. See :mod:`metakit.tcp.connection` for who closes what.
+``TCPDisconnect``. See :mod:`metakit.connection` for who closes what.
 """
 
 from __future__ import annotations
@@ -10,6 +10,14 @@ from __future__ import annotations
 from .client import TCPClient
 from .connection import TCPConnection
 from .messages import TCPConnect, TCPDisconnect, TCPMessage
-from .server import TCPServer
+from .server import TCPServer, TCPServerStatistics
 
-__all__ = ["TCPClient", "TCPConnect", "TCPConnection", "TCPDisconnect", "TCPMessage", "TCPServer"]
+__all__ = [
+    "TCPClient",
+    "TCPConnect",
+    "TCPConnection",
+    "TCPDisconnect",
+    "TCPMessage",
+    "TCPServer",
+    "TCPServerStatistics",
+]

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import ssl as _ssl
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .._state import RUNNING
-from .._workers import Workers
+from ..connection import ConnectionSet
 from ..errors import MetakitError
 from ..framing import Framer, Raw
 from ..ids import PID
-from ..mailbox import Signal
 from ..meta import Meta
+from ..pool import Pool
 from .connection import TCPConnection
 
-__all__ = ["TCPServer"]
+__all__ = ["TCPServer", "TCPServerStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class TCPServerStatistics:
+    """A TCP server's counters at one moment (``server.statistics()``).
+
+    Attributes:
+        accepted: connections accepted and served.
+        rejected: connections closed at once: over ``max_connections``, no
+            live worker, or the node stopping.
+        connections: connections open now.
+    """
+
+    accepted: int
+    rejected: int
+    connections: int
 
 
 class TCPServer(Meta):
@@ -88,7 +103,7 @@ class TCPServer(Meta):
         self.host = host
         self.port = port
         self._framing = framing or Raw()
-        self._workers = Workers(None, pool, required=False)
+        self._workers = Pool(None, pool)
         self._ssl = ssl
         self._max_connections = max_connections
         self._idle = idle_timeout
@@ -98,7 +113,7 @@ class TCPServer(Meta):
         self._watermarks = (high_watermark, low_watermark)
         self._handshake_timeout = ssl_handshake_timeout
         self._server: asyncio.Server | None = None
-        self._conns: set[TCPConnection] = set()
+        self._conns = ConnectionSet(self)
         self._accepted = 0
         self._rejected = 0
         if not 0 <= low_watermark < high_watermark:
@@ -136,33 +151,28 @@ class TCPServer(Meta):
         conn = TCPConnection(
             self._framing, idle_timeout=self._idle, high_watermark=high, low_watermark=low
         )
-        conn._server = self
+        conn._accept = self._accept
         return conn
 
-    def _connection_made(self, conn: TCPConnection, transport: asyncio.BaseTransport) -> None:
-        alive = self._mk_state == RUNNING
-        worker = self._workers.pick(self._mk_node, self._mk_parent_proc) if alive else None
+    def _accept(self, conn: TCPConnection) -> PID | None:
+        # Connected: spawn the connection meta and say who serves it (None: refused).
+        worker = self._workers.pick(self) if self.alive else None
         full = self._max_connections is not None and len(self._conns) >= self._max_connections
         if worker is None or full:
             self._rejected += 1
-            transport.close()
-            return
+            return None
         try:
-            self._mk_node._spawn_meta_now(conn, self._mk_parent_proc, self._conn_mailbox)
+            self.spawn_nowait(conn, mailbox_size=self._conn_mailbox)
         except MetakitError:  # the node is stopping
             self._rejected += 1
-            transport.close()
-            return
+            return None
         self._conns.add(conn)
         self._accepted += 1
-        conn._attach(transport, worker, self)
+        return worker
 
-    def _forget(self, conn: TCPConnection) -> None:
-        self._conns.discard(conn)
-
-    def _mk_quiesce(self) -> None:
-        # node.stop(): refuse new connections while the workers finish; the
-        # open ones end with the server, as usual.
+    def quiesce(self) -> None:
+        """``node.stop()``: refuse new connections while the workers finish; the
+        open ones end with the server, as usual."""
         if self._server is not None:
             self._server.close()
 
@@ -170,26 +180,17 @@ class TCPServer(Meta):
         """Stop listening (the port is free at once) and end every connection."""
         if self._server is not None:
             self._server.close()
-        ending = Signal(self._mk_alias, self._mk_parent_proc._mk_pid, reason, forced=True)
-        for conn in list(self._conns):
-            conn._mk_signal(ending)
+        self._conns.end_all(reason)
 
-    def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: ``accepted``, ``rejected``, open ``connections``."""
-        return MappingProxyType(
-            {
-                "accepted": self._accepted,
-                "rejected": self._rejected,
-                "connections": len(self._conns),
-            }
+    def statistics(self) -> TCPServerStatistics:
+        """A snapshot of the counters."""
+        return TCPServerStatistics(
+            accepted=self._accepted, rejected=self._rejected, connections=len(self._conns)
         )
 
     def handle_inspect(self) -> dict[str, str]:
-        """Address, open connections, accepted and rejected counts."""
-        return {
-            "address": str(self.address) if self._server and self._server.sockets else "-",
-            "connections": str(len(self._conns)),
-            "accepted": str(self._accepted),
-            "rejected": str(self._rejected),
-            "workers": repr(self._workers),
-        }
+        """The counters, the address and the workers."""
+        info = super().handle_inspect()
+        info["address"] = str(self.address) if self._server and self._server.sockets else "-"
+        info["workers"] = repr(self._workers)
+        return info

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .messages import UDPError, UDPPacket
-from .server import UDPServer
+from .server import UDPServer, UDPServerStatistics
 
-__all__ = ["UDPError", "UDPPacket", "UDPServer"]
+__all__ = ["UDPError", "UDPPacket", "UDPServer", "UDPServerStatistics"]

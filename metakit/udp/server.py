@@ -28,36 +28,46 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .._state import RUNNING
-from .._workers import Workers
-from ..errors import MetakitError
-from ..ids import PID
+from ..errors import MetakitError, NoProcess
+from ..ids import PID, Alias
 from ..meta import Meta
+from ..pool import Pool
 from .messages import UDPError, UDPPacket
 
-__all__ = ["UDPServer"]
+__all__ = ["UDPServer", "UDPServerStatistics"]
 
 _LOG_EVERY = 1.0  # seconds between two log lines about drops of one kind
 
 
-def _packet(server: Any, addr: Any, data: bytes) -> UDPPacket:
-    # UDPPacket(...) for the hot path: a frozen dataclass's __init__ goes
-    # through object.__setattr__ per field; the slot descriptors are direct.
-    packet = _new_packet(UDPPacket)
-    _set_server(packet, server)
-    _set_addr(packet, addr)
-    _set_data(packet, data)
-    return packet
+@dataclass(frozen=True, slots=True)
+class UDPServerStatistics:
+    """A UDP server's counters at one moment (``server.statistics()``).
 
+    Attributes:
+        received: datagrams received.
+        sent: datagrams sent.
+        dropped_full: dropped because the worker's mailbox was full or held
+            ``max_queue`` messages.
+        dropped_oversize: dropped for being longer than ``max_datagram``.
+        dropped_no_worker: dropped because no pool member was alive.
+        send_errors: replies that failed (a bad reply, an ICMP error).
+        send_paused: times the socket's send buffer was full.
+        dropped_kernel: datagrams the kernel dropped for this socket
+            (receive buffer full), where the platform says (Linux); else None.
+    """
 
-_new_packet = object.__new__
-_set_server = vars(UDPPacket)["server"].__set__
-_set_addr = vars(UDPPacket)["addr"].__set__
-_set_data = vars(UDPPacket)["data"].__set__
+    received: int
+    sent: int
+    dropped_full: int
+    dropped_oversize: int
+    dropped_no_worker: int
+    send_errors: int
+    send_paused: int
+    dropped_kernel: int | None
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -73,7 +83,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.server._pause_writing()
 
     def resume_writing(self) -> None:
-        self.server._mk_unhold()
+        self.server.release_writes()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._lost(exc)
@@ -115,7 +125,7 @@ class UDPServer(Meta):
         ends: exit signal, parent exit, node stop.
     """
 
-    _mk_eager = True  # its handler is a non-blocking write: run it at once when idle
+    eager = True  # its handler is a non-blocking write: run it at once when idle
 
     def __init__(
         self,
@@ -133,9 +143,11 @@ class UDPServer(Meta):
             raise ValueError("max_queue must be at least 1")
         self.host = host
         self.port = port
-        self._workers = Workers(None, pool, required=False)
+        self._workers = Pool(None, pool)
         self._max_datagram = max_datagram
-        self._queue_entries = 2 * max_queue  # mailbox entries: two per message
+        self._max_queue = max_queue
+        self._alias: Alias | None = None  # set once spawned: the hot path reads it
+        self._parent: PID | None = None
         self._reuse_port = reuse_port
         self._recv_buffer = recv_buffer
         self._inode = 0
@@ -157,6 +169,8 @@ class UDPServer(Meta):
 
     async def init(self) -> None:
         """Bind the socket (here, not in the loop: one error, and no half-made transport)."""
+        self._alias = self.id
+        self._parent = self.parent
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         family, kind, proto, _, address = infos[0]
@@ -201,21 +215,13 @@ class UDPServer(Meta):
             self._count("dropped_oversize", f"datagram of {len(data)} bytes from {addr!r}")
             return
         workers = self._workers
-        parent = self._mk_parent_proc
-        worker = parent if not workers.targets else workers.pick(self._mk_node, parent)
+        worker = self._parent if not workers.targets else workers.pick(self)
         if worker is None:
             self._count("dropped_no_worker", "no live pool member")
             return
-        q = worker._mk_q
-        if len(q) >= self._queue_entries or len(q) >= worker._mk_limit:
-            self._count("dropped_full", f"the mailbox of {worker._mk_ident!r} is full")
-            return
-        q.append(self._mk_parent_proc._mk_pid)
-        q.append(_packet(self._mk_alias, addr, data))
-        self._mk_out += 1
-        if not worker._mk_scheduled:
-            worker._mk_scheduled = True
-            worker._mk_kick()
+        packet = UDPPacket(self._alias, addr, data)  # type: ignore[arg-type]
+        if not self.offer(worker, packet, max_pending=self._max_queue):
+            self._count("dropped_full", f"the mailbox of {worker!r} is full")
 
     def _count(self, kind: str, what: str) -> None:
         self._stats[kind] += 1
@@ -243,10 +249,10 @@ class UDPServer(Meta):
                 # A malformed reply (not bytes, a bad address) fails that reply,
                 # not the server: counted, logged, and told to the worker.
                 self._count("send_errors", f"reply to {message.addr!r} failed: {exc}")
-                writer = self._mk_node._mk_table.get(sender.id)
-                if writer is not None:
-                    error = UDPError(self._mk_alias, message.addr, exc)
-                    writer._mk_deliver_system(self._mk_parent_proc._mk_pid, error)
+                try:
+                    self.send_system(sender, UDPError(self.id, message.addr, exc))
+                except NoProcess:
+                    pass  # the writer is gone: the count and the log are all there is
                 return
             self._sent_count += 1
             writers = self._writers
@@ -267,7 +273,7 @@ class UDPServer(Meta):
 
     def _pause_writing(self) -> None:
         self._count("send_paused", "the socket's send buffer is full; replies wait")
-        self._mk_hold()
+        self.hold_writes()
 
     def _error(self, exc: Exception) -> None:
         failed: list[Any] = []
@@ -281,17 +287,19 @@ class UDPServer(Meta):
         error = exc if isinstance(exc, OSError) else OSError(str(exc))
         for addr in failed or [None]:
             writer = self._writers.pop(addr, None) if addr is not None else None
-            worker = self._mk_node._mk_table.get(writer.id) if writer is not None else None
-            if worker is None or worker._mk_state != RUNNING:
-                worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
-            if worker is not None:
-                worker._mk_deliver_system(
-                    self._mk_parent_proc._mk_pid, UDPError(self._mk_alias, addr, error)
-                )
+            # The process that last wrote to that address, else a worker.
+            for target in (writer, self._workers.pick(self)):
+                if target is None:
+                    continue
+                try:
+                    self.send_system(target, UDPError(self.id, addr, error))
+                except NoProcess:
+                    continue
+                break
 
     def _lost(self, exc: Exception | None) -> None:
-        if self._mk_state == RUNNING:
-            self._mk_end(exc if exc is not None else "closed")
+        if self.alive:
+            self.exit(exc if exc is not None else "closed")
 
     # -- ending -------------------------------------------------------------------
 
@@ -302,15 +310,19 @@ class UDPServer(Meta):
             self._transport.abort()
         self._writers.clear()
 
-    def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: ``received``, ``sent``, ``dropped_full``,
-        ``dropped_oversize``, ``dropped_no_worker``, ``send_errors``,
-        ``send_paused``, and ``dropped_kernel`` where the platform says."""
-        counters = dict(self._stats, received=self._received_count, sent=self._sent_count)
-        kernel = self.kernel_drops()
-        if kernel is not None:
-            counters["dropped_kernel"] = kernel
-        return MappingProxyType(counters)
+    def statistics(self) -> UDPServerStatistics:
+        """A snapshot of the counters."""
+        stats = self._stats
+        return UDPServerStatistics(
+            received=self._received_count,
+            sent=self._sent_count,
+            dropped_full=stats["dropped_full"],
+            dropped_oversize=stats["dropped_oversize"],
+            dropped_no_worker=stats["dropped_no_worker"],
+            send_errors=stats["send_errors"],
+            send_paused=stats["send_paused"],
+            dropped_kernel=self.kernel_drops(),
+        )
 
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped for this socket (receive buffer full), if known.
@@ -330,7 +342,7 @@ class UDPServer(Meta):
         return None
 
     def handle_inspect(self) -> dict[str, str]:
-        """Address and the counters: received, sent, dropped by cause, send errors."""
-        info = {k: str(v) for k, v in self.statistics().items()}
+        """The counters and the address."""
+        info = super().handle_inspect()
         info["address"] = str(self.address) if self._transport else "-"
         return info

@@ -7,8 +7,15 @@ one you run yourself in the same loop) and turns each request into a
 
 from __future__ import annotations
 
-from .handler import WebHandler, to_response
+from .handler import WebHandler, WebHandlerStatistics, to_response
 from .messages import WebRequest
-from .server import WebServer
+from .server import WebServer, WebServerStatistics
 
-__all__ = ["WebHandler", "WebRequest", "WebServer", "to_response"]
+__all__ = [
+    "WebHandler",
+    "WebHandlerStatistics",
+    "WebRequest",
+    "WebServer",
+    "WebServerStatistics",
+    "to_response",
+]

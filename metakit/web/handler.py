@@ -37,21 +37,22 @@ Without it, aiohttp discards the response when it finds the client gone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .._state import DEAD, RUNNING
-from .._workers import Workers, mark_coroutine_function
+from .._compat import mark_coroutine_function
 from ..errors import CallTimeout, MailboxFull, NoProcess, ProcessExited
 from ..ids import PID
 from ..meta import Meta
+from ..pool import Pool
 from .messages import WebRequest
 
-__all__ = ["WebHandler", "to_response"]
+__all__ = ["WebHandler", "WebHandlerStatistics", "to_response"]
 
 _JSON = "application/json"
 
@@ -93,8 +94,6 @@ def to_response(result: Any) -> web.StreamResponse:
         return convert(result)  # type: ignore[no-any-return]
     if isinstance(result, web.StreamResponse):
         return result
-    if result is None:
-        return web.Response(status=204)
     if isinstance(result, str):
         return web.Response(text=result)
     if isinstance(result, bytes | bytearray):
@@ -107,15 +106,30 @@ def to_response(result: Any) -> web.StreamResponse:
 def _error(status: int, retry_after: int | None = None) -> web.Response:
     # A generic body: what went wrong stays in the log, not in the response.
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.Response(status=status, text=f"{status} {_REASONS[status]}", headers=headers)
+    return web.Response(
+        status=status, text=f"{status} {HTTPStatus(status).phrase}", headers=headers
+    )
 
 
-_REASONS = {
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+@dataclass(frozen=True, slots=True)
+class WebHandlerStatistics:
+    """A web handler's counters at one moment (``handler.statistics()``).
+
+    Attributes:
+        requests: requests received.
+        unavailable: answered 503: no live worker, a full mailbox, the
+            worker ended first, or the handler not running.
+        timed_out: answered 504: no answer within ``timeout``.
+        failed: answered 500: ``handle_call`` raised, or its answer was not
+            a response.
+        too_large: answered 413: the body was longer than ``max_body``.
+    """
+
+    requests: int
+    unavailable: int
+    timed_out: int
+    failed: int
+    too_large: int
 
 
 class WebHandler(Meta):
@@ -147,13 +161,11 @@ class WebHandler(Meta):
         timeout: float = 5.0,
         max_body: int = 1 << 20,
     ) -> None:
-        self._workers = Workers(worker, pool, required=True)
-        self._mk_state = DEAD  # not spawned yet: answer 503 (spawning sets it up)
+        self._workers = Pool(worker, pool, required=True)
         mark_coroutine_function(self)  # aiohttp takes it as an async handler
         self.timeout = timeout
         self.max_body = max_body
-        self._stats = {"503": 0, "504": 0, "500": 0, "413": 0}
-        self._requests = 0
+        self._requests = self._unavailable = self._timed_out = self._failed = self._too_large = 0
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
         """The body (the request has one), or None if it is longer than ``max_body``."""
@@ -171,47 +183,39 @@ class WebHandler(Meta):
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Handle one request (aiohttp calls this)."""
-        stats = self._stats
         self._requests += 1
-        if self._mk_state != RUNNING:
-            stats["503"] += 1
+        if not self.alive:  # not spawned yet, or ended
+            self._unavailable += 1
             return _error(503)
         if request.body_exists:
             body = await self._read_body(request)
             if body is None:
-                stats["413"] += 1
+                self._too_large += 1
                 return _error(413)
         else:
             body = b""
-        worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
+        worker = self._workers.pick(self)
         if worker is None:
-            stats["503"] += 1
+            self._unavailable += 1
             return _error(503)
         try:
-            future = self._mk_node._call_actor(
-                self._mk_parent_proc._mk_pid,
-                worker,
-                worker._mk_ident,
-                WebRequest(request, body),
-                self.timeout,
-            )
+            future = self.call(worker, WebRequest(request, body), self.timeout)
         except NoProcess:
-            stats["503"] += 1
+            self._unavailable += 1
             return _error(503)
         except MailboxFull:
-            stats["503"] += 1
+            self._unavailable += 1
             return _error(503, retry_after=1)
-        self._mk_out += 1
         try:
             result = await future
         except CallTimeout:
-            stats["504"] += 1
+            self._timed_out += 1
             return _error(504)
         except ProcessExited:
-            stats["503"] += 1
+            self._unavailable += 1
             return _error(503)
         except Exception as exc:
-            stats["500"] += 1
+            self._failed += 1
             self.log.error(
                 "%s %s: the worker's handle_call raised",
                 request.method,
@@ -222,19 +226,23 @@ class WebHandler(Meta):
         try:
             return to_response(result)
         except TypeError as exc:
-            stats["500"] += 1
+            self._failed += 1
             self.log.error("%s %s: %s", request.method, request.path_qs, exc)
             return _error(500)
 
-    def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: ``requests``, and error answers by status
-        (``503``, ``504``, ``500``, ``413``)."""
-        counters = dict(self._stats, requests=self._requests)
-        return MappingProxyType(counters)
+    def statistics(self) -> WebHandlerStatistics:
+        """A snapshot of the counters."""
+        return WebHandlerStatistics(
+            requests=self._requests,
+            unavailable=self._unavailable,
+            timed_out=self._timed_out,
+            failed=self._failed,
+            too_large=self._too_large,
+        )
 
     def handle_inspect(self) -> dict[str, str]:
-        """Workers, timeout, and counts of requests and error answers."""
-        info = {k: str(v) for k, v in self.statistics().items()}
+        """The counters, the workers and the timeout."""
+        info = super().handle_inspect()
         info["workers"] = repr(self._workers)
         info["timeout"] = str(self.timeout)
         return info

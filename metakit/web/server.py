@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as _ssl
-from collections.abc import Mapping
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +12,18 @@ from aiohttp import web
 from ..errors import MetakitError
 from ..meta import Meta
 
-__all__ = ["WebServer"]
+__all__ = ["WebServer", "WebServerStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebServerStatistics:
+    """A web server's counters at one moment (``server.statistics()``).
+
+    Attributes:
+        connections: HTTP connections open now.
+    """
+
+    connections: int
 
 
 class WebServer(Meta):
@@ -114,29 +124,27 @@ class WebServer(Meta):
         """Stop accepting now; finish in-flight requests and close in the background."""
         self._close()
 
-    def _mk_quiesce(self) -> asyncio.Task[Any]:
-        # node.stop(): close before any process stops, so the workers are still
-        # there to answer the requests in flight.
+    def quiesce(self) -> asyncio.Task[Any]:
+        """``node.stop()``: close before any process stops, so the workers are still
+        there to answer the requests in flight."""
         return self._close()
 
     def _close(self) -> asyncio.Task[Any]:
         # aiohttp's graceful shutdown awaits; terminate must not, so the node
         # runs it and node.stop() waits for it.
         if self._closing is None:
-            self._closing = self._mk_node._linger(
-                self._runner.cleanup(), f"metakit web stop {self._mk_alias!r}"
+            self._closing = self.create_task(
+                self._runner.cleanup(), name=f"metakit web stop {self.id!r}"
             )
         return self._closing
 
-    def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: open ``connections``."""
+    def statistics(self) -> WebServerStatistics:
+        """A snapshot of the counters."""
         server = self._runner.server
-        return MappingProxyType({"connections": len(server.connections) if server else 0})
+        return WebServerStatistics(connections=len(server.connections) if server else 0)
 
     def handle_inspect(self) -> dict[str, str]:
         """The URL and the number of open connections."""
-        server = self._runner.server
-        return {
-            "url": self.url if self._runner.addresses else "-",
-            "connections": str(len(server.connections)) if server is not None else "0",
-        }
+        info = super().handle_inspect()
+        info["url"] = self.url if self._runner.addresses else "-"
+        return info

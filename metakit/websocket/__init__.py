@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .client import Backoff, WebSocketClient
 from .connection import broadcast
-from .handler import WebSocketHandler, WSConnection
+from .handler import WebSocketHandler, WebSocketHandlerStatistics, WSConnection
 from .messages import WSConnect, WSDisconnect, WSMessage
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "WSMessage",
     "WebSocketClient",
     "WebSocketHandler",
+    "WebSocketHandlerStatistics",
     "broadcast",
 ]

@@ -9,13 +9,12 @@ from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from .._state import RUNNING
-from ..mailbox import Signal
+from ..connection import ConnState
 from .connection import WSConnectionBase
+from .messages import WSConnect
 
 __all__ = ["Backoff", "WebSocketClient"]
 
@@ -106,7 +105,6 @@ class WebSocketClient(WSConnectionBase):
         self._ping_interval = ping_interval
         self.mailbox_size = mailbox_size
         self._ws: ClientConnection | None = None
-        self._closing_here = False  # this side closed it: no reconnecting
         self.connects = 0
 
     async def init(self) -> None:
@@ -123,91 +121,59 @@ class WebSocketClient(WSConnectionBase):
             ping_interval=self._ping_interval,
         )
         self.connects += 1
-        self._connected(self._mk_parent_proc, self._ws.remote_address, None)
+        self._code = self._close_msg = None
+        self.peer = self._ws.remote_address
+        self.open(None, WSConnect(self.id, self.peer, None))
 
     async def start(self) -> None:
         """Read; after a drop, reconnect under ``reconnect``, else wait to be ended."""
         while True:
             await self._read()
             backoff = self.reconnect
-            if backoff is None or self._closing_here or self._mk_state != RUNNING:
+            if backoff is None or self.state is not ConnState.INTERRUPTED:
                 await asyncio.Future()  # lingering: ended once the parent saw WSDisconnect
                 return
             for delay in backoff.delays():
                 await asyncio.sleep(delay)
                 try:
-                    await self._connect()
+                    await self._connect()  # what was sent while it was down goes out now
                 except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                     self.log.info("reconnecting to %s failed: %r", self.url, exc)
                     continue
                 break
-            self._down = False
-            if self._writing is None:
-                self._mk_unhold()  # what was sent while it was down goes out now
 
     async def _read(self) -> None:
         ws = self._ws
         assert ws is not None
         try:
             async for message in ws:
-                try:
-                    data = self._decode(message)
-                except orjson.JSONDecodeError:
-                    self._open_close(1007, "invalid JSON")
-                    self._remote_end(1007, "invalid JSON")
-                    return
-                wait = self._received(data)
-                if wait is not None:
+                wait = self._received(message)
+                while wait is not None:  # the parent is behind: read no more until it catches up
                     await wait
+                    wait = self._resume
+                if self.state is not ConnState.OPEN:
+                    return
         except ConnectionClosed:
             pass
-        if self._open or not self._disconnected:
-            self._remote_end(ws.close_code or 1006, ws.close_reason or "connection lost")
+        if self.state is ConnState.OPEN:
+            self._remote_close(ws.close_code or 1006, ws.close_reason or "connection lost")
 
-    def _remote_end(self, code: int, reason: Any) -> None:
-        if self.reconnect is None or self._closing_here or self._mk_state != RUNNING:
-            super()._remote_end(code, reason)
+    def _remote_close(self, code: int, reason: Any) -> None:
+        if self.reconnect is None or self.state is not ConnState.OPEN or not self.alive:
+            super()._remote_close(code, reason)
             return
         # Down, but coming back: tell the parent, hold the writes until then.
-        self._open = False
-        self._down = True
-        self._disconnect(code, reason)
-        self._mk_hold()
+        self._code = code
+        self.interrupted(reason)
 
-    def _mk_trap(self, sig: Signal) -> Any:
-        self._closing_here = True
-        return super()._mk_trap(sig)
-
-    def _mk_signal(self, sig: Signal) -> None:
-        if sig.link and sig.reason == "normal":
-            return  # as for any meta: a link's "normal" changes nothing
-        if self._down and self._mk_state == RUNNING and sig.reason != "kill":
-            # Down and waiting to reconnect: an exit stops that at once.
-            self._closing_here = True
-            self._mk_end(sig.reason)
-        else:
-            super()._mk_signal(sig)
-
-    def _send(self, data: Any) -> Coroutine[Any, Any, Any]:
+    def _send_frame(self, payload: Any, text: bool) -> Coroutine[Any, Any, Any]:
         assert self._ws is not None
-        if self._json:
-            return self._ws.send(data, text=True)
-        return self._ws.send(data)
-
-    def _send_text(self, data: bytes) -> Coroutine[Any, Any, Any]:
-        assert self._ws is not None
-        return self._ws.send(data, text=True)
+        return self._ws.send(payload, text=text)
 
     def _close(self, code: int, reason: str) -> None:
         assert self._ws is not None
-        name = f"metakit ws close {self._mk_alias!r}"
-        self._mk_node._linger(self._ws.close(code, reason), name)
+        self.create_task(self._ws.close(code, reason))
 
     def _drop(self) -> None:
         if self._ws is not None:
             self._ws.transport.abort()
-
-    def terminate(self, reason: Any) -> None:
-        """Close the socket; also stops reconnecting."""
-        self._closing_here = True
-        super().terminate(reason)

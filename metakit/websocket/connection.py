@@ -1,47 +1,35 @@
-"""The WebSocket connection metas: what server and client connections share.
-
-Theory of operation
--------------------
+"""What server and client WebSocket connections share: a thin adapter on
+:class:`metakit.connection.Connection` (which owns the lifecycle and the
+back-pressure; read its theory of operation first).
 
 A connection's read loop (aiohttp's request task on the server side, the
-meta's main loop on the client side) appends one ``WSMessage`` per message
-to the worker's mailbox. When the worker's mailbox holds more than
-``high_watermark`` messages the loop stops reading, so the library's own
-flow control pauses the socket, until a Notify marker placed
-``low_watermark`` messages from the end of the worker's mailbox is reached.
+meta's main loop on the client side) feeds one ``WSMessage`` per message to
+the worker. Pausing reading means the loop stops calling ``receive``, so the
+library's own flow control pauses the socket.
 
-Writes are plain handlers: the library's ``send`` coroutine is driven by
-hand (:mod:`metakit._eager`) and almost always completes at once; when it
-must wait for the socket to drain, the meta holds its mailbox until it has,
-so a bounded mailbox pushes back on the writer with ``MailboxFull``.
+Writes are plain handlers: the library's send coroutine is driven by hand
+(:mod:`metakit._eager`) and almost always completes at once; when it must
+wait for the socket to drain, the connection holds its writes
+(``pause_writing``) until it has, so a bounded mailbox pushes back on the
+writer with ``MailboxFull``.
 
-Who closes what, as for TCP: ``send_exit(conn, "normal")`` closes with 1000
-after the messages queued before it, ``"shutdown"`` with 1001, an exception
-reason with 1011, ``"kill"`` drops the connection. The peer closing, a
-failed heartbeat, an oversized or undecodable message end it too. Each time
-the worker gets one ``WSDisconnect`` and the meta stays routable, discarding
-writes, until the worker has handled it. A worker that ends takes its
-connections with it: 1001 for ``"normal"``/``"shutdown"``, 1011 otherwise.
+Close codes: ``send_exit(conn, "normal")`` closes with 1000 after the
+messages queued before it, ``"shutdown"`` with 1001, an exception reason
+with 1011, ``"kill"`` drops the connection (1006). The peer's close frame
+reports its code; an oversized message is 1009, undecodable JSON 1007.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable, Mapping
-from types import MappingProxyType
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
 
 from .._eager import Pump
-from .._state import DEAD, RUNNING
-from ..errors import MailboxFull
-from ..ids import PID, Alias
-from ..mailbox import IGNORE, Mailbox, Signal
-from ..messages import Down
-from ..meta import Meta
-from ..process import Process
-from .messages import WSConnect, WSDisconnect, WSMessage
+from ..connection import Connection, broadcast
+from .messages import WSDisconnect, WSMessage
 
 __all__ = ["WSConnectionBase", "broadcast", "close_code"]
 
@@ -55,7 +43,7 @@ def close_code(reason: Any) -> int:
     return 1011
 
 
-class WSConnectionBase(Meta):
+class WSConnectionBase(Connection):
     """What server and client WebSocket connections share (not used directly).
 
     Args:
@@ -65,58 +53,39 @@ class WSConnectionBase(Meta):
         low_watermark: read again when it is down to about this many.
     """
 
-    _mk_eager = True  # its handler is a non-blocking write: run it at once when idle
-
     # Slots: a broadcast touches every connection; compact objects, no dict lookups.
     __slots__ = (
-        "_disconnected",
-        "_down",
-        "_high2",
+        "_close_msg",
+        "_code",
         "_json",
-        "_lingering",
-        "_low",
-        "_open",
         "_pump",
         "_resume",
-        "_sent",
-        "_stats",
-        "_worker",
         "_writing",
         "codec",
-        "peer",
+        "prepare_key",
     )
+
+    message_type = WSMessage
 
     def __init__(
         self, *, codec: str | None = None, high_watermark: int = 64, low_watermark: int = 16
     ) -> None:
         if codec not in (None, "json"):
             raise ValueError(f"codec must be None or 'json', not {codec!r}")
-        if not 0 <= low_watermark < high_watermark:
-            raise ValueError("need 0 <= low_watermark < high_watermark")
+        super().__init__(high_watermark=high_watermark, low_watermark=low_watermark)
         self.codec = codec
         self._json = codec == "json"
-        self._high2 = 2 * high_watermark
-        self._low = low_watermark
-        self._worker: Mailbox | None = None
-        self._resume: asyncio.Future[None] | None = None
-        self._open = False  # the socket can take writes
-        self._lingering = False
-        self._disconnected = False
+        self.prepare_key = codec
+        self._code: int | None = None  # the close code, once known
+        self._close_msg: str | None = None  # a close frame's reason, when not the exit reason
+        self._resume: asyncio.Future[None] | None = None  # the read loop waits on it
         self._writing: asyncio.Task[Any] | None = None
-        self._down = False  # a client waiting to reconnect: writes stay held
-        self.peer: Any = None
-        self._stats = {"received": 0, "dropped_writes": 0, "pauses": 0}
-        self._sent = 0  # an attribute, not in _stats: counted on every write
         self._pump = Pump()
 
     # -- the library side (subclasses) ---------------------------------------
 
-    def _send(self, data: Any) -> Coroutine[Any, Any, Any]:
-        """The library's send coroutine for a str, bytes (binary) or, with JSON, UTF-8 bytes."""
-        raise NotImplementedError
-
-    def _send_text(self, data: bytes) -> Coroutine[Any, Any, Any]:
-        """The library's send coroutine for a text message already encoded as UTF-8."""
+    def _send_frame(self, payload: Any, text: bool) -> Coroutine[Any, Any, Any]:
+        """The library's send coroutine for one message (``text``: UTF-8 bytes)."""
         raise NotImplementedError
 
     def _close(self, code: int, reason: str) -> None:
@@ -127,104 +96,112 @@ class WSConnectionBase(Meta):
         """Drop the connection at once (no close frame)."""
         raise NotImplementedError
 
+    # -- the Connection hooks --------------------------------------------------------
+
+    def set_reading(self, on: bool) -> None:
+        """Let the read loop go on, or make it wait before its next receive."""
+        if on:
+            self._release_reader()
+        elif self._resume is None:
+            self._resume = asyncio.get_running_loop().create_future()
+
+    def close_transport(self, reason: Any, abort: bool) -> None:
+        """A close frame with the reason's code (see the module docstring), or a drop."""
+        if self._code is None:
+            self._code = 1006 if reason == "kill" else close_code(reason)
+        if abort:
+            self._drop()
+        else:
+            message = self._close_msg
+            if message is None:
+                message = "" if self._code == 1011 else str(reason)
+            self._close(self._code, message)
+        self._release_reader()
+
+    def disconnect_message(self, reason: Any) -> WSDisconnect:
+        """``WSDisconnect(conn, code, reason)``."""
+        code = self._code if self._code is not None else close_code(reason)
+        return WSDisconnect(self.id, code, reason)
+
     # -- reading -----------------------------------------------------------------
 
-    def _connected(self, worker: Mailbox, peer: Any, request_info: Any) -> None:
-        self._worker = worker
-        self.peer = peer
-        self._open = True
-        self._disconnected = False
-        self._lingering = False
-        if worker is not self._mk_parent_proc and self._mk_watching is None:
-            self._mk_node._monitor(self, worker._mk_ident)  # a pool worker: close with it
-        hello = WSConnect(self._mk_alias, peer, request_info)
-        worker._mk_deliver_system(self._mk_parent_proc._mk_pid, hello)
-
-    def _decode(self, data: str | bytes) -> Any:
-        return orjson.loads(data) if self._json else data
-
-    def _received(self, data: Any) -> asyncio.Future[None] | None:
-        """Hand one message to the worker; a future to await first if it is behind."""
-        worker = self._worker
-        assert worker is not None
-        q = worker._mk_q
-        if len(q) >= worker._mk_limit:  # full (or dead: limit -1): wait for room
-            if worker._mk_state == DEAD:
+    def _received(self, data: str | bytes) -> asyncio.Future[None] | None:
+        """One message read: decode it and feed it; what to await before the next
+        (None: read on). Undecodable JSON closes with 1007."""
+        if self._json:
+            try:
+                value = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                self._ending(1007, "invalid JSON", "invalid JSON")
                 return None
-            return self._wait_for_room(behind=0, then=data)
-        q.append(self._mk_parent_proc._mk_pid)
-        q.append(WSMessage(self._mk_alias, data))
-        self._mk_out += 1
-        self._stats["received"] += 1
-        if not worker._mk_scheduled:
-            worker._mk_scheduled = True
-            worker._mk_kick()
-        if len(q) > self._high2:
-            return self._wait_for_room(behind=self._low, then=None)
-        return None
+        else:
+            value = data
+        self.feed([value], len(data))
+        return self._resume
 
-    def _wait_for_room(self, behind: int, then: Any) -> asyncio.Future[None]:
-        assert self._worker is not None
-        self._stats["pauses"] += 1
-        resume = self._resume = self._mk_loop.create_future()
+    def _release_reader(self) -> None:
+        resume, self._resume = self._resume, None
+        if resume is not None and not resume.done():
+            resume.set_result(None)
 
-        def release(_: object = None) -> None:
-            if not resume.done():
-                resume.set_result(None)
+    def _remote_close(self, code: int, reason: Any) -> None:
+        """The peer (or the library) ended it: tell the worker, linger until it knows."""
+        if self.writable:  # else this side closed first, with its own code
+            self._code = code
+        self.lost(reason)
 
-        def wake() -> None:
-            if then is not None and self._mk_state == RUNNING:
-                again = self._received(then)
-                if again is not None:  # still full: chain the wait
-                    again.add_done_callback(release)
-                    return
-            release()
-
-        self._worker._mk_notify(wake, behind=behind)
-        return resume
+    def _ending(self, code: int, close_msg: str, reason: Any) -> None:
+        """This side ends it for a protocol reason: a close frame with ``code``."""
+        self._code = code
+        self._close_msg = close_msg
+        self.finish(reason)
 
     # -- writing -------------------------------------------------------------------
 
-    def handle_message(self, sender: PID, message: Any) -> None:
-        """Send ``WSMessage(conn, data)`` on the socket (others are logged)."""
-        if message.__class__ is WSMessage:
-            self._write(message.data, None)
-        elif message.__class__ is Down:
-            # Our pool worker ended: nobody reads this connection any more.
-            self._open_close(close_code(message.reason), "worker ended")
-            self._mk_end(message.reason)
-        else:
-            self.log.warning("unexpected message %r from %r", message, sender)
+    def write(self, data: Any) -> int:
+        """Send one message on the socket (encoded as JSON with that codec)."""
+        return self._write(data, None)
 
-    def _write(self, data: Any, encoded: bytes | None) -> None:
+    def prepare(self, data: Any) -> bytes | None:
+        """For a broadcast: ``data`` encoded once (JSON, or a str as UTF-8)."""
+        if self._json:
+            return orjson.dumps(data)
+        return data.encode() if data.__class__ is str else None
+
+    def write_prepared(self, data: Any, prepared: Any) -> int:
+        """For a broadcast: write ``data``, already encoded as ``prepared`` text if not None."""
+        return self._write(data, prepared)
+
+    def _write(self, data: Any, encoded: bytes | None) -> int:
         """Send one message; ``encoded``: its UTF-8 text (JSON, or a str), when a
-        broadcast has encoded it already."""
-        if not self._open:
-            self._stats["dropped_writes"] += 1  # the worker will see WSDisconnect
-            return
+        broadcast has encoded it already. The bytes sent."""
+        text = True
         if encoded is not None:
-            coro = self._send_text(encoded)
+            payload: Any = encoded
+        elif self._json:
+            payload = self._payload(data)
+        elif data.__class__ is str:
+            payload = data.encode()
+        elif data.__class__ is bytes:
+            payload = data
+            text = False
         else:
-            cls = data.__class__
-            if self._json or (cls is not str and cls is not bytes):
-                payload = self._payload(data)
-                if payload is None:
-                    return
-            else:
-                payload = data
-            coro = self._send(payload)
+            payload = self._payload(data)
+            text = False
+        if payload is None:
+            return 0
         try:
             # The library's send coroutine, run by hand (metakit._eager): it
             # finishes at once unless the socket must drain first.
-            pending = self._pump.run(coro)
+            pending = self._pump.run(self._send_frame(payload, text))
         except Exception as exc:  # the socket is gone under us
-            self._remote_end(1006, str(exc) or type(exc).__name__)
-            return
-        self._sent += 1
+            self._remote_close(1006, str(exc) or type(exc).__name__)
+            return 0
         if pending is not None:
             self._writing = pending
-            self._mk_hold()  # until the socket has drained
+            self.pause_writing()  # until the socket has drained
             pending.add_done_callback(self._written)
+        return len(payload)
 
     def _payload(self, data: Any) -> Any:
         """Encode (JSON) or check a message to send; None after closing on an unsendable one."""
@@ -236,135 +213,25 @@ class WSConnectionBase(Meta):
         except (TypeError, orjson.JSONEncodeError) as exc:
             # The worker's mistake: say so, and close rather than leave the peer waiting.
             self.log.error("cannot send %r: %s", data, exc)
-            self._open_close(1011, "unsendable message")
-            self._remote_end(1011, exc)
+            self._ending(1011, "unsendable message", exc)
             return None
-        return payload
+        return payload.encode() if payload.__class__ is str else payload
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._writing = None
         if not task.cancelled() and task.exception() is not None:
-            self._remote_end(1006, str(task.exception()))
-        if not self._down:  # a client that is down keeps its writes held
-            self._mk_unhold()
-
-    # -- ending ------------------------------------------------------------------------
-
-    def _open_close(self, code: int, reason: str) -> None:
-        if self._open:
-            self._open = False
-            self._close(code, reason)
-
-    def _remote_end(self, code: int, reason: Any) -> None:
-        """It ended on the peer's side (or a limit's): tell the worker, linger until it knows."""
-        self._open = False
-        self._disconnect(code, reason)
-        if self._mk_state == RUNNING and not self._lingering:
-            self._lingering = True
-            worker = self._worker
-            if worker is None or not worker._mk_notify(lambda: self._mk_end("normal")):
-                self._mk_end("normal")
-
-    def _disconnect(self, code: int, reason: Any) -> None:
-        if self._disconnected:
-            return
-        self._disconnected = True
-        worker = self._worker
-        if worker is not None and worker._mk_state != DEAD:
-            bye = WSDisconnect(self._mk_alias, code, reason)
-            worker._mk_deliver_system(self._mk_parent_proc._mk_pid, bye)
-
-    def _mk_trap(self, sig: Signal) -> Any:
-        if sig.link and sig.reason == "normal":
-            return IGNORE
-        worker = self._worker
-        if not sig.forced and worker is not None and worker._mk_state != DEAD and self._open:
-            # Closed by this side: close frame after the queued writes, then linger.
-            code = close_code(sig.reason)
-            self._open_close(code, str(sig.reason) if code != 1011 else "")
-            self._remote_end(code, sig.reason)
-            return IGNORE
-        return None
-
-    def _mk_signal(self, sig: Signal) -> None:
-        if sig.forced and self._mk_held and self._mk_state == RUNNING:
-            self._mk_end(sig.reason)  # a parent exit cannot wait behind a stuck write
-        else:
-            super()._mk_signal(sig)
+            self._remote_close(1006, str(task.exception()))
+        self.resume_writing()
 
     def terminate(self, reason: Any) -> None:
-        """Close (a close frame; dropped at once on ``"kill"``) and send WSDisconnect once."""
-        code = close_code(reason)
-        if reason == "kill" or self._mk_held:
-            if self._open:
-                self._open = False
-                self._drop()
-        else:
-            self._open_close(code, "" if code == 1011 else str(reason))
+        """Close (a close frame; dropped on ``"kill"``) and send WSDisconnect, each once."""
+        super().terminate(reason)
         if self._writing is not None:
             self._writing.cancel()
-        if self._resume is not None and not self._resume.done():
-            self._resume.set_result(None)
-        self._disconnect(code if reason != "kill" else 1006, reason)
-
-    def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: ``received``, ``sent``, ``dropped_writes``, ``pauses``."""
-        return MappingProxyType({**self._stats, "sent": self._sent})
+        self._release_reader()
 
     def handle_inspect(self) -> dict[str, str]:
-        """Peer, codec, and the message counters."""
-        info = {k: str(v) for k, v in self._stats.items()}
-        info["sent"] = str(self._sent)
-        info["peer"] = str(self.peer)
+        """Connection's fields and the codec."""
+        info = super().handle_inspect()
         info["codec"] = str(self.codec)
-        info["writing"] = "held" if self._mk_held else "on"
         return info
-
-
-def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
-    """Send ``data`` to every WebSocket connection in ``conns``; return how many took it.
-
-    The same as ``sender.send(conn, WSMessage(conn, data))`` for each, in
-    order with the sender's other messages to them, but cheaper per
-    connection, and a broadcast does not stop half-way:
-
-    * a connection that is gone is skipped (its ``WSDisconnect`` is on its
-      way to its worker), where ``send`` would raise ``NoProcess``;
-    * a connection whose bounded mailbox is full (a peer far behind) is
-      skipped and counts it in its ``dropped_writes`` statistic, where
-      ``send`` would raise ``MailboxFull``;
-    * ``data`` is encoded once (as JSON for ``codec="json"`` connections,
-      as UTF-8 for a str), not once per connection.
-
-    Raises:
-        TypeError: ``data`` cannot be JSON-encoded for a ``codec="json"`` connection.
-    """
-    table = sender._mk_table
-    pid = sender._mk_pid
-    as_json: bytes | None = None
-    as_text = data.encode() if data.__class__ is str else None
-    took = 0
-    for conn in conns:
-        target = table.get(conn.id)
-        if not isinstance(target, WSConnectionBase):
-            continue  # gone
-        encoded: bytes | None
-        if target._json:
-            if as_json is None:
-                as_json = orjson.dumps(data)
-            encoded = as_json
-        else:
-            encoded = as_text
-        if not target._mk_scheduled:
-            # Idle: write now, as Process.send does for an idle network meta.
-            target._mk_run_now(target._write, data, encoded)
-        else:
-            # Busy or held: it takes this in its turn.
-            try:
-                target._mk_deliver(pid, WSMessage(conn, data))
-            except MailboxFull:
-                target._stats["dropped_writes"] += 1
-                continue
-        took += 1
-    sender._mk_out += took
-    return took

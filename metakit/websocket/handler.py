@@ -3,58 +3,67 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import WSMsgType, web
 
+from .._compat import mark_coroutine_function
 from .._eager import Pump
-from .._state import DEAD, RUNNING
-from .._workers import Workers, mark_coroutine_function
+from ..connection import ConnectionSet, ConnState
 from ..errors import MetakitError
 from ..ids import PID
-from ..mailbox import Signal
 from ..meta import Meta
+from ..pool import Pool
 from ..web.messages import WebRequest
 from .connection import WSConnectionBase
+from .messages import WSConnect
 
-__all__ = ["WSConnection", "WebSocketHandler"]
+__all__ = ["WSConnection", "WebSocketHandler", "WebSocketHandlerStatistics"]
+
+_OPEN = ConnState.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketHandlerStatistics:
+    """A WebSocket handler's counters at one moment (``handler.statistics()``).
+
+    Attributes:
+        accepted: connections upgraded and served.
+        refused_origin: upgrades refused (403) for their ``Origin``.
+        no_worker: upgrades closed with 1013 because no worker was alive.
+        connections: connections open now.
+    """
+
+    accepted: int
+    refused_origin: int
+    no_worker: int
+    connections: int
 
 
 class WSConnection(WSConnectionBase):
     """One accepted WebSocket as a meta-process; its Alias is the connection id.
 
-    Made by :class:`WebSocketHandler`; see :mod:`metakit.websocket.connection`
-    for who closes what.
+    Made by :class:`WebSocketHandler`; see :mod:`metakit.connection` for who
+    closes what and :mod:`metakit.websocket.connection` for the close codes.
     """
 
-    __slots__ = ("_closing", "_handler", "_request", "_ws")
+    __slots__ = ("_closing", "_request", "_ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.BaseRequest, **options: Any) -> None:
         super().__init__(**options)
         self._ws = ws
         self._request = request
-        self._handler: WebSocketHandler | None = None
         self._closing: asyncio.Task[Any] | None = None
 
-    def _send(self, data: Any) -> Coroutine[Any, Any, Any]:
+    def _send_frame(self, payload: Any, text: bool) -> Coroutine[Any, Any, Any]:
         # send_frame: one coroutine fewer than send_str/send_bytes, which only check and encode.
-        if self._json:
-            return self._ws.send_frame(data, WSMsgType.TEXT)  # orjson gave UTF-8 bytes
-        if isinstance(data, str):
-            return self._ws.send_frame(data.encode(), WSMsgType.TEXT)
-        return self._ws.send_frame(data, WSMsgType.BINARY)
-
-    def _send_text(self, data: bytes) -> Coroutine[Any, Any, Any]:
-        return self._ws.send_frame(data, WSMsgType.TEXT)
+        return self._ws.send_frame(payload, WSMsgType.TEXT if text else WSMsgType.BINARY)
 
     def _close(self, code: int, reason: str) -> None:
-        name = f"metakit ws close {self._mk_alias!r}"
         # Close reasons are limited to 123 bytes (RFC 6455 §5.5).
-        closing = self._ws.close(code=code, message=reason.encode()[:123])
-        self._closing = self._mk_node._linger(closing, name)
+        self._closing = self.create_task(self._ws.close(code=code, message=reason.encode()[:123]))
 
     def _drop(self) -> None:
         transport = self._request.transport
@@ -64,35 +73,24 @@ class WSConnection(WSConnectionBase):
     async def _serve(self) -> None:
         """The read loop, in aiohttp's request task, until the socket closes."""
         ws = self._ws
-        while self._open:
+        while self.state is _OPEN:
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                try:
-                    data = self._decode(msg.data)
-                except orjson.JSONDecodeError:
-                    self._open_close(1007, "invalid JSON")
-                    self._remote_end(1007, "invalid JSON")
-                    return
-                wait = self._received(data)
-                if wait is not None:
+                wait = self._received(msg.data)
+                while wait is not None:  # the worker is behind: read no more until it catches up
                     await wait
+                    wait = self._resume
             elif kind is WSMsgType.CLOSE:  # aiohttp has answered the close frame
-                self._remote_end(ws.close_code or 1005, msg.extra or "")
+                self._remote_close(ws.close_code or 1005, msg.extra or "")
                 return
             elif kind is WSMsgType.CLOSING:  # this side is closing it
                 return
             else:  # CLOSED, ERROR: dropped, too big, heartbeat failed
                 reason = str(msg.data) if msg.data is not None else "connection lost"
                 code = getattr(msg.data, "code", None) or ws.close_code or 1006
-                self._remote_end(int(code), reason)
+                self._remote_close(int(code), reason)
                 return
-
-    def terminate(self, reason: Any) -> None:
-        """Close as the base class does, and leave the handler's books."""
-        super().terminate(reason)
-        if self._handler is not None:
-            self._handler._forget(self)
 
 
 class WebSocketHandler(Meta):
@@ -150,7 +148,7 @@ class WebSocketHandler(Meta):
         high_watermark: int = 64,
         low_watermark: int = 16,
     ) -> None:
-        self._workers = Workers(worker, pool, required=True)
+        self._workers = Pool(worker, pool, required=True)
         self._conn_options: dict[str, Any] = {
             "codec": codec,
             "high_watermark": high_watermark,
@@ -163,20 +161,18 @@ class WebSocketHandler(Meta):
         self.compress = compress
         self.handshake_timeout = handshake_timeout
         self._conn_mailbox = mailbox_size
-        self._conns: set[WSConnection] = set()
+        self._conns = ConnectionSet(self)
         self._quiescing = False  # node.stop() has begun: no new connections
-        self._gone: asyncio.Future[None] | None = None  # ...and they have all ended
         self._pump = Pump()
-        self._mk_state = DEAD  # until spawned: answer 503
-        self._stats = {"accepted": 0, "refused_origin": 0, "no_worker": 0}
+        self._accepted = self._refused_origin = self._no_worker = 0
         mark_coroutine_function(self)  # aiohttp takes it as an async handler
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Upgrade one request and serve the connection until it closes (aiohttp calls this)."""
-        if self._mk_state != RUNNING or self._quiescing:
+        if not self.alive or self._quiescing:  # not spawned yet, or ending
             return web.Response(status=503, text="503 Service Unavailable")
         if self.origins is not None and request.headers.get("Origin") not in self.origins:
-            self._stats["refused_origin"] += 1
+            self._refused_origin += 1
             return web.Response(status=403, text="403 Forbidden: origin not allowed")
         ws = web.WebSocketResponse(
             heartbeat=self.heartbeat,
@@ -185,23 +181,22 @@ class WebSocketHandler(Meta):
         )
         async with asyncio.timeout(self.handshake_timeout):
             await ws.prepare(request)
-        worker = self._workers.pick(self._mk_node, self._mk_parent_proc)
-        if worker is None or self._mk_state != RUNNING:
-            self._stats["no_worker"] += 1
+        worker = self._workers.pick(self)
+        if worker is None or not self.alive:
+            self._no_worker += 1
             await ws.close(code=1013, message=b"no worker")  # try again later
             return ws
         conn = WSConnection(ws, request, **self._conn_options)
         try:
-            self._mk_node._spawn_meta_now(conn, self._mk_parent_proc, self._conn_mailbox)
+            self.spawn_nowait(conn, mailbox_size=self._conn_mailbox)
         except MetakitError:  # the node is stopping
             await ws.close(code=1001)
             return ws
-        conn._handler = self
         conn._pump = self._pump  # one pump serves every connection: less to touch per write
         self._conns.add(conn)
-        self._stats["accepted"] += 1
-        info = WebRequest(request)
-        conn._connected(worker, request.remote, info)
+        self._accepted += 1
+        conn.peer = request.remote
+        conn.open(worker, WSConnect(conn.id, request.remote, WebRequest(request)))
         try:
             await conn._serve()
             if conn._closing is not None:
@@ -209,42 +204,29 @@ class WebSocketHandler(Meta):
                 await asyncio.shield(conn._closing)
         finally:
             # Cancelled (the client left, with handler_cancellation) or done.
-            if conn._mk_state == RUNNING and conn._open:
-                conn._remote_end(1006, "connection lost")
+            if conn.alive and conn.writable:
+                conn._remote_close(1006, "connection lost")
         return ws
 
     def terminate(self, reason: Any) -> None:
         """End every connection with this handler's reason."""
-        ending = Signal(self._mk_alias, self._mk_parent_proc._mk_pid, reason, forced=True)
-        for conn in list(self._conns):
-            conn._mk_signal(ending)
+        self._conns.end_all(reason)
 
-    def _mk_quiesce(self) -> asyncio.Future[None] | None:
-        # node.stop(): a WebSocket is never done on its own (and a web server's
-        # graceful close waits for its handler). Going away (1001) now, while
-        # the workers still run: the node waits until they have had their
-        # WSDisconnect and the connections have ended.
+    def quiesce(self) -> asyncio.Future[None] | None:
+        """``node.stop()``: a WebSocket is never done on its own (and a web server's
+        graceful close waits for its handler). Going away (1001) now, while the
+        workers still run: the node waits until the connections have ended."""
         self._quiescing = True
-        if not self._conns:
-            return None
-        self._gone = self._mk_loop.create_future()
-        self.terminate("shutdown")
-        return self._gone
+        gone = self._conns.wait_empty()
+        if gone is not None:
+            self.terminate("shutdown")
+        return gone
 
-    def _forget(self, conn: WSConnection) -> None:
-        self._conns.discard(conn)
-        if not self._conns and self._gone is not None and not self._gone.done():
-            self._gone.set_result(None)
-
-    def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: ``accepted``, ``refused_origin``,
-        ``no_worker``, and open ``connections``."""
-        counters = dict(self._stats)
-        counters["connections"] = len(self._conns)
-        return MappingProxyType(counters)
-
-    def handle_inspect(self) -> dict[str, str]:
-        """Open connections and counters."""
-        info = {k: str(v) for k, v in self._stats.items()}
-        info["connections"] = str(len(self._conns))
-        return info
+    def statistics(self) -> WebSocketHandlerStatistics:
+        """A snapshot of the counters."""
+        return WebSocketHandlerStatistics(
+            accepted=self._accepted,
+            refused_origin=self._refused_origin,
+            no_worker=self._no_worker,
+            connections=len(self._conns),
+        )

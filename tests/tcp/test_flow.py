@@ -65,7 +65,7 @@ class SlowSink(metakit.Process):
                 if self.size % (4 << 20) < len(data):
                     self.peak_rss = max(self.peak_rss, rss())
                     info = self.node.meta_info(conn).inspect
-                    self.max_pauses = max(self.max_pauses, int(info["pauses"]))
+                    self.max_pauses = max(self.max_pauses, int(info["paused_reads"]))
                 # The slow part: four loop turns per message, while the socket
                 # delivers a read every turn, so the worker falls behind.
                 for _ in range(4):
@@ -200,7 +200,7 @@ async def test_peer_that_does_not_read_is_not_read_either(node: Node) -> None:
     await wait_until(stalled, message="the connection kept reading a peer that reads nothing")
     held = echo.received
     assert held < 32 << 20, f"read {held >> 20} MiB from a peer that reads nothing"
-    assert int(node.meta_info(conn).inspect["write_holds"]) >= 1
+    assert int(node.meta_info(conn).inspect["held_writes"]) >= 1
     # The peer reads again: everything comes back, in order, and reading resumes.
     for i in range(total // len(BLOCK)):
         chunk = await asyncio.wait_for(reader.readexactly(len(BLOCK)), TIMEOUT)

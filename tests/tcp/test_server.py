@@ -156,7 +156,7 @@ async def test_writes_after_remote_close_are_dropped_not_raised(node: Node) -> N
     assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
     # The worker has not seen TCPDisconnect yet: writing must not raise.
     worker.send(conn, TCPMessage(conn, b"too late"))
-    await wait_until(lambda: node.meta_info(conn).inspect["dropped_writes"] == "1")
+    await wait_until(lambda: node.meta_info(conn).inspect["dropped"] == "1")
     second.set()
     assert await worker.receive() == TCPDisconnect(conn, "closed")
     await wait_until(lambda: conn not in node.metas())
@@ -175,7 +175,7 @@ async def test_writes_after_own_send_exit_are_dropped_not_raised(node: Node) -> 
     # EOF: the connection has closed; the worker has not seen TCPDisconnect yet.
     assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"last\n"
     worker.send(conn, TCPMessage(conn, b"after close"))  # no NoProcess: dropped
-    await wait_until(lambda: node.meta_info(conn).inspect["dropped_writes"] == "1")
+    await wait_until(lambda: node.meta_info(conn).inspect["dropped"] == "1")
     gate.set()
     assert await worker.receive() == TCPDisconnect(conn, "normal")
     await wait_until(lambda: conn not in node.metas())

@@ -88,8 +88,8 @@ async def test_many_clients_at_once(node: Node) -> None:
                 sock.sendto(b"%d-%d" % (i, j), server.address)
             for i, sock in enumerate(socks):
                 assert await recv(sock) == b"%d-%d" % (i, j)
-    assert server.statistics()["received"] == 500
-    assert server.statistics()["sent"] == 500
+    assert server.statistics().received == 500
+    assert server.statistics().sent == 500
     assert server.kernel_drops() == 0
 
 
@@ -101,7 +101,7 @@ async def test_kernel_drops_are_reported(node: Node, probe: Any) -> None:
         for _ in range(200):  # far more than a 4 KiB buffer holds, before the loop reads
             sock.sendto(b"x" * 512, server.address)
     # Every datagram is accounted for: read by the server, or dropped by the kernel.
-    await wait_until(lambda: server.statistics()["received"] + (server.kernel_drops() or 0) == 200)
+    await wait_until(lambda: server.statistics().received + (server.kernel_drops() or 0) == 200)
     drops = server.kernel_drops()
     assert drops is not None
     assert drops > 0
@@ -143,7 +143,7 @@ async def test_max_datagram_and_one_over(node: Node) -> None:
         sock.sendto(b"b" * 1001, server.address)  # dropped and counted
         sock.sendto(b"after", server.address)
         assert await recv(sock) == b"after"  # nothing came back for the big one
-    assert server.statistics()["dropped_oversize"] == 1
+    assert server.statistics().dropped_oversize == 1
     assert node.meta_info(server.id).inspect["dropped_oversize"] == "1"
 
 
@@ -167,14 +167,14 @@ async def test_slow_worker_drops_are_counted_and_memory_bounded(node: Node, prob
     with client() as sock:
         for i in range(100):
             sock.sendto(b"%d" % i, server.address)
-        await wait_until(lambda: server.statistics()["received"] == 100)
-        assert server.statistics()["dropped_full"] >= 100 - 9  # 8 queued, 1 in the handler
+        await wait_until(lambda: server.statistics().received == 100)
+        assert server.statistics().dropped_full >= 100 - 9  # 8 queued, 1 in the handler
         assert node.process_info(pid).mailbox <= 8
         gate.set()
         await wait_until(
             lambda: (
                 node.process_info(pid).inspect["handled"]
-                == str(100 - server.statistics()["dropped_full"])
+                == str(100 - server.statistics().dropped_full)
             )
         )
     # Still serving.
@@ -185,7 +185,7 @@ async def test_reply_to_closed_port_is_udp_error(node: Node) -> None:
     pid, server = await echo_server(node)
     with client() as sock:
         sock.sendto(b"are you there?", server.address)
-        await wait_until(lambda: server.statistics()["received"] == 1)
+        await wait_until(lambda: server.statistics().received == 1)
         addr = sock.getsockname()
     # The client is gone before the echo goes out: ICMP port unreachable.
     await wait_until(lambda: node.process_info(pid).inspect["errors"] != "0")
@@ -260,6 +260,6 @@ async def test_malformed_reply_is_an_error_not_a_crash(node: Node, probe: Any) -
         error = await worker.receive()
         assert isinstance(error, UDPError)
         assert isinstance(error.error, TypeError)
-        assert server.statistics()["send_errors"] == 1
+        assert server.statistics().send_errors == 1
         worker.send(alias, UDPPacket(alias, packet.addr, b"fine"))  # still serving
         assert await recv(sock) == b"fine"

@@ -219,7 +219,7 @@ async def test_timeout_is_504_and_late_answer_discarded(
     assert await node.call(pid, "late answer") == 1  # released: goes nowhere
     async with session.get(f"{server.url}/hello") as r:
         assert r.status == 200
-    assert node.meta_info(handler.id).inspect["504"] == "1"
+    assert node.meta_info(handler.id).inspect["timed_out"] == "1"
 
 
 async def test_client_disconnect_abandons_the_call(node: Node) -> None:

@@ -1,0 +1,705 @@
+"""Connection: the one lifecycle and back-pressure algorithm of every connection meta.
+
+Theory of operation
+-------------------
+
+Everything that decides a connection's state lives here; the transports
+(``metakit.tcp``, ``metakit.websocket``, and any meta of yours) are thin
+adapters that call *in* when their object reports something, and implement
+four hooks that act *out* on it. The model is h11's ``_state.py``.
+
+States (:class:`ConnState`), each with what is true in it::
+
+    NEW ──open()──> OPEN ──finish()──> CLOSING ──> LINGERING ──> CLOSED
+                     │ ^                  (backlog   (transport    (meta
+                     │ └──open()──┐        delivered  closed,      ended)
+                     └─interrupted()─> INTERRUPTED    Disconnect
+                                     (Disconnect sent, sent)
+                                      writes held)
+
+* ``OPEN``: frames read go to the worker; its writes go to the transport.
+* ``CLOSING``: an end is decided (the peer closed, an error, an exit signal
+  from the worker) but frames already read wait in the backlog: they reach
+  the worker first, then the end goes on. Nothing read is ever lost.
+* ``LINGERING``: the transport is closed and the worker has been sent its
+  Disconnect (exactly once). The meta stays routable, dropping (and
+  counting) writes, until the worker has *handled* the Disconnect — a
+  :class:`~metakit.mailbox.Notify` marker behind it says so — so a worker
+  never gets ``NoProcess`` for writing to a connection it has not seen end.
+* ``CLOSED``: the meta has ended; ``terminate`` closed the transport (an
+  abort for ``"kill"``, or when writes are held and cannot be flushed) and
+  sent the Disconnect if nothing had.
+* ``INTERRUPTED`` (reconnecting clients only): the transport dropped and the
+  adapter is reconnecting. The worker has its Disconnect; writes wait in
+  the mailbox (held, so its bound pushes back) until ``open`` again.
+
+Who ends a connection, and how:
+
+* the **worker**, ``send_exit(conn, "normal")`` (or any reason): taken in
+  order after the writes queued before it, then ``finish`` (a graceful
+  close after those writes); ``"kill"``: at once, an abort.
+* the **peer** or a **limit** (EOF after the replies, a reset, the idle
+  timeout, a framing error): the adapter calls :meth:`Connection.lost`,
+  :meth:`Connection.input_ended` or :meth:`Connection.finish`.
+* the **owner** (the parent process, or the server or handler whose
+  :class:`ConnectionSet` holds it) ending: a forced exit; the connection
+  ends now with that reason, not lingering (the owner is gone).
+* a **pool worker** ending (the connection monitors it): closed gracefully.
+
+Back-pressure, reading: frames go into the worker's mailbox while it holds
+at most ``high_watermark`` messages. Past it — or when its bounded mailbox is
+full — the rest of a read waits in the connection's backlog, reading pauses
+(the adapter's ``set_reading(False)``), and a marker goes into the worker's
+mailbox ``low_watermark`` messages from its end; when the worker reaches it
+the backlog moves over and reading resumes. A slow worker costs about
+``high_watermark`` frames per connection, never more.
+
+Back-pressure, writing: when the transport's buffer is full the adapter
+calls :meth:`Connection.pause_writing` (asyncio's own protocol callback for
+byte streams): the meta takes no more writes from its mailbox, whose bound
+then raises ``MailboxFull`` at the writer, and it stops *reading* too — a
+peer that does not read its answers sends no more requests, so an echo's
+memory stays bounded by the transport's buffer, not by the peer.
+:meth:`Connection.resume_writing` undoes both.
+
+Hooks an adapter implements (all plain, non-blocking):
+
+* :meth:`Connection.set_reading` — pause or resume reading the transport;
+* :meth:`Connection.close_transport` — close it (flushing writes) or abort;
+* :meth:`Connection.disconnect_message` — the Disconnect for a reason;
+* :meth:`Connection.write` — write one message's data; the bytes written
+  (``handle_message`` calls it for the transport's :attr:`message_type`
+  while :attr:`writable`, and drops and counts writes after the close).
+
+A byte stream also gets :meth:`Connection.data_received` (frame each read
+with its framer, feed the frames): an ``asyncio.Protocol`` adapter inherits
+it as its own callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ._envelope import IGNORE, Signal
+from ._state import DEAD, RUNNING
+from .errors import FramingError, MailboxFull
+from .ids import PID, Alias, Ref
+from .messages import Down
+from .meta import Meta
+
+if TYPE_CHECKING:
+    from .framing import Framer
+    from .mailbox import Mailbox
+    from .process import Process
+
+__all__ = ["ConnState", "Connection", "ConnectionSet", "ConnectionStatistics", "broadcast"]
+
+
+class ConnState(IntEnum):
+    """Where a connection is in its lifecycle (see the module docstring)."""
+
+    NEW = 0
+    """Made, not yet opened."""
+    OPEN = 1
+    """Reading and writing."""
+    INTERRUPTED = 2
+    """Dropped, reconnecting: the worker has its Disconnect; writes wait."""
+    CLOSING = 3
+    """An end is decided; frames already read reach the worker first."""
+    LINGERING = 4
+    """Closed, Disconnect sent; writes dropped until the worker has handled it."""
+    CLOSED = 5
+    """The meta has ended."""
+
+
+_NEW, _OPEN, _INTERRUPTED, _CLOSING, _LINGERING, _CLOSED = ConnState
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A connection's counters at one moment (``conn.statistics()``).
+
+    Attributes:
+        bytes_in: bytes read from the transport.
+        bytes_out: bytes written to it (after framing).
+        messages_in: messages (frames) handed to the worker.
+        messages_out: messages written.
+        paused_reads: times reading paused because the worker was behind.
+        held_writes: times writes were held because the transport was full.
+        dropped: writes dropped: sent after the connection had closed, or
+            skipped by a ``broadcast`` because the mailbox was full.
+        state: the lifecycle state when the snapshot was taken.
+    """
+
+    bytes_in: int
+    bytes_out: int
+    messages_in: int
+    messages_out: int
+    paused_reads: int
+    held_writes: int
+    dropped: int
+    state: ConnState
+
+
+class Connection(Meta):
+    """Base of every connection meta: one lifecycle and back-pressure for all.
+
+    Subclass it to adapt a transport (see the module docstring for the
+    hooks); its Alias is the connection id in every message. The worker
+    gets the Connect given to :meth:`open`, one :attr:`message_type` per
+    frame, and exactly one Disconnect.
+
+    Args:
+        framing: the framer :meth:`data_received` uses, for byte streams
+            (an instance of its own: clone a template first).
+        idle_timeout: end with reason ``"idle"`` after this many seconds
+            without a read or a write.
+        high_watermark: pause reading when the worker's mailbox holds more
+            messages than this.
+        low_watermark: resume when it is down to about this many.
+
+    Attributes:
+        message_type: the transport's Message class, ``message_type(conn,
+            data)``: what frames are delivered as, and what the worker writes.
+        writable: whether writes go to the transport (OPEN or CLOSING);
+            after the close they are dropped and counted.
+        framer: the framer given as ``framing`` (None for message transports).
+        peer: the remote address, when the transport has one.
+
+    Resource handling:
+        ``terminate`` closes the transport (``close_transport``) unless it
+        is closed already and sends the Disconnect unless it was sent;
+        whatever ends the connection, both happen exactly once.
+    """
+
+    __slots__ = (
+        "_mk_backlog",
+        "_mk_bytes_in",
+        "_mk_bytes_out",
+        "_mk_closed",
+        "_mk_cstate",
+        "_mk_disconnected",
+        "_mk_dropped",
+        "_mk_eof",
+        "_mk_group",
+        "_mk_held_writes",
+        "_mk_high",
+        "_mk_idle",
+        "_mk_last",
+        "_mk_low",
+        "_mk_make",
+        "_mk_paused",
+        "_mk_paused_reads",
+        "_mk_pending_end",
+        "_mk_reading",
+        "_mk_sender",
+        "_mk_timer",
+        "_mk_wblocked",
+        "_mk_worker",
+        "_mk_worker_ref",
+        "_mk_writes",
+        "framer",
+        "peer",
+        "writable",
+    )
+
+    eager = True  # its handler is a non-blocking write: run it at once when idle
+    message_type: ClassVar[type]
+
+    def __init__(
+        self,
+        *,
+        framing: Framer[Any] | None = None,
+        idle_timeout: float | None = None,
+        high_watermark: int = 64,
+        low_watermark: int = 16,
+    ) -> None:
+        if not 0 <= low_watermark < high_watermark:
+            raise ValueError("need 0 <= low_watermark < high_watermark")
+        self.framer = framing
+        self._mk_idle = idle_timeout
+        self._mk_high = high_watermark
+        self._mk_low = low_watermark
+        self._mk_make = type(self).message_type
+        self._mk_cstate = _NEW
+        self._mk_worker: Mailbox | None = None
+        self._mk_worker_ref: Ref | None = None
+        self._mk_sender: PID | None = None  # the parent: messages to the worker come from it
+        self._mk_group: ConnectionSet | None = None
+        self._mk_backlog: deque[Any] = deque()  # frames read while the worker was behind
+        self._mk_pending_end: Any = None
+        self._mk_paused = False  # the worker is behind
+        self._mk_wblocked = False  # the transport's write buffer is full
+        self._mk_reading = True  # what the transport was last told
+        self._mk_eof = False
+        self._mk_closed = False  # the transport is closed or closing
+        self._mk_disconnected = False
+        self._mk_timer: asyncio.TimerHandle | None = None
+        self._mk_last = 0.0
+        self._mk_bytes_in = 0
+        self._mk_bytes_out = 0
+        self._mk_writes = 0
+        self._mk_dropped = 0
+        self._mk_paused_reads = 0
+        self._mk_held_writes = 0
+        self.writable = False
+        self.peer: Any = None
+
+    # -- hooks: the adapter acts on its transport -------------------------------
+
+    def set_reading(self, on: bool) -> None:
+        """Hook: resume (``True``) or pause (``False``) reading the transport."""
+
+    def close_transport(self, reason: Any, abort: bool) -> None:
+        """Hook: close the transport — after its buffered writes, or at once when
+        ``abort`` (a ``"kill"``, or writes held that cannot drain). Called once."""
+
+    def disconnect_message(self, reason: Any) -> Any:
+        """Hook: the Disconnect message the worker gets for ``reason``."""
+        raise TypeError(f"{type(self).__name__} must define disconnect_message")
+
+    def write(self, data: Any) -> int:
+        """Hook: write one message's ``data`` to the transport; the bytes written.
+
+        Called only while :attr:`writable`, from ``handle_message`` (or the
+        sender's own send, when the connection is idle: keep it short).
+        """
+        raise TypeError(f"{type(self).__name__} must define write")
+
+    # -- calls in: the adapter reports what its transport did ---------------------
+
+    def open(self, worker: PID | Alias | None, hello: Any) -> None:
+        """The transport is connected: serve ``worker`` (None: the parent) and send it ``hello``.
+
+        A pool worker (not the parent) is monitored: its end closes the
+        connection. A reconnecting client calls it again after
+        :meth:`interrupted`.
+        """
+        parent = self._mk_parent_proc
+        actor: Mailbox = parent if worker is None else self._mk_node._registry.resolve(worker)
+        self._mk_worker = actor
+        self._mk_sender = parent._mk_pid
+        if actor is not parent and self._mk_worker_ref is None:
+            self._mk_worker_ref = self._mk_node._links.monitor(self, actor._mk_ident)
+        self._mk_cstate = _OPEN
+        self._mk_closed = self._mk_eof = self._mk_disconnected = self._mk_paused = False
+        self.writable = True
+        if not self._mk_reading:
+            self._mk_update_reading()
+        if self._mk_idle is not None and self._mk_timer is None:
+            self._mk_last = self._mk_loop.time()
+            self._mk_timer = self._mk_loop.call_later(self._mk_idle, self._mk_check_idle)
+        self._mk_update_hold()
+        actor._mk_deliver_system(self._mk_sender, hello)
+
+    def data_received(self, data: bytes) -> None:
+        """A read: frame it and hand each frame to the worker (the hot path)."""
+        try:
+            frames = self.framer.feed(data)  # type: ignore[union-attr]
+        except FramingError as exc:
+            if self._mk_worker is not None:
+                if exc.frames:
+                    self._mk_backlog.extend(exc.frames)
+                    self._mk_flush()
+                self.finish(exc)
+            return
+        self._mk_bytes_in += len(data)
+        if self._mk_idle is not None:
+            self._mk_last = self._mk_loop.time()
+        if frames:
+            self.feed(frames)
+
+    def feed(self, frames: list[Any], nbytes: int = 0) -> None:
+        """Hand frames (read as ``nbytes``) to the worker in order, with back-pressure;
+        nothing is lost. :meth:`data_received` calls it for byte streams."""
+        self._mk_bytes_in += nbytes
+        worker = self._mk_worker
+        if worker is None:  # a refused connection, closing
+            return
+        if self._mk_backlog:
+            self._mk_backlog.extend(frames)
+            return
+        taken = worker._mk_feed(
+            self._mk_sender, self._mk_make, self._mk_alias, frames, self._mk_high
+        )
+        if taken < 0:  # behind: the rest (if any) waits here, reading pauses
+            taken = ~taken
+            if taken < len(frames):
+                if worker._mk_state != DEAD:  # else the Down (or the parent's exit) ends us
+                    self._mk_backlog.extend(frames[taken:] if taken else frames)
+                    self._mk_pause()
+            elif not self._mk_paused:
+                self._mk_pause()
+        self._mk_out += taken
+
+    def input_ended(self) -> None:
+        """The peer sent EOF: finish once the worker has handled what was read
+        and the writes it sent meanwhile are flushed."""
+        self._mk_eof = True
+        self._mk_reading = False  # the transport reads no more: never resume it
+        if self._mk_worker is not None and not self._mk_backlog:
+            self._mk_mark_eof()  # with a backlog, _resume does it once delivered
+
+    def lost(self, reason: Any) -> None:
+        """The transport is gone (the peer closed it, a reset, an error): end with ``reason``."""
+        if self._mk_closed or self._mk_worker is None:
+            return  # closed from this side already, or refused
+        self._mk_closed = True
+        self.writable = False
+        self.finish(reason)
+
+    def finish(self, reason: Any) -> None:
+        """End gracefully: frames read go to the worker first; then the transport
+        closes after its queued writes, the worker gets its Disconnect, and
+        the meta lingers until the worker has handled it."""
+        if self._mk_state != RUNNING or self._mk_cstate >= _LINGERING:
+            return
+        if self._mk_backlog:
+            self._mk_cstate = _CLOSING
+            self._mk_pending_end = reason  # again once the backlog is delivered
+            return
+        self._mk_close(reason, abort=False)
+        self._mk_cstate = _LINGERING
+        self._mk_send_disconnect(reason)
+        worker = self._mk_worker
+        if worker is None or not worker._mk_notify(lambda: self._mk_end(reason)):
+            self._mk_end(reason)
+
+    def interrupted(self, reason: Any) -> None:
+        """The transport dropped and the adapter reconnects: the worker gets its
+        Disconnect, writes wait in the mailbox until :meth:`open` again."""
+        self._mk_closed = True
+        self.writable = False
+        self._mk_cstate = _INTERRUPTED
+        self._mk_send_disconnect(reason)
+        self._mk_update_hold()
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer is full: hold writes, stop reading."""
+        if self._mk_worker is not None:
+            self._mk_wblocked = True
+            self._mk_held_writes += 1
+            self._mk_update_hold()
+            self._mk_update_reading()
+
+    def resume_writing(self) -> None:
+        """The write buffer has drained: take writes and read again."""
+        if self._mk_worker is not None:
+            self._mk_wblocked = False
+            self._mk_update_hold()
+            self._mk_update_reading()
+
+    # -- what the worker and others see ----------------------------------------------
+
+    @property
+    def state(self) -> ConnState:
+        """The lifecycle state."""
+        return self._mk_cstate
+
+    @property
+    def worker(self) -> PID | None:
+        """The process that receives this connection's messages."""
+        return self._mk_worker._mk_ident if self._mk_worker is not None else None  # type: ignore[return-value]
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of the counters."""
+        return ConnectionStatistics(
+            bytes_in=self._mk_bytes_in,
+            bytes_out=self._mk_bytes_out,
+            messages_in=self._mk_out,
+            messages_out=self._mk_writes,
+            paused_reads=self._mk_paused_reads,
+            held_writes=self._mk_held_writes,
+            dropped=self._mk_dropped,
+            state=self._mk_cstate,
+        )
+
+    def handle_inspect(self) -> dict[str, str]:
+        """The counters, the state, the worker and whether it reads and writes."""
+        info = super().handle_inspect()
+        info["state"] = self._mk_cstate.name.lower()
+        info["worker"] = repr(self.worker)
+        info["peer"] = str(self.peer)
+        info["reading"] = "on" if self._mk_reading else "paused"
+        info["writing"] = "held" if self._mk_held else "on"
+        return info
+
+    # -- broadcast hooks: a transport that encodes (JSON, UTF-8) overrides them, so
+    # one broadcast encodes once per kind of connection, not once per connection.
+
+    prepare_key: Any = None
+    """Connections with the same key share what :meth:`prepare` returns in a broadcast."""
+
+    def prepare(self, data: Any) -> Any:
+        """Hook for :func:`broadcast`: encode ``data`` once for every connection with this key."""
+        return None
+
+    def write_prepared(self, data: Any, prepared: Any) -> int:
+        """Hook for :func:`broadcast`: :meth:`write` ``data``, ``prepared`` by :meth:`prepare`."""
+        return self.write(data)
+
+    def handle_message(self, sender: PID, message: Any) -> None:
+        """Write ``message_type(conn, data)`` with :meth:`write`; anything else is logged.
+
+        A write after the connection has closed is dropped and counted.
+        """
+        if message.__class__ is self._mk_make:
+            if self.writable:
+                self._mk_bytes_out += self.write(message.data)  # type: ignore[attr-defined]
+                self._mk_writes += 1
+                if self._mk_idle is not None:
+                    self._mk_last = self._mk_loop.time()
+            else:
+                self._mk_dropped += 1  # the worker will see the Disconnect
+        elif message.__class__ is Down and message.ref == self._mk_worker_ref:
+            # Our pool worker ended, however: nobody reads this connection any more.
+            self._mk_close(message.reason, abort=False)
+            self._mk_end(message.reason)
+        else:
+            self.log.warning("unexpected message %r from %r", message, sender)
+
+    def _mk_write_prepared(self, data: Any, prepared: Any) -> None:
+        # A broadcast's write: handle_message's, with the encoding done once.
+        if self.writable:
+            self._mk_bytes_out += self.write_prepared(data, prepared)
+            self._mk_writes += 1
+        else:
+            self._mk_dropped += 1
+
+    # -- reading: back-pressure ----------------------------------------------------------
+
+    def _mk_pause(self) -> None:
+        assert self._mk_worker is not None
+        if not self._mk_paused:
+            self._mk_paused = True
+            self._mk_paused_reads += 1
+            self._mk_update_reading()
+        self._mk_worker._mk_notify(self._mk_resume, behind=self._mk_low)
+
+    def _mk_resume(self) -> None:
+        """Run by the worker's drain when it reaches our marker."""
+        if self._mk_state != RUNNING or not self._mk_flush():
+            return
+        if self._mk_pending_end is not None:
+            reason, self._mk_pending_end = self._mk_pending_end, None
+            self.finish(reason)
+            return
+        if self._mk_eof:
+            self._mk_mark_eof()
+            return
+        if self._mk_paused:
+            self._mk_paused = False
+            self._mk_update_reading()
+
+    def _mk_flush(self) -> bool:
+        """Move parked frames to the worker; False if some still wait (marker re-set)."""
+        worker = self._mk_worker
+        assert worker is not None
+        backlog = self._mk_backlog
+        while backlog:
+            if worker._mk_state == DEAD:
+                backlog.clear()
+                return False
+            if worker._mk_pending > self._mk_high:  # behind again: the next marker resumes
+                self._mk_pause()
+                return False
+            try:
+                worker._mk_deliver(self._mk_sender, self._mk_make(self._mk_alias, backlog[0]))
+            except MailboxFull:  # wait for the worker to make room
+                self._mk_pause()
+                return False
+            backlog.popleft()
+            self._mk_out += 1
+        return True
+
+    def _mk_update_reading(self) -> None:
+        want = not (self._mk_paused or self._mk_wblocked or self._mk_eof or self._mk_closed)
+        if want != self._mk_reading:
+            self._mk_reading = want
+            if not self._mk_closed and not self._mk_eof:
+                self.set_reading(want)
+
+    def _mk_update_hold(self) -> None:
+        want = self._mk_wblocked or self._mk_cstate is _INTERRUPTED
+        if want and not self._mk_held:
+            self._mk_hold()
+        elif not want and self._mk_held:
+            self._mk_unhold()
+
+    def _mk_mark_eof(self) -> None:
+        worker = self._mk_worker
+        if worker is None or not worker._mk_notify(self._mk_eof_reached):
+            self._mk_eof_reached()
+
+    def _mk_eof_reached(self) -> None:
+        # The worker has handled every message read before EOF; what it sent
+        # meanwhile is queued here. Close after those writes, in order.
+        if self._mk_state == RUNNING and not self._mk_closed:
+            self._mk_notify(self._mk_close_after_eof)
+
+    def _mk_close_after_eof(self) -> None:
+        self.finish("closed")
+
+    def _mk_check_idle(self) -> None:
+        self._mk_timer = None
+        if self._mk_state != RUNNING or self._mk_closed:
+            return
+        assert self._mk_idle is not None
+        left = self._mk_last + self._mk_idle - self._mk_loop.time()
+        if left > 0:
+            self._mk_timer = self._mk_loop.call_later(left, self._mk_check_idle)
+        else:
+            self.finish("idle")
+
+    # -- ending ------------------------------------------------------------------------
+
+    def _mk_close(self, reason: Any, abort: bool) -> None:
+        if self._mk_timer is not None:
+            self._mk_timer.cancel()
+            self._mk_timer = None
+        self.writable = False
+        if not self._mk_closed:
+            self._mk_closed = True
+            self.close_transport(reason, abort or self._mk_held)
+
+    def _mk_send_disconnect(self, reason: Any) -> None:
+        if self._mk_disconnected:
+            return
+        self._mk_disconnected = True
+        worker = self._mk_worker
+        if worker is not None and worker._mk_state != DEAD:
+            worker._mk_deliver_system(self._mk_sender, self.disconnect_message(reason))
+
+    def _mk_trap(self, sig: Signal) -> Any:
+        if sig.link and sig.reason == "normal":
+            return IGNORE
+        worker = self._mk_worker
+        if not sig.forced and worker is not None and worker._mk_state != DEAD:
+            self.finish(sig.reason)  # the meta ends once the worker has seen the Disconnect
+            return IGNORE
+        return None
+
+    def _mk_signal(self, sig: Signal) -> None:
+        if sig.link and sig.reason == "normal":
+            return  # as for any meta: a link's "normal" changes nothing
+        # A forced exit cannot wait behind writes the peer is not reading, and
+        # an interrupted connection has nothing to flush: end now.
+        stuck = (sig.forced and self._mk_held) or self._mk_cstate is _INTERRUPTED
+        if stuck and self._mk_state == RUNNING and sig.reason != "kill":
+            self._mk_end(sig.reason)
+        else:
+            super()._mk_signal(sig)
+
+    def terminate(self, reason: Any) -> None:
+        """Close the transport (abort on ``"kill"``) and send the Disconnect, each once."""
+        self._mk_close(reason, abort=reason == "kill")
+        self._mk_send_disconnect(reason)
+        self._mk_cstate = _CLOSED
+        if self._mk_group is not None:
+            self._mk_group.discard(self)
+
+
+class ConnectionSet:
+    """The open connections of a server or handler, which end with it.
+
+    ::
+
+        self.conns = ConnectionSet(self)       # in the server's __init__
+        self.conns.add(conn)                   # once spawned; it leaves when it ends
+        self.conns.end_all(reason)             # in the server's terminate
+
+    Args:
+        owner: the meta that owns the connections (its Alias is the source of
+            their exit signal).
+    """
+
+    __slots__ = ("_conns", "_empty", "owner")
+
+    def __init__(self, owner: Meta) -> None:
+        self.owner = owner
+        self._conns: set[Connection] = set()
+        self._empty: asyncio.Future[None] | None = None
+
+    def add(self, conn: Connection) -> None:
+        """Hold ``conn`` until it ends."""
+        conn._mk_group = self
+        self._conns.add(conn)
+
+    def discard(self, conn: Connection) -> None:
+        """Forget ``conn`` (it has ended)."""
+        self._conns.discard(conn)
+        if not self._conns and self._empty is not None and not self._empty.done():
+            self._empty.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._conns))
+
+    def end_all(self, reason: Any) -> None:
+        """End every connection with ``reason``, forced: in order with its mailbox,
+        but past held writes and without lingering (the owner is going)."""
+        owner = self.owner
+        ending = Signal(owner._mk_alias, owner._mk_parent_proc._mk_pid, reason, forced=True)
+        for conn in list(self._conns):
+            conn._mk_signal(ending)
+
+    def wait_empty(self) -> asyncio.Future[None] | None:
+        """A future done when every connection has ended; None if none is open."""
+        if not self._conns:
+            return None
+        if self._empty is None or self._empty.done():
+            self._empty = self.owner._mk_loop.create_future()
+        return self._empty
+
+
+def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
+    """Send ``data`` to every connection in ``conns``; return how many took it.
+
+    The same as ``sender.send(conn, Message(conn, data))`` for each, in order
+    with the sender's other messages to them, but cheaper per connection,
+    and a broadcast does not stop half-way:
+
+    * a connection that is gone is skipped (its Disconnect is on its way to
+      its worker), where ``send`` would raise ``NoProcess``;
+    * a connection whose bounded mailbox is full (a peer far behind) is
+      skipped and counts it in its ``dropped`` statistic, where ``send``
+      would raise ``MailboxFull``;
+    * ``data`` is encoded once per kind of connection
+      (:meth:`Connection.prepare`), not once per connection.
+
+    Raises:
+        TypeError: ``data`` cannot be encoded for one of the connections.
+    """
+    table = sender._mk_table
+    pid = sender._mk_pid
+    prepared: dict[Any, Any] = {}
+    took = 0
+    for conn in conns:
+        target = table.get(conn.id)
+        if not isinstance(target, Connection):
+            continue  # gone
+        key = target.prepare_key
+        if key in prepared:
+            ready = prepared[key]
+        else:
+            ready = prepared[key] = target.prepare(data)
+        if not target._mk_scheduled:
+            # Idle: write now, as Process.send does for an idle eager meta.
+            target._mk_run_now(target._mk_write_prepared, data, ready)
+        else:
+            # Busy or held: it takes this in its turn.
+            try:
+                target._mk_deliver(pid, target._mk_make(conn, data))
+            except MailboxFull:
+                target._mk_dropped += 1
+                continue
+        took += 1
+    sender._mk_out += took
+    return took
