@@ -9,24 +9,37 @@ Fixtures:
 
 Helpers: :data:`TIMEOUT` (seconds, scaled by ``METAKIT_TEST_TIMEOUT_FACTOR``),
 :func:`wait_until` (poll a condition with a deadline), :class:`Probe` (a
-process whose mailbox a test reads with ``await probe.receive()``) and
-:class:`LeakCheck`.
+process whose mailbox a test reads with ``await probe.receive()``),
+:class:`LeakCheck`, and :func:`check_meta_lifecycle`, the conformance check
+every ready meta passes and a meta of yours can run in its tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from .ids import PID
+from .errors import NoProcess
+from .ids import PID, Alias, Ref
+from .messages import Down, Exit
+from .meta import Meta
 from .node import Node
 from .process import Process
 
-__all__ = ["TIMEOUT", "LeakCheck", "Probe", "open_sockets", "wait_until"]
+__all__ = [
+    "ENDINGS",
+    "TIMEOUT",
+    "LeakCheck",
+    "Probe",
+    "check_meta_lifecycle",
+    "open_sockets",
+    "wait_until",
+]
 
 TIMEOUT = 5.0 * float(os.environ.get("METAKIT_TEST_TIMEOUT_FACTOR", "1"))
 """The unit of patience in tests, in seconds; CI machines may scale it up."""
@@ -169,6 +182,213 @@ class LeakCheck:
             await wait_until(lambda: not self.leftovers(), timeout)
         except TimeoutError:
             raise AssertionError(f"left behind after the test: {self.leftovers()}") from None
+
+
+ENDINGS = ("normal", "kill", "parent", "stop")
+"""The ways :func:`check_meta_lifecycle` ends a meta: ``send_exit(meta, "normal")``
+from its parent, ``"kill"``, its parent ending (``"shutdown"``), and ``node.stop()``."""
+
+
+class _Owner(Probe):
+    """The parent in a lifecycle check: a Probe that spawns and links on request."""
+
+    async def handle_call(self, sender: Any, request: Any) -> Any:
+        match request:
+            case ("spawn", meta):
+                alias = await self.spawn_meta(meta)
+                self.link(alias)  # trap_exit: its end arrives as one Exit
+                return alias
+            case ("exit", alias, reason):
+                self.send_exit(alias, reason)
+                return None
+        return super().handle_call(sender, request)  # as a Probe: a worker's calls
+
+
+class _Watcher(Probe):
+    """Monitors the meta in a lifecycle check."""
+
+    def handle_call(self, sender: Any, request: Any) -> Any:
+        return self.monitor(request)
+
+
+def _count_terminate(cls: type[Meta]) -> tuple[dict[int, int], Callable[[], None]]:
+    # Counting on the class: a slotted meta takes no attribute on the instance.
+    counts: dict[int, int] = {}
+    had = "terminate" in cls.__dict__
+    original = cls.__dict__.get("terminate")
+    inherited = cls.terminate
+
+    def terminate(self: Meta, reason: Any) -> None:
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        inherited(self, reason)
+
+    terminate.__doc__ = inherited.__doc__
+    cls.terminate = terminate  # type: ignore[method-assign]
+
+    def restore() -> None:
+        if had:
+            cls.terminate = original  # type: ignore[method-assign,assignment]
+        else:
+            del cls.terminate
+
+    return counts, restore
+
+
+async def check_meta_lifecycle(
+    make_meta: Callable[[Probe], Meta | Awaitable[Meta]],
+    *,
+    exercise: Callable[[Probe, Meta], Awaitable[Any]] | None = None,
+    timeout: float = TIMEOUT,
+    endings: Sequence[str] = ENDINGS,
+) -> None:
+    """Check that a meta keeps the lifecycle every meta promises (DESIGN.md §4, §7).
+
+    For each way of ending it (:data:`ENDINGS`), on a node of its own: a
+    parent :class:`Probe` (trapping exits) spawns ``make_meta(parent)`` and
+    links to it, another process monitors it, ``exercise(parent, meta)``
+    (when given) puts it to work — the parent's inbox holds what the meta
+    sent it — and then the meta is ended. It must then hold that:
+
+    * ``terminate`` ran exactly once;
+    * the meta is gone: out of ``node.metas()``, ``send`` raises ``NoProcess``;
+    * the parent was told once (an ``Exit`` over the link, unless the parent
+      is what ended) and its ``process_info`` no longer lists the meta;
+    * the monitor got exactly one ``Down`` for it, with the exit reason;
+    * nothing is left: no socket, task or thread made since the start
+      outlives the meta (or, for ``"stop"``, the node).
+
+    (On ``"stop"`` the parent and the monitor stop too, so those two are
+    not checked there.)
+
+    ::
+
+        async def test_my_meta_lifecycle() -> None:
+            await check_meta_lifecycle(lambda parent: LineTail(path))
+
+    Args:
+        make_meta: makes a fresh, unspawned meta for each run (plain or async);
+            it gets the parent Probe (a worker for a handler, say).
+        exercise: awaited once the meta runs, to drive it (connect a client...).
+        timeout: seconds each property gets to come true.
+        endings: which of :data:`ENDINGS` to run.
+
+    Raises:
+        AssertionError: naming the ending and the property that failed.
+    """
+    for ending in endings:
+        if ending not in ENDINGS:
+            raise ValueError(f"unknown ending {ending!r}; choose from {ENDINGS}")
+        await _check_ending(make_meta, exercise, timeout, ending)
+
+
+async def _check_ending(
+    make_meta: Callable[[Probe], Meta | Awaitable[Meta]],
+    exercise: Callable[[Probe, Meta], Awaitable[Any]] | None,
+    timeout: float,
+    ending: str,
+) -> None:
+    def fail(what: str) -> AssertionError:
+        return AssertionError(f"check_meta_lifecycle[{ending}]: {what}")
+
+    leaks = LeakCheck()
+    node = Node(f"lifecycle-{ending}@localhost")
+    await node.start()
+    restore: Callable[[], None] | None = None
+    try:
+        holder: list[Probe] = []
+        parent_pid = await node.spawn(_Owner, holder)
+        parent = holder[0]
+        holder.clear()
+        watcher_pid = await node.spawn(_Watcher, holder)
+        watcher = holder[0]
+        made = make_meta(parent)
+        meta = await made if inspect.isawaitable(made) else made
+        counts, restore = _count_terminate(type(meta))
+        alias: Alias = await node.call(parent_pid, ("spawn", meta), timeout)
+        ref: Ref = await node.call(watcher_pid, alias, timeout)
+        if exercise is not None:
+            await asyncio.wait_for(exercise(parent, meta), timeout)
+        if alias not in node.metas():
+            raise fail("the meta ended while being exercised, before the check ended it")
+        gone = node.wait_exit(alias, timeout)
+        if ending == "normal":
+            await node.call(parent_pid, ("exit", alias, "normal"), timeout)
+        elif ending == "kill":
+            node.kill(alias)
+        elif ending == "parent":
+            node.send_exit(parent_pid, "shutdown")
+        else:
+            await node.stop(timeout=timeout)
+        try:
+            reason = await gone
+        except TimeoutError:
+            raise fail(f"still alive {timeout:g} s after it was ended") from None
+        runs = counts.get(id(meta), 0)
+        if runs != 1:
+            raise fail(f"terminate ran {runs} times, not once")
+        if alias in node.metas():
+            raise fail("still listed by node.metas() after it ended")
+        if node.running:
+            try:
+                node.send(alias, "anyone there?")
+            except NoProcess:
+                pass
+            else:
+                raise fail("send to it did not raise NoProcess after it ended")
+            if ending != "parent" and alias in node.process_info(parent_pid).metas:
+                raise fail("its parent's process_info still lists it")
+        if ending == "stop":
+            return  # the parent and the monitor are stopped too: nobody is left to tell
+        downs = await _collect(watcher, lambda m: isinstance(m, Down) and m.ref == ref, timeout)
+        if len(downs) != 1:
+            raise fail(f"the monitor got {len(downs)} Down messages, not one: {downs}")
+        if downs[0].reason != reason:
+            raise fail(f"Down says {downs[0].reason!r}, the exit was {reason!r}")
+        if ending != "parent":  # the parent is what ended
+            exits = await _collect(
+                parent, lambda m: isinstance(m, Exit) and m.source == alias, timeout
+            )
+            if len(exits) != 1:
+                raise fail(f"the parent got {len(exits)} Exit messages over its link, not one")
+        try:
+            await leaks.check(timeout)
+        except AssertionError as exc:
+            raise fail(f"its object outlived it: {exc}") from None
+    finally:
+        if restore is not None:
+            restore()
+        await node.stop(timeout=timeout)
+    try:
+        await leaks.check(timeout)
+    except AssertionError as exc:
+        raise fail(str(exc)) from None
+
+
+async def _collect(probe: Probe, match: Callable[[Any], bool], timeout: float) -> list[Any]:
+    """Wait for one message ``match`` accepts in ``probe``'s inbox, then a few loop
+    turns for a duplicate; every match, in order (the others are left)."""
+    found: list[Any] = []
+    seen: list[tuple[PID, Any]] = []
+
+    def scan() -> bool:
+        while not probe.inbox.empty():
+            item = probe.inbox.get_nowait()
+            if match(item[1]):
+                found.append(item[1])
+            else:
+                seen.append(item)
+        return bool(found)
+
+    try:
+        await wait_until(scan, timeout)
+    except TimeoutError:
+        pass
+    for _ in range(10):  # a duplicate would be queued by now: deliveries are synchronous
+        await asyncio.sleep(0)
+        scan()
+    for item in seen:
+        probe.inbox.put_nowait(item)
+    return found
 
 
 async def _node_fixture() -> AsyncIterator[Node]:
