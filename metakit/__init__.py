@@ -11,7 +11,8 @@ are in the subpackages ``metakit.tcp``, ``metakit.udp``, ``metakit.web`` and
 from __future__ import annotations
 
 from ._run import loop_factory, run
-from .connection import Connection, ConnectionSet, ConnectionStatistics, ConnState, broadcast
+from .connection import Connection, ConnectionStatistics, ConnState
+from .connections import ConnectionSet, broadcast
 from .errors import (
     CallTimeout,
     FrameDecodeError,

@@ -273,7 +273,7 @@ class Meta(Mailbox):
         Raises:
             NodeNotRunning: the node is stopping.
         """
-        return self._mk_node._spawn_meta_now(meta, self._mk_parent_proc, mailbox_size)
+        return self._mk_node._actors.spawn_meta_now(meta, self._mk_parent_proc, mailbox_size)
 
     def create_task(
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
@@ -283,7 +283,7 @@ class Meta(Mailbox):
         It is not cancelled when this meta ends: it is for work that outlives
         a plain ``terminate``, such as a graceful close that must await.
         """
-        return self._mk_node._linger(coro, name or f"metakit {self._mk_alias!r} task")
+        return self._mk_node._shutdown.track(coro, name or f"metakit {self._mk_alias!r} task")
 
     def reply(self, caller: Caller, value: Any) -> None:
         """Answer a call for which ``handle_call`` returned ``NO_REPLY``."""
@@ -294,7 +294,7 @@ class Meta(Mailbox):
 
         From a plain ``def start`` thread, call :meth:`spawn_from_thread` instead.
         """
-        return await self._mk_node._spawn_meta(meta, self._mk_parent_proc, mailbox_size)
+        return await self._mk_node._actors.spawn_meta(meta, self._mk_parent_proc, mailbox_size)
 
     def spawn_from_thread(self, meta: Meta, *, mailbox_size: int = 0) -> Alias:
         """:meth:`spawn` for the main-loop thread of a plain ``def start``; blocks."""
@@ -341,7 +341,7 @@ class Meta(Mailbox):
                 target=self._mk_run_thread, name=f"metakit {self._mk_alias!r}", daemon=True
             )
             self._mk_thread = thread
-            self._mk_node._threads.add(thread)
+            self._mk_node._shutdown.threads.add(thread)
             thread.start()
 
     async def _mk_run_task(self) -> None:
@@ -371,7 +371,7 @@ class Meta(Mailbox):
             pass
 
     def _mk_thread_done(self, reason: Any) -> None:
-        self._mk_node._thread_ended(self._mk_thread)
+        self._mk_node._shutdown.thread_ended(self._mk_thread)
         if self._mk_state == RUNNING:
             if isinstance(reason, BaseException):
                 self.log.error("main loop raised", exc_info=reason)
@@ -397,7 +397,7 @@ class Meta(Mailbox):
         drain = self._mk_task  # a coroutine handler must not outlive terminate
         if drain is not None and drain is not current:
             drain.cancel()
-        self._mk_node._reap(self, reason)
+        self._mk_node._actors.reap(self, reason)
 
     def _mk_kill(self) -> None:
         if self._mk_state >= EXITING:

@@ -16,10 +16,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from . import _introspect
+from ._actors import Actors
 from ._deadlines import Deadlines
 from ._envelope import Signal
 from ._events import Events
@@ -27,8 +28,8 @@ from ._links import Links
 from ._malloc import warm_allocator
 from ._registry import Registry
 from ._scheduler import Scheduler
-from ._state import DEAD, EXITING, RUNNING
-from .errors import MetakitError, NodeNotRunning, NoProcess, ProcessExited, Stop
+from ._shutdown import Shutdown
+from .errors import MetakitError, NodeNotRunning, NoProcess
 from .ids import PID, Alias, Target, _next_id
 from .info import MetaInfo, ProcessInfo
 from .mailbox import Mailbox, current_actor
@@ -76,16 +77,13 @@ class Node:
         self._registry = Registry()
         self._events = Events(name, self._pid)
         self._links = Links(name, self._pid, self._registry, self._events)
-        self._threads: set[threading.Thread] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._shutdown = Shutdown(self)
+        self._actors = Actors(self)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._scheduler: Scheduler = None  # type: ignore[assignment]
         self._thread_id = 0
         self._started_at = 0.0
         self._running = False
-        self._stop_task: asyncio.Task[None] | None = None
-        self._empty: asyncio.Future[None] | None = None
-        self._threads_done: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -93,7 +91,7 @@ class Node:
         """Bind the node to the running loop; ``async with`` calls it for you."""
         if self._running:
             raise MetakitError(f"node {self.name!r} is already running")
-        if self._stop_task is not None:
+        if self._shutdown.task is not None:
             raise NodeNotRunning(f"node {self.name!r} was stopped; create a new Node")
         self._loop = asyncio.get_running_loop()
         self._scheduler = Scheduler(self._loop)
@@ -144,15 +142,14 @@ class Node:
         plain handler, call it without ``await``.
         """
         loop = self._loop or asyncio.get_running_loop()
-        if self._loop is None or current_actor.get() is not None:
-            if self._loop is not None and self._stop_task is None:
-                self._stop_task = loop.create_task(self._shutdown(timeout), name="metakit stop")
+        shutdown = self._shutdown
+        if self._loop is not None and shutdown.task is None:
+            shutdown.task = loop.create_task(shutdown.run(timeout), name="metakit stop")
+        if shutdown.task is None or current_actor.get() is not None:
             done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
             return done
-        if self._stop_task is None:
-            self._stop_task = loop.create_task(self._shutdown(timeout), name="metakit stop")
-        return asyncio.shield(self._stop_task)
+        return asyncio.shield(shutdown.task)
 
     def stop_force(self) -> None:
         """Kill every process and meta at once (no process ``terminate``; metas still close)."""
@@ -161,66 +158,6 @@ class Node:
         # exit signal its parent's death queued for it.
         for actor in reversed(list(self._registry.table.values())):
             actor._mk_kill()
-
-    async def _shutdown(self, timeout: float) -> None:
-        loop = self._loop
-        deadline = loop.time() + timeout
-        # First the metas take no new work and finish what is in flight while
-        # every process still runs to answer; at most half the time.
-        finishing = self._quiesce_metas()
-        if finishing:
-            await asyncio.wait(finishing, timeout=timeout / 2)
-        # Until here a worker could still spawn (a supervisor restart, a client
-        # for a request in flight); from here on nothing new starts.
-        self._running = False
-        table = self._registry.table
-        # Newest first, so children tend to go before the supervisors that own them.
-        for actor in reversed([a for a in table.values() if isinstance(a, Process)]):
-            actor._mk_signal(Signal(self._pid, self._pid, "shutdown", forced=True))
-        if table:
-            self._empty = loop.create_future()
-            try:
-                await asyncio.wait_for(
-                    asyncio.shield(self._empty), max(0.0, deadline - loop.time())
-                )
-            except TimeoutError:
-                alive = self._registry.processes()
-                self._logger.warning("still alive %g s after stop(); killing %s", timeout, alive)
-                self.stop_force()
-        # Meta threads were told to stop (terminate closed their objects).
-        if self._threads:
-            self._threads_done = loop.create_future()
-            try:
-                await asyncio.wait_for(
-                    asyncio.shield(self._threads_done), max(1.0, deadline - loop.time())
-                )
-            except TimeoutError:
-                names = sorted(t.name for t in self._threads)
-                self._logger.warning("meta threads did not end after stop(): %s", names)
-        tasks = [t for t in self._tasks if not t.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()))
-        self._deadlines.close()
-
-    def _quiesce_metas(self) -> list[asyncio.Future[Any]]:
-        finishing: list[asyncio.Future[Any]] = []
-        for actor in list(self._registry.table.values()):
-            if isinstance(actor, Meta) and actor._mk_state == RUNNING:
-                try:
-                    work = actor.quiesce()
-                except Exception:
-                    actor.log.exception("exception in quiesce")
-                    continue
-                if asyncio.iscoroutine(work):  # tracked, so the end of stop() waits for it
-                    finishing.append(self._linger(work, f"metakit quiesce {actor._mk_ident!r}"))
-                elif work is not None:
-                    finishing.append(asyncio.ensure_future(work))
-        return finishing
-
-    def _thread_ended(self, thread: threading.Thread | None) -> None:
-        self._threads.discard(thread)
-        if not self._threads and self._threads_done is not None and not self._threads_done.done():
-            self._threads_done.set_result(None)
 
     # -- spawning ----------------------------------------------------------------
 
@@ -247,107 +184,7 @@ class Node:
             NodeNotRunning: the node is stopped or stopping.
             Exception: whatever ``init`` raised; nothing of the process is left.
         """
-        return await self._spawn(cls, args, kwargs, None, name, False, mailbox_size, env)
-
-    async def _spawn(
-        self,
-        cls: type[P],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        parent: Process | None,
-        name: str | None,
-        link: bool,
-        mailbox_size: int,
-        env: Mapping[str, Any] | None,
-    ) -> PID:
-        self._check_running()
-        if not (isinstance(cls, type) and issubclass(cls, Process)):
-            raise TypeError(f"spawn() needs a Process subclass, not {cls!r}")
-        proc = cls()
-        pid = PID(self.name, _next_id())
-        merged = dict(parent._mk_env) if parent is not None and parent._mk_env else None
-        if env:
-            merged = {**(merged or {}), **env}
-        proc._mk_setup(self, pid, parent._mk_pid if parent else self._pid, mailbox_size, merged)
-        self._registry.table[pid.id] = proc
-        try:
-            if name is not None:
-                self._registry.register(name, pid)
-            if link and parent is not None:
-                self._links.link(parent, proc)
-            token = current_actor.set(proc)  # stop() awaited in init must not wait for itself
-            try:
-                result = proc.init(*args, **kwargs)
-                if result is not None:
-                    await result
-            finally:
-                current_actor.reset(token)
-        except BaseException as exc:
-            self._abort(proc, exc, parent)
-            if isinstance(exc, Stop):
-                raise ProcessExited(pid, exc.reason) from exc
-            raise
-        if proc._mk_state == DEAD:
-            raise ProcessExited(pid, "kill")
-        proc._mk_release()
-        return pid
-
-    async def _spawn_meta(self, meta: Meta, parent: Process, mailbox_size: int) -> Alias:
-        alias = self._add_meta(meta, parent, mailbox_size)
-        try:
-            await meta.init()
-        except BaseException as exc:
-            self._abort(meta, exc)
-            raise
-        self._run_meta(meta)
-        return alias
-
-    def _spawn_meta_now(self, meta: Meta, parent: Process, mailbox_size: int = 0) -> Alias:
-        alias = self._add_meta(meta, parent, mailbox_size)
-        self._run_meta(meta)
-        return alias
-
-    def _add_meta(self, meta: Meta, parent: Process, mailbox_size: int) -> Alias:
-        self._check_running()
-        if not isinstance(meta, Meta):
-            raise TypeError(f"spawn_meta() needs a Meta instance, not {meta!r}")
-        if parent._mk_state >= EXITING:  # init is fine: servers bind in init
-            raise NoProcess(parent._mk_pid)
-        alias = Alias(self.name, _next_id())
-        meta._mk_setup(self, alias, parent, mailbox_size or meta.mailbox_size)
-        self._registry.table[alias.id] = meta
-        if parent._mk_metas is None:
-            parent._mk_metas = set()
-        parent._mk_metas.add(meta)
-        return alias
-
-    def _run_meta(self, meta: Meta) -> None:
-        if meta._mk_state == DEAD:
-            raise ProcessExited(meta._mk_alias, "kill")
-        meta._mk_release()
-        meta._mk_start_main()
-        if meta._mk_main is not None:
-            self._tasks.add(meta._mk_main)
-            meta._mk_main.add_done_callback(self._tasks.discard)
-
-    def _linger(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run work that outlives a meta's (plain) terminate; stop() waits for it."""
-        task = self._loop.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def _abort(self, actor: Mailbox, reason: Any, spawner: Mailbox | None = None) -> None:
-        """Undo a spawn whose init failed: the spawner hears it as an exception,
-        not an exit signal; anything else linked (children spawned in init) is
-        told as usual; metas are closed now."""
-        if actor._mk_state == DEAD:
-            return
-        if spawner is not None:
-            self._links.unlink(actor, spawner)
-        for meta in list(getattr(actor, "_mk_metas", None) or ()):
-            meta._mk_end(reason)
-        self._reap(actor, reason)
+        return await self._actors.spawn(cls, args, kwargs, None, name, False, mailbox_size, env)
 
     def _check_running(self) -> None:
         if not self._running:
@@ -414,38 +251,6 @@ class Node:
         return self.env.get(key, default)
 
     # -- death -----------------------------------------------------------------------
-
-    def _reap(self, actor: Mailbox, reason: Any) -> None:
-        """Remove a dead actor and tell everyone who asked to know."""
-        if actor._mk_state == DEAD:
-            return
-        actor._mk_state = DEAD
-        actor._mk_limit = -1
-        self._registry.remove(actor)
-        actor._mk_fail_calls(reason)
-        if isinstance(actor, Process):
-            sender = actor._mk_pid
-            metas = actor._mk_metas
-            if metas:
-                actor._mk_metas = None
-                parent_exit = Signal(sender, sender, reason, forced=True)
-                for meta in list(metas):
-                    meta._mk_signal(parent_exit)
-        else:
-            sender = actor._mk_parent_proc._mk_pid  # type: ignore[attr-defined]
-            owner = actor._mk_parent_proc._mk_metas  # type: ignore[attr-defined]
-            if owner:
-                owner.discard(actor)
-        self._links.actor_died(actor, sender, reason)
-        self._events.forget(actor, reason)
-        waiters = actor._mk_waiters
-        if waiters:
-            actor._mk_waiters = None
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(reason)
-        if not self._registry.table and self._empty is not None and not self._empty.done():
-            self._empty.set_result(None)
 
     def wait_exit(self, to: Target, timeout: float | None = None) -> Awaitable[Any]:
         """Await this to wait until a process or meta has ended; it gives the exit reason.

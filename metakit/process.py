@@ -215,7 +215,7 @@ class Process(Mailbox):
             mailbox_size: bound of the child's mailbox (0: unbounded).
             env: environment entries for the child (it inherits the rest from this process).
         """
-        return await self._mk_node._spawn(
+        return await self._mk_node._actors.spawn(
             cls, args, kwargs, parent=self, name=name, link=link, mailbox_size=mailbox_size, env=env
         )
 
@@ -225,7 +225,7 @@ class Process(Mailbox):
         Returns once the meta's ``init`` has finished; an exception there is
         raised here. The meta ends when this process ends.
         """
-        return await self._mk_node._spawn_meta(meta, self, mailbox_size)
+        return await self._mk_node._actors.spawn_meta(meta, self, mailbox_size)
 
     # -- names, links, monitors ------------------------------------------------
 
@@ -328,7 +328,7 @@ class Process(Mailbox):
                 self.terminate(reason)
             except Exception:
                 self.log.exception("exception in terminate")
-        self._mk_node._reap(self, reason)
+        self._mk_node._actors.reap(self, reason)
 
     async def _mk_end_async(self, reason: Any) -> None:
         if self._mk_state >= EXITING:
@@ -342,14 +342,14 @@ class Process(Mailbox):
             except Exception:
                 self.log.exception("exception in terminate")
         if self._mk_state != DEAD:
-            self._mk_node._reap(self, reason)
+            self._mk_node._actors.reap(self, reason)
 
     def _mk_kill(self) -> None:
         if self._mk_state == DEAD:
             return
         self._mk_state = EXITING
         self._mk_node._cancel_drain(self)
-        self._mk_node._reap(self, "kill")
+        self._mk_node._actors.reap(self, "kill")
 
     def __repr__(self) -> str:
         pid = getattr(self, "_mk_pid", None)

@@ -13,6 +13,7 @@ import metakit
 
 CORE_MODULES = [
     "connection",
+    "connections",
     "errors",
     "ids",
     "info",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..connection import ConnectionSet
+from ..connections import ConnectionSet
 from ..errors import MetakitError
 from ..framing import Framer, Raw
 from ..ids import PID

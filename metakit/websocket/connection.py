@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 
 from .._eager import Pump
-from ..connection import Connection, broadcast
+from ..connection import Connection
+from ..connections import broadcast
 from .messages import WSDisconnect, WSMessage
 
 __all__ = ["WSConnectionBase", "broadcast", "close_code"]

@@ -11,7 +11,8 @@ from aiohttp import WSMsgType, web
 
 from .._compat import mark_coroutine_function
 from .._eager import Pump
-from ..connection import ConnectionSet, ConnState
+from ..connection import ConnState
+from ..connections import ConnectionSet
 from ..errors import MetakitError
 from ..ids import PID
 from ..meta import Meta
