@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -92,7 +93,6 @@ from .messages import Down
 from .meta import Meta
 
 if TYPE_CHECKING:
-    from .connections import ConnectionSet
     from .framing import Framer
     from .mailbox import Mailbox
 
@@ -185,13 +185,13 @@ class Connection(Meta):
         "_mk_disconnected",
         "_mk_dropped",
         "_mk_eof",
-        "_mk_group",
         "_mk_held_writes",
         "_mk_high",
         "_mk_idle",
         "_mk_last",
         "_mk_low",
         "_mk_make",
+        "_mk_on_end",
         "_mk_paused",
         "_mk_paused_reads",
         "_mk_pending_end",
@@ -229,7 +229,7 @@ class Connection(Meta):
         self._mk_worker: Mailbox | None = None
         self._mk_worker_ref: Ref | None = None
         self._mk_sender: PID | None = None  # the parent: messages to the worker come from it
-        self._mk_group: ConnectionSet | None = None
+        self._mk_on_end: Callable[[Connection], None] | None = None  # its ConnectionSet's
         self._mk_backlog: deque[Any] = deque()  # frames read while the worker was behind
         self._mk_pending_end: Any = None
         self._mk_paused = False  # the worker is behind
@@ -435,11 +435,11 @@ class Connection(Meta):
     """Connections with the same key share what :meth:`prepare` returns in a broadcast."""
 
     def prepare(self, data: Any) -> Any:
-        """Hook for :func:`~metakit.connections.broadcast`: encode ``data`` once for every connection with this key."""
+        """Broadcast hook: encode ``data`` once for every connection with this key."""
         return None
 
     def write_prepared(self, data: Any, prepared: Any) -> int:
-        """Hook for :func:`~metakit.connections.broadcast`: :meth:`write` ``data``, ``prepared`` by :meth:`prepare`."""
+        """Broadcast hook: :meth:`write` ``data``, ``prepared`` by :meth:`prepare`."""
         return self.write(data)
 
     def handle_message(self, sender: PID, message: Any) -> None:
@@ -599,5 +599,5 @@ class Connection(Meta):
         self._mk_close(reason, abort=reason == "kill")
         self._mk_send_disconnect(reason)
         self._mk_cstate = _CLOSED
-        if self._mk_group is not None:
-            self._mk_group.discard(self)
+        if self._mk_on_end is not None:
+            self._mk_on_end(self)

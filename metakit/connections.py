@@ -47,7 +47,7 @@ class ConnectionSet:
 
     def add(self, conn: Connection) -> None:
         """Hold ``conn`` until it ends."""
-        conn._mk_group = self
+        conn._mk_on_end = self.discard
         self._conns.add(conn)
 
     def discard(self, conn: Connection) -> None:
