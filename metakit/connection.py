@@ -164,7 +164,9 @@ class Connection(Meta):
 
     Attributes:
         message_type: the transport's Message class, ``message_type(conn,
-            data)``: what frames are delivered as, and what the worker writes.
+            data)`` with a ``data`` field: what frames are delivered as, and
+            what the worker writes (that exact class: a subclass is not
+            written, it is logged as unexpected).
         writable: whether writes go to the transport (OPEN or CLOSING);
             after the close they are dropped and counted.
         framer: the framer given as ``framing`` (None for message transports).
@@ -286,7 +288,8 @@ class Connection(Meta):
         if actor is not parent and self._mk_worker_ref is None:
             self._mk_worker_ref = self._mk_node._links.monitor(self, actor._mk_ident)
         self._mk_cstate = _OPEN
-        self._mk_closed = self._mk_eof = self._mk_disconnected = self._mk_paused = False
+        # (_mk_paused stays: frames read before a reconnect still wait for the worker)
+        self._mk_closed = self._mk_eof = self._mk_disconnected = False
         self.writable = True
         if not self._mk_reading:
             self._mk_update_reading()

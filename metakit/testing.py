@@ -118,17 +118,26 @@ def _inet_inodes() -> set[str]:
                 inodes.update(line.split()[9] for line in f)
         except OSError:
             continue
+    try:
+        with open("/proc/net/unix") as f:
+            next(f)
+            # Unix sockets with a path: a listener and what it accepted. The
+            # loops' own wake-up pairs have none (uvloop makes a new pair on
+            # every run_until_complete), so they are not counted.
+            inodes.update(fields[6] for fields in map(str.split, f) if len(fields) > 7)
+    except OSError:
+        pass
     return inodes
 
 
 def open_sockets() -> set[str]:
-    """The TCP and UDP sockets this process holds open, as ``"tcp socket:[inode]"`` (Linux).
+    """The network sockets this process holds open, as ``"socket:[inode]"`` (Linux).
 
-    Listening or connected TCP sockets and bound UDP ones: those the kernel
-    lists in ``/proc/net``.
-    Unix sockets are left out on purpose: event loops own some (uvloop makes
-    a new signal-wakeup pair on every ``run_until_complete``). Empty on
-    systems without ``/proc``.
+    Listening or connected TCP sockets, bound UDP ones, and Unix sockets
+    with a path (a listener and the connections it accepted): those the
+    kernel lists in ``/proc/net``. Unnamed Unix sockets are left out on
+    purpose: event loops own some (uvloop makes a new signal-wakeup pair on
+    every ``run_until_complete``). Empty on systems without ``/proc``.
     """
     try:
         fds = os.listdir("/proc/self/fd")

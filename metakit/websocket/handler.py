@@ -205,7 +205,7 @@ class WebSocketHandler(Meta):
                 await asyncio.shield(conn._closing)
         finally:
             # Cancelled (the client left, with handler_cancellation) or done.
-            if conn.alive and conn.writable:
+            if conn.alive and conn.state is _OPEN:
                 conn._remote_close(1006, "connection lost")
         return ws
 
