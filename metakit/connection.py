@@ -313,12 +313,25 @@ class Connection(Meta):
         self._mk_bytes_in += len(data)
         if self._mk_idle is not None:
             self._mk_last = self._mk_loop.time()
-        if frames:
-            self.feed(frames)
+        # feed(frames), inlined: it runs for every read. The TCP tests run this
+        # copy, the WebSocket tests (which feed) the original.
+        worker = self._mk_worker
+        if not frames or worker is None:  # None: a refused connection, closing
+            return
+        if self._mk_backlog:
+            self._mk_backlog.extend(frames)
+            return
+        taken = worker._mk_feed(
+            self._mk_sender, self._mk_make, self._mk_alias, frames, self._mk_high
+        )
+        if taken < 0:
+            self._mk_behind(frames, ~taken)
+        else:
+            self._mk_out += taken
 
     def feed(self, frames: list[Any], nbytes: int = 0) -> None:
         """Hand frames (read as ``nbytes``) to the worker in order, with back-pressure;
-        nothing is lost. :meth:`data_received` calls it for byte streams."""
+        nothing is lost. :meth:`data_received` does this for byte streams."""
         self._mk_bytes_in += nbytes
         worker = self._mk_worker
         if worker is None:  # a refused connection, closing
@@ -329,15 +342,10 @@ class Connection(Meta):
         taken = worker._mk_feed(
             self._mk_sender, self._mk_make, self._mk_alias, frames, self._mk_high
         )
-        if taken < 0:  # behind: the rest (if any) waits here, reading pauses
-            taken = ~taken
-            if taken < len(frames):
-                if worker._mk_state != DEAD:  # else the Down (or the parent's exit) ends us
-                    self._mk_backlog.extend(frames[taken:] if taken else frames)
-                    self._mk_pause()
-            elif not self._mk_paused:
-                self._mk_pause()
-        self._mk_out += taken
+        if taken < 0:
+            self._mk_behind(frames, ~taken)
+        else:
+            self._mk_out += taken
 
     def input_ended(self) -> None:
         """The peer sent EOF: finish once the worker has handled what was read
@@ -474,6 +482,19 @@ class Connection(Meta):
             self._mk_dropped += 1
 
     # -- reading: back-pressure ----------------------------------------------------------
+
+    def _mk_behind(self, frames: list[Any], taken: int) -> None:
+        """The worker took ``taken`` of ``frames`` and is behind: the rest (if any)
+        waits here, and reading pauses."""
+        self._mk_out += taken
+        worker = self._mk_worker
+        assert worker is not None
+        if taken < len(frames):
+            if worker._mk_state != DEAD:  # else the Down (or the parent's exit) ends us
+                self._mk_backlog.extend(frames[taken:] if taken else frames)
+                self._mk_pause()
+        elif not self._mk_paused:
+            self._mk_pause()
 
     def _mk_pause(self) -> None:
         assert self._mk_worker is not None
