@@ -89,6 +89,7 @@ from ._envelope import IGNORE, Signal
 from ._state import DEAD, RUNNING
 from .errors import FramingError, MailboxFull
 from .ids import PID, Alias, Ref
+from .mailbox import connection_feed_one, connection_read
 from .messages import Down
 from .meta import Meta
 
@@ -189,6 +190,7 @@ class Connection(Meta):
         "_mk_eof",
         "_mk_held_writes",
         "_mk_high",
+        "_mk_high2",
         "_mk_idle",
         "_mk_last",
         "_mk_low",
@@ -225,6 +227,7 @@ class Connection(Meta):
         self.framer = framing
         self._mk_idle = idle_timeout
         self._mk_high = high_watermark
+        self._mk_high2 = 2 * high_watermark  # in mailbox entries: two per message
         self._mk_low = low_watermark
         self._mk_make = type(self).message_type
         self._mk_cstate = _NEW
@@ -299,39 +302,25 @@ class Connection(Meta):
         self._mk_update_hold()
         actor._mk_deliver_system(self._mk_sender, hello)
 
-    def data_received(self, data: bytes) -> None:
-        """A read: frame it and hand each frame to the worker (the hot path)."""
-        try:
-            frames = self.framer.feed(data)  # type: ignore[union-attr]
-        except FramingError as exc:
-            if self._mk_worker is not None:
-                if exc.frames:
-                    self._mk_backlog.extend(exc.frames)
-                    self._mk_flush()
-                self.finish(exc)
-            return
-        self._mk_bytes_in += len(data)
-        if self._mk_idle is not None:
-            self._mk_last = self._mk_loop.time()
-        # feed(frames), inlined: it runs for every read. The TCP tests run this
-        # copy, the WebSocket tests (which feed) the original.
-        worker = self._mk_worker
-        if not frames or worker is None:  # None: a refused connection, closing
-            return
-        if self._mk_backlog:
-            self._mk_backlog.extend(frames)
-            return
-        taken = worker._mk_feed(
-            self._mk_sender, self._mk_make, self._mk_alias, frames, self._mk_high
-        )
-        if taken < 0:
-            self._mk_behind(frames, ~taken)
-        else:
-            self._mk_out += taken
+    # A read: frame it and hand each frame to the worker (the hot path). It is
+    # feed() with the one-frame delivery inlined, so it lives in mailbox.py
+    # beside the envelope it fills; the TCP tests run it, the WebSocket
+    # tests (which feed) the original.
+    data_received = connection_read
+
+    def _mk_framing_error(self, exc: FramingError) -> None:
+        # A read that breaks the framer's limits: what it completed goes to the
+        # worker first, then the connection ends with the error.
+        if self._mk_worker is not None:
+            if exc.frames:
+                self._mk_backlog.extend(exc.frames)
+                self._mk_flush()
+            self.finish(exc)
 
     def feed(self, frames: list[Any], nbytes: int = 0) -> None:
         """Hand frames (read as ``nbytes``) to the worker in order, with back-pressure;
-        nothing is lost. :meth:`data_received` does this for byte streams."""
+        nothing is lost. ``data_received`` (a byte stream's read: framed, then
+        fed) is this with its common case inlined."""
         self._mk_bytes_in += nbytes
         worker = self._mk_worker
         if worker is None:  # a refused connection, closing
@@ -346,6 +335,11 @@ class Connection(Meta):
             self._mk_behind(frames, ~taken)
         else:
             self._mk_out += taken
+
+    # One frame (a message transport's read): feed([frame], nbytes) with its
+    # common case inlined, beside the envelope in mailbox.py; the WebSocket
+    # tests run it.
+    feed_one = connection_feed_one
 
     def input_ended(self) -> None:
         """The peer sent EOF: finish once the worker has handled what was read

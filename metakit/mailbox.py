@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._envelope import HOLD, IGNORE, Notify, Signal
 from ._state import DEAD, EXITING, INIT, RUNNING, State
-from .errors import MailboxFull, NoProcess, ProcessExited, Stop
+from .errors import FramingError, MailboxFull, NoProcess, ProcessExited, Stop
 from .ids import PID, Alias
 from .messages import NO_REPLY, Caller
 
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
     from .node import Node
 
-__all__ = ["Mailbox", "current_actor", "process_send"]
+__all__ = ["Mailbox", "connection_feed_one", "connection_read", "current_actor", "process_send"]
 
 # Messages one drain handles before it yields the loop to other actors.
 _BUDGET = 256
@@ -682,3 +682,60 @@ def process_send(self: Any, to: Any, message: Any) -> None:
     if not target._mk_scheduled:
         target._mk_scheduled = True
         target._mk_kick()
+
+
+def connection_read(self: Any, data: bytes) -> None:
+    """A read: frame it and hand each frame to the worker (the hot path).
+
+    ``Connection.data_received``: the framer, then ``Connection.feed`` with
+    its common case inlined: one frame, nothing parked, room in the worker's
+    mailbox. Anything else goes through ``feed``, the original.
+    """
+    try:
+        frames = self.framer.feed(data)
+    except FramingError as exc:
+        self._mk_framing_error(exc)
+        return
+    self._mk_bytes_in += len(data)
+    if self._mk_idle is not None:
+        self._mk_last = self._mk_loop.time()
+    worker = self._mk_worker
+    if not frames or worker is None:  # None: a refused connection, closing
+        return
+    if len(frames) == 1 and not self._mk_backlog:
+        q = worker._mk_q
+        if len(q) < worker._mk_limit:
+            q.append(self._mk_sender)
+            q.append(self._mk_make(self._mk_alias, frames[0]))
+            self._mk_out += 1
+            if not worker._mk_scheduled:
+                worker._mk_scheduled = True
+                worker._mk_kick()
+            if len(q) > self._mk_high2 and not self._mk_paused:
+                self._mk_pause()
+            return
+    self.feed(frames)
+
+
+def connection_feed_one(self: Any, frame: Any, nbytes: int = 0) -> None:
+    """Hand one frame (read as ``nbytes``) to the worker, with back-pressure.
+
+    ``Connection.feed_one``: ``Connection.feed([frame], nbytes)`` with its
+    common case inlined (nothing parked, room in the worker's mailbox); the
+    rest goes through ``feed``, the original.
+    """
+    self._mk_bytes_in += nbytes
+    worker = self._mk_worker
+    if worker is not None and not self._mk_backlog:
+        q = worker._mk_q
+        if len(q) < worker._mk_limit:
+            q.append(self._mk_sender)
+            q.append(self._mk_make(self._mk_alias, frame))
+            self._mk_out += 1
+            if not worker._mk_scheduled:
+                worker._mk_scheduled = True
+                worker._mk_kick()
+            if len(q) > self._mk_high2 and not self._mk_paused:
+                self._mk_pause()
+            return
+    self.feed([frame])

@@ -1,18 +1,26 @@
-"""The send hop two ways: ``Process.send`` (``mailbox.process_send``, inlined for
+"""The hot paths inlined in mailbox.py, each run beside its original.
+
+The send hop two ways: ``Process.send`` (``mailbox.process_send``, inlined for
 speed) and the original it copies (the mailbox's post method, which ``Meta.send``
 uses).
 
 Every case runs through both, so the copy cannot drift from the original.
+Likewise a connection's read: ``data_received`` and ``feed_one`` (inlined)
+against ``feed``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 import metakit
 from metakit import MailboxFull, Meta, Node, NoProcess, Process
+from metakit.framing import Line
 from metakit.testing import wait_until
 
 
@@ -132,3 +140,85 @@ async def test_process_send_is_the_inlined_copy() -> None:
 
     assert Process.send is process_send
     assert metakit.Process.send.__doc__
+
+
+# -- a connection's read: data_received and feed_one (inlined in mailbox.py) and
+# feed (the original) must deliver the same.
+
+
+@dataclass(frozen=True, slots=True)
+class PairLine:
+    conn: Any
+    data: Any
+
+
+class PairConnection(metakit.Connection, asyncio.Protocol):
+    """A minimal adapter on one end of a real socketpair."""
+
+    message_type = PairLine
+
+    def __init__(self) -> None:
+        super().__init__(framing=Line(), high_watermark=4, low_watermark=1)
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.open(None, "hello")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost(exc or "closed")
+
+    def set_reading(self, on: bool) -> None:
+        if on:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def close_transport(self, reason: Any, abort: bool) -> None:
+        self.transport.abort() if abort else self.transport.close()
+
+    def disconnect_message(self, reason: Any) -> Any:
+        return ("bye", reason)
+
+    def write(self, data: Any) -> int:
+        self.transport.write(data + b"\n")
+        return len(data) + 1
+
+
+async def connected(probe: Any) -> tuple[Any, PairConnection, socket.socket]:
+    here, there = socket.socketpair()
+    parent = await probe()
+    conn = PairConnection()
+    await parent.spawn_meta(conn, mailbox_size=0)
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: conn, here)
+    assert await parent.receive() == "hello"
+    return parent, conn, there
+
+
+@pytest.mark.parametrize("way", ["read", "feed_one", "feed"])
+async def test_every_read_path_delivers_the_same(node: Node, probe: Any, way: str) -> None:
+    parent, conn, peer = await connected(probe)
+    frames = [b"line %d" % i for i in range(40)]
+    if way == "read":
+        peer.setblocking(False)
+        for frame in frames:  # one frame per read: the inlined branch
+            peer.send(frame + b"\n")
+            assert await parent.receive() == PairLine(conn.id, frame)
+    else:
+        # All at once, before the worker runs: past the high watermark the
+        # rest waits in the connection and reading pauses; nothing is lost.
+        if way == "feed_one":
+            for frame in frames:
+                conn.feed_one(frame, len(frame) + 1)
+        else:
+            conn.feed(frames, sum(len(f) + 1 for f in frames))
+        for frame in frames:
+            assert await parent.receive() == PairLine(conn.id, frame)
+        assert conn.statistics().paused_reads >= 1
+    stats = conn.statistics()
+    assert stats.messages_in == len(frames)
+    assert stats.bytes_in == sum(len(f) + 1 for f in frames)
+    parent.send_exit(conn.id, "normal")
+    assert await parent.receive() == ("bye", "normal")
+    peer.close()

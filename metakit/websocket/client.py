@@ -151,7 +151,7 @@ class WebSocketClient(WSConnectionBase):
                 while wait is not None:  # the parent is behind: read no more until it catches up
                     await wait
                     wait = self._resume
-                if self.state is not ConnState.OPEN:
+                if not self.writable:
                     return
         except ConnectionClosed:
             pass

@@ -137,7 +137,7 @@ class WSConnectionBase(Connection):
                 return None
         else:
             value = data
-        self.feed([value], len(data))
+        self.feed_one(value, len(data))
         return self._resume
 
     def _release_reader(self) -> None:
@@ -161,26 +161,9 @@ class WSConnectionBase(Connection):
 
     def write(self, data: Any) -> int:
         """Send one message on the socket (encoded as JSON with that codec)."""
-        return self._write(data, None)
-
-    def prepare(self, data: Any) -> bytes | None:
-        """For a broadcast: ``data`` encoded once (JSON, or a str as UTF-8)."""
-        if self._json:
-            return orjson.dumps(data)
-        return data.encode() if data.__class__ is str else None
-
-    def write_prepared(self, data: Any, prepared: Any) -> int:
-        """For a broadcast: write ``data``, already encoded as ``prepared`` text if not None."""
-        return self._write(data, prepared)
-
-    def _write(self, data: Any, encoded: bytes | None) -> int:
-        """Send one message; ``encoded``: its UTF-8 text (JSON, or a str), when a
-        broadcast has encoded it already. The bytes sent."""
         text = True
-        if encoded is not None:
-            payload: Any = encoded
-        elif self._json:
-            payload = self._payload(data)
+        if self._json:
+            payload: Any = self._payload(data)
         elif data.__class__ is str:
             payload = data.encode()
         elif data.__class__ is bytes:
@@ -191,6 +174,20 @@ class WSConnectionBase(Connection):
             text = False
         if payload is None:
             return 0
+        return self._send(payload, text)
+
+    def prepare(self, data: Any) -> bytes | None:
+        """For a broadcast: ``data`` encoded once (JSON, or a str as UTF-8)."""
+        if self._json:
+            return orjson.dumps(data)
+        return data.encode() if data.__class__ is str else None
+
+    def write_prepared(self, data: Any, prepared: Any) -> int:
+        """For a broadcast: write ``data``, already encoded as ``prepared`` text if not None."""
+        return self.write(data) if prepared is None else self._send(prepared, True)
+
+    def _send(self, payload: Any, text: bool) -> int:
+        """Send one encoded message; the bytes sent."""
         try:
             # The library's send coroutine, run by hand (metakit._eager): it
             # finishes at once unless the socket must drain first.

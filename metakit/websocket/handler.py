@@ -74,7 +74,7 @@ class WSConnection(WSConnectionBase):
     async def _serve(self) -> None:
         """The read loop, in aiohttp's request task, until the socket closes."""
         ws = self._ws
-        while self.state is _OPEN:
+        while self.writable:  # open (or closing, and then paused)
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
