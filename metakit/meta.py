@@ -371,7 +371,12 @@ class Meta(Mailbox):
             pass
 
     def _mk_thread_done(self, reason: Any) -> None:
-        self._mk_node._shutdown.thread_ended(self._mk_thread)
+        thread = self._mk_thread
+        if thread is not None:
+            # Its last act was to schedule this: it is returning. Join it, so a
+            # thread counted as ended (node.stop() waits for that) is gone.
+            thread.join(1.0)
+        self._mk_node._shutdown.thread_ended(thread)
         if self._mk_state == RUNNING:
             if isinstance(reason, BaseException):
                 self.log.error("main loop raised", exc_info=reason)

@@ -288,18 +288,20 @@ async def test_thread_meta_send_errors_raise_in_thread(node: Node, probe: Any) -
 async def test_node_stop_leaves_no_thread() -> None:
     before = set(threading.enumerate())
     ours, theirs = socket.socketpair()
-    async with Node("stop@localhost") as node:
+    try:
+        async with Node("stop@localhost") as node:
 
-        class Owner(Process):
-            async def init(self, meta: Meta) -> None:
-                await self.spawn_meta(meta)
+            class Owner(Process):
+                async def init(self, meta: Meta) -> None:
+                    await self.spawn_meta(meta)
 
-        meta = SocketReader(theirs)
-        await node.spawn(Owner, meta)
-        await wait_until(lambda: main_thread(meta.id).is_alive())
-    assert meta.terminated == ["shutdown"]
-    assert set(threading.enumerate()) - before == set()
-    ours.close()
+            meta = SocketReader(theirs)
+            await node.spawn(Owner, meta)
+            await wait_until(lambda: main_thread(meta.id).is_alive())
+        assert meta.terminated == ["shutdown"]
+        assert set(threading.enumerate()) - before == set()
+    finally:
+        ours.close()
 
 
 async def test_node_stop_waits_for_async_main_loops() -> None:
