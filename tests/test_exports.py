@@ -84,3 +84,24 @@ def test_network_metas_offer_statistics_snapshots(module_name: str) -> None:
     assert metas
     for meta in metas:
         assert callable(getattr(meta, "statistics", None)), f"{meta.__name__}.statistics"
+
+
+@pytest.mark.parametrize(
+    "module_name", ["metakit.tcp", "metakit.udp", "metakit.web", "metakit.websocket"]
+)
+def test_statistics_are_frozen_dataclasses_with_every_field_documented(module_name: str) -> None:
+    import dataclasses
+    import typing
+
+    module = importlib.import_module(module_name)
+    metas = [getattr(module, n) for n in module.__all__]
+    metas = [m for m in metas if inspect.isclass(m) and issubclass(m, metakit.Meta)]
+    for meta in metas:
+        stats = typing.get_type_hints(meta.statistics)["return"]
+        assert dataclasses.is_dataclass(stats), f"{meta.__name__}.statistics -> {stats}"
+        assert stats.__dataclass_params__.frozen, stats  # type: ignore[attr-defined]
+        doc = inspect.getdoc(stats) or ""
+        assert "Attributes:" in doc, stats
+        listed = doc.split("Attributes:", 1)[1]
+        for field in dataclasses.fields(stats):
+            assert f"{field.name}:" in listed, f"{stats.__name__}.{field.name} is not documented"
