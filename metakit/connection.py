@@ -467,14 +467,6 @@ class Connection(Meta):
         else:
             self.log.warning("unexpected message %r from %r", message, sender)
 
-    def _mk_write_prepared(self, data: Any, prepared: Any) -> None:
-        # A broadcast's write: handle_message's, with the encoding done once.
-        if self.writable:
-            self._mk_bytes_out += self.write_prepared(data, prepared)
-            self._mk_writes += 1
-        else:
-            self._mk_dropped += 1
-
     # -- reading: back-pressure ----------------------------------------------------------
 
     def _mk_behind(self, frames: list[Any], taken: int) -> None:

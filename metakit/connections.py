@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectionSet", "broadcast"]
 
+_NONE: Any = object()  # no prepare_key seen yet (None is a key)
+
 
 class ConnectionSet:
     """The open connections of a server or handler, which end with it.
@@ -100,19 +102,30 @@ def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
     table = sender._mk_table
     pid = sender._mk_pid
     prepared: dict[Any, Any] = {}
+    last_key: Any = _NONE
+    ready: Any = None
     took = 0
     for conn in conns:
         target = table.get(conn.id)
         if not isinstance(target, Connection):
             continue  # gone
         key = target.prepare_key
-        if key in prepared:
-            ready = prepared[key]
-        else:
-            ready = prepared[key] = target.prepare(data)
+        if key is not last_key:  # most broadcasts reach one kind of connection
+            if key in prepared:
+                ready = prepared[key]
+            else:
+                ready = prepared[key] = target.prepare(data)
+            last_key = key
         if not target._mk_scheduled:
-            # Idle: write now, as Process.send does for an idle eager meta.
-            target._mk_run_now(target._mk_write_prepared, data, ready)
+            # Idle: write now, as Process.send does for an idle eager meta
+            # (and as Connection.handle_message counts a write).
+            if target.writable:
+                written = target._mk_run_now(target.write_prepared, data, ready)
+                if written is not None:
+                    target._mk_bytes_out += written
+                    target._mk_writes += 1
+            else:
+                target._mk_dropped += 1
         else:
             # Busy or held: it takes this in its turn.
             try:

@@ -438,9 +438,10 @@ class Mailbox:
         else:
             self._mk_scheduled = False
 
-    def _mk_run_now(self, handler: Callable[[Any, Any], None], a: Any, b: Any) -> None:
+    def _mk_run_now(self, handler: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
         """Run ``handler(a, b)`` (``handle_message`` or a write) at once: a send
-        found this eager meta idle.
+        found this eager meta idle. Returns what the handler returned (None if
+        it raised: the meta has ended).
 
         Idle means nothing is queued (held and initialising actors count as
         scheduled), so running it now keeps the order a drain would have.
@@ -448,16 +449,17 @@ class Mailbox:
         self._mk_scheduled = True
         self._mk_in += 1
         try:
-            handler(a, b)
+            result = handler(a, b)
         except Exception as exc:
             self._mk_end(self._mk_crash_reason(exc))
-            return
+            return None
         if self._mk_held:
-            return  # it stays scheduled until _mk_unhold
+            return result  # it stays scheduled until _mk_unhold
         if self._mk_q and self._mk_state == RUNNING:
             self._mk_sched.schedule(self)  # something arrived meanwhile (a Down...)
         else:
             self._mk_scheduled = False
+        return result
 
     def _mk_special(self, sender: Any, message: Any) -> bool:
         """Handle anything but a message in a plain drain; True to stop draining."""
