@@ -222,3 +222,27 @@ async def test_every_read_path_delivers_the_same(node: Node, probe: Any, way: st
     parent.send_exit(conn.id, "normal")
     assert await parent.receive() == ("bye", "normal")
     peer.close()
+
+
+async def test_tcp_writes_count_the_same_through_send_and_broadcast(node: Node, probe: Any) -> None:
+    # TCPConnection.handle_message inlines Connection's write path; broadcast
+    # takes the original. Both must count in statistics().
+    from metakit.tcp import TCPConnect, TCPMessage, TCPServer
+
+    worker = await probe()
+    server = TCPServer("127.0.0.1", 0, framing=Line())
+    await worker.spawn_meta(server)
+    reader, writer = await asyncio.open_connection(*server.address)
+    hello = await worker.receive()
+    assert isinstance(hello, TCPConnect)
+    conn = hello.conn
+    for text in (b"a", b"bb", b"ccc"):
+        worker.send(conn, TCPMessage(conn, text))
+    assert metakit.broadcast(worker, [conn], b"dddd") == 1
+    assert metakit.broadcast(worker, [conn], b"e") == 1
+    for text in (b"a", b"bb", b"ccc", b"dddd", b"e"):
+        assert await asyncio.wait_for(reader.readline(), 5) == text + b"\n"
+    stats = node.meta_info(conn).statistics
+    assert (stats.messages_out, stats.bytes_out) == (5, 16)  # 11 bytes, 5 newlines
+    writer.close()
+    await writer.wait_closed()
