@@ -253,11 +253,6 @@ class Meta(Mailbox):
         """Take messages again (see :meth:`hold_writes`)."""
         self._mk_unhold()
 
-    @property
-    def writes_held(self) -> bool:
-        """Whether :meth:`hold_writes` is in force."""
-        return self._mk_held
-
     def exit(self, reason: Any = "normal") -> None:
         """End this meta now with ``reason``: ``terminate`` runs, links and
         monitors are told. For a transport callback that learns the object is

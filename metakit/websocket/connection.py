@@ -213,7 +213,7 @@ class WSConnectionBase(Connection):
             self.log.error("cannot send %r: %s", data, exc)
             self._ending(1011, "unsendable message", exc)
             return None
-        return payload.encode() if payload.__class__ is str else payload
+        return payload
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._writing = None
