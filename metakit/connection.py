@@ -158,7 +158,10 @@ class Connection(Meta):
         framing: the framer :meth:`data_received` uses, for byte streams
             (an instance of its own: clone a template first).
         idle_timeout: end with reason ``"idle"`` after this many seconds
-            without a read or a write.
+            without a whole frame read or a message written. Bytes that do
+            not complete a frame do not count (a peer trickling a line one
+            byte at a time is idle), and the clock stops while this side
+            has paused reading because the worker is behind.
         high_watermark: pause reading when the worker's mailbox holds more
             messages than this.
         low_watermark: resume when it is down to about this many.
@@ -213,6 +216,13 @@ class Connection(Meta):
 
     eager = True  # its handler is a non-blocking write: run it at once when idle
     message_type: ClassVar[type]
+
+    mailbox_size = 256
+    """The default bound of a connection's mailbox, where its writes wait while
+    the transport is full: past it ``send`` raises ``MailboxFull`` at the
+    writer and ``broadcast`` skips the connection and counts it in
+    ``dropped``. A peer that reads nothing costs at most this many messages
+    (plus the transport's buffer), never more."""
 
     def __init__(
         self,
@@ -325,6 +335,8 @@ class Connection(Meta):
         worker = self._mk_worker
         if worker is None:  # a refused connection, closing
             return
+        if frames and self._mk_idle is not None:
+            self._mk_last = self._mk_loop.time()
         if self._mk_backlog:
             self._mk_backlog.extend(frames)
             return
@@ -570,7 +582,12 @@ class Connection(Meta):
         if self._mk_state != RUNNING or self._mk_closed:
             return
         assert self._mk_idle is not None
-        left = self._mk_last + self._mk_idle - self._mk_loop.time()
+        now = self._mk_loop.time()
+        if self._mk_paused:
+            # This side stopped reading (the worker is behind): the peer is not
+            # idle, it is waiting for us. The clock starts again on resuming.
+            self._mk_last = now
+        left = self._mk_last + self._mk_idle - now
         if left > 0:
             self._mk_timer = self._mk_loop.call_later(left, self._mk_check_idle)
         else:

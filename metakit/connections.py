@@ -125,7 +125,8 @@ def broadcast(sender: Process, conns: Iterable[Alias], data: Any) -> int:
                     target._mk_bytes_out += written
                     target._mk_writes += 1
             else:
-                target._mk_dropped += 1
+                target._mk_dropped += 1  # closed: its worker has the Disconnect
+                continue
         else:
             # Busy or held: it takes this in its turn.
             try:

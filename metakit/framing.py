@@ -273,8 +273,10 @@ class LengthPrefixed(_Framer):
 
     Args:
         size: the header's size in bytes: 1, 2 or 4.
-        max_length: the longest payload accepted; by default (and at most) the
-            largest length the header can express.
+        max_length: the longest payload accepted: by default 1 MiB, or the
+            largest length the header can express when that is less (a peer
+            cannot make the connection buffer more); at most that largest
+            length.
         byteorder: ``"big"`` (network order) or ``"little"``.
 
     Error handling: :class:`~metakit.errors.FrameTooLarge` as soon as a header
@@ -298,7 +300,7 @@ class LengthPrefixed(_Framer):
             raise ValueError(f"byteorder must be 'big' or 'little', not {byteorder!r}")
         limit = (1 << (8 * size)) - 1
         if max_length is None:
-            max_length = limit
+            max_length = min(limit, 1 << 20)
         elif not 0 <= max_length <= limit:
             raise ValueError(f"max_length must be between 0 and {limit} for size={size}")
         self.size = size

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._envelope import HOLD, IGNORE, Notify, Signal
 from ._state import DEAD, EXITING, INIT, RUNNING, State
-from .errors import FramingError, MailboxFull, NoProcess, ProcessExited, Stop
+from .errors import CallTimeout, FramingError, MailboxFull, NoProcess, ProcessExited, Stop
 from .ids import PID, Alias
 from .messages import NO_REPLY, Caller
 
@@ -95,6 +95,10 @@ class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return f"{self.extra['metakit_id']!r}: {msg}", kwargs  # type: ignore[index]
+
+
+class _Abandoned(Exception):
+    """A coroutine handle_call was cancelled because its caller stopped waiting."""
 
 
 def _is_async(cls: type, name: str) -> bool:
@@ -557,7 +561,9 @@ class Mailbox:
             try:
                 result = self.handle_call(sender, message)
                 if self._mk_call_is_async:
-                    result = await result
+                    result = await self._mk_await_call(sender, result)
+            except _Abandoned:
+                return False
             except Stop as stop:
                 await self._mk_end_async(stop.reason)
                 return True
@@ -583,6 +589,43 @@ class Mailbox:
             await self._mk_end_async(self._mk_crash_reason(exc))
             return True
         return False
+
+    async def _mk_await_call(self, caller: Caller, handler: Any) -> Any:
+        """Await a coroutine ``handle_call``; cancel it if its caller stops waiting.
+
+        A caller that timed out or was cancelled wants no answer: the handler
+        still working on it is cancelled (``CancelledError`` at its ``await``),
+        so the calls queued behind it are served rather than timing out too.
+        The drain task is cancelled and uncancelled as ``asyncio.timeout`` does.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        abandoned = False
+
+        def give_up(future: asyncio.Future[Any]) -> None:
+            nonlocal abandoned
+            # Still on this call (the callback runs from the loop, so the task
+            # is suspended inside the handler) and given up, not answered.
+            if (
+                self._mk_current_call is caller
+                and self._mk_state == RUNNING
+                and (future.cancelled() or future.exception().__class__ is CallTimeout)
+            ):
+                abandoned = True
+                task.cancel()
+
+        future = caller._future
+        future.add_done_callback(give_up)
+        try:
+            return await handler
+        except asyncio.CancelledError:
+            if abandoned and self._mk_state == RUNNING:
+                raise _Abandoned from None
+            raise
+        finally:
+            future.remove_done_callback(give_up)
+            if abandoned:
+                task.uncancel()
 
     def _mk_answer(self, caller: Caller, result: Any) -> None:
         if result is NO_REPLY:
@@ -699,11 +742,12 @@ def connection_read(self: Any, data: bytes) -> None:
         self._mk_framing_error(exc)
         return
     self._mk_bytes_in += len(data)
-    if self._mk_idle is not None:
-        self._mk_last = self._mk_loop.time()
     worker = self._mk_worker
     if not frames or worker is None:  # None: a refused connection, closing
         return
+    if self._mk_idle is not None:
+        # A whole frame is traffic; bytes trickled into a partial one are not.
+        self._mk_last = self._mk_loop.time()
     if len(frames) == 1 and not self._mk_backlog:
         q = worker._mk_q
         if len(q) < worker._mk_limit:

@@ -168,6 +168,13 @@ class Process(Mailbox):
             MailboxFull: the target's mailbox is full; the request was not delivered.
             CallTimeout: no reply within ``timeout`` seconds (a late reply is
                 discarded). ``timeout=None`` waits as long as it takes.
+
+        A call whose caller stops waiting (it timed out, or the awaiting
+        task was cancelled) is withdrawn: still queued, the callee skips
+        it; already running in a coroutine ``handle_call``, that handler is
+        cancelled (``CancelledError`` at its ``await``; shield what must
+        finish), so the calls behind it are served rather than time out
+        too. A plain ``handle_call`` runs to its end.
             ProcessExited: the callee ended before replying.
             Exception: whatever the callee's ``handle_call`` raised.
         """

@@ -384,7 +384,8 @@ def test_configuration_and_repr() -> None:
     assert Line().max_length == 65536
     assert LengthPrefixed(1).max_length == 255
     assert LengthPrefixed(2).max_length == 65535
-    assert LengthPrefixed().max_length == 2**32 - 1
+    assert LengthPrefixed().max_length == 1 << 20  # finite by default, not 4 GiB
+    assert LengthPrefixed(max_length=2**32 - 1).max_length == 2**32 - 1
     assert LengthPrefixed(2, max_length=65535).max_length == 65535
     assert Fixed(7).max_length == 7
     assert JSON().max_length == 1 << 20

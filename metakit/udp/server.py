@@ -116,8 +116,9 @@ class UDPServer(Meta):
         recv_buffer: set ``SO_RCVBUF`` (bytes) for bursts; the kernel caps it
             at ``net.core.rmem_max``. Datagrams the kernel drops because the
             buffer is full are counted as ``dropped_kernel`` (Linux).
-        mailbox_size: the bound of the server's own mailbox, where replies
-            wait (0: unbounded).
+        mailbox_size: the bound of the server's own mailbox, at least 1:
+            where replies wait while the socket's buffer is full; past it a
+            worker's ``send`` raises ``MailboxFull``.
 
     Resource handling:
         Binding happens in ``init`` (``spawn_meta`` raises ``OSError`` for a
@@ -137,10 +138,12 @@ class UDPServer(Meta):
         max_queue: int = 1024,
         reuse_port: bool = False,
         recv_buffer: int | None = None,
-        mailbox_size: int = 0,
+        mailbox_size: int = 1024,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if mailbox_size < 1:
+            raise ValueError("mailbox_size must be at least 1")
         self.host = host
         self.port = port
         self._workers = Pool(None, pool)

@@ -121,8 +121,10 @@ class WebSocketHandler(Meta):
             upgrade. None: any.
         compress: offer per-message deflate.
         handshake_timeout: seconds allowed for the upgrade.
-        mailbox_size: each connection's mailbox bound (0: unbounded); a full
-            one raises ``MailboxFull`` at the worker writing to it.
+        mailbox_size: each connection's mailbox bound, at least 1: where
+            writes wait while the socket is full. A full one raises
+            ``MailboxFull`` at the worker writing to it, and ``broadcast``
+            skips (and counts in ``dropped``) a connection that far behind.
         high_watermark: stop reading a socket when the worker's mailbox
             holds more messages than this.
         low_watermark: read again when it is down to about this many.
@@ -145,7 +147,7 @@ class WebSocketHandler(Meta):
         origins: Sequence[str] | None = None,
         compress: bool = True,
         handshake_timeout: float = 10.0,
-        mailbox_size: int = 0,
+        mailbox_size: int = 256,
         high_watermark: int = 64,
         low_watermark: int = 16,
     ) -> None:
@@ -161,6 +163,8 @@ class WebSocketHandler(Meta):
         self.origins = frozenset(origins) if origins is not None else None
         self.compress = compress
         self.handshake_timeout = handshake_timeout
+        if mailbox_size < 1:
+            raise ValueError(f"mailbox_size must be at least 1, not {mailbox_size}")
         self._conn_mailbox = mailbox_size
         self._conns = ConnectionSet(self)
         self._quiescing = False  # node.stop() has begun: no new connections
