@@ -11,6 +11,7 @@ import struct
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 import metakit
@@ -392,3 +393,20 @@ async def test_a_udp_server_mailbox_is_bounded_by_default(node: Node, probe: Any
     server = UDPServer("127.0.0.1", 0)
     await worker.spawn_meta(server)
     assert 0 < node.meta_info(server.id).mailbox_size <= 4096
+
+
+async def test_ws_max_connections_refuses_before_the_upgrade(node: Node, probe: Any) -> None:
+    worker, url = await ws_serve(probe, max_connections=2)
+    async with aiohttp.ClientSession() as session:
+        first = [await session.ws_connect(url) for _ in range(2)]
+        conns = [(await worker.receive()).conn for _ in range(2)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(url)
+        assert refused.value.status == 503
+        await first[0].close()
+        ended = await worker.receive()
+        assert ended.conn == conns[0]
+        again = await session.ws_connect(url)  # a slot is free again
+        assert isinstance(await worker.receive(), WSConnect)
+        for ws in (first[1], again):
+            await ws.close()

@@ -34,12 +34,14 @@ class WebSocketHandlerStatistics:
         accepted: connections upgraded and served.
         refused_origin: upgrades refused (403) for their ``Origin``.
         no_worker: upgrades closed with 1013 because no worker was alive.
+        refused_full: upgrades refused (503) at ``max_connections``.
         connections: connections open now.
     """
 
     accepted: int
     refused_origin: int
     no_worker: int
+    refused_full: int
     connections: int
 
 
@@ -121,6 +123,8 @@ class WebSocketHandler(Meta):
             upgrade. None: any.
         compress: offer per-message deflate.
         handshake_timeout: seconds allowed for the upgrade.
+        max_connections: beyond it, an upgrade is refused with 503 before
+            it happens (counted as ``refused_full``). None: no limit.
         mailbox_size: each connection's mailbox bound, at least 1: where
             writes wait while the socket is full. A full one raises
             ``MailboxFull`` at the worker writing to it, and ``broadcast``
@@ -147,6 +151,7 @@ class WebSocketHandler(Meta):
         origins: Sequence[str] | None = None,
         compress: bool = True,
         handshake_timeout: float = 10.0,
+        max_connections: int | None = None,
         mailbox_size: int = 256,
         high_watermark: int = 64,
         low_watermark: int = 16,
@@ -166,10 +171,12 @@ class WebSocketHandler(Meta):
         if mailbox_size < 1:
             raise ValueError(f"mailbox_size must be at least 1, not {mailbox_size}")
         self._conn_mailbox = mailbox_size
+        self.max_connections = max_connections
+        self._upgrading = 0
         self._conns = ConnectionSet(self)
         self._quiescing = False  # node.stop() has begun: no new connections
         self._pump = Pump()
-        self._accepted = self._refused_origin = self._no_worker = 0
+        self._accepted = self._refused_origin = self._no_worker = self._refused_full = 0
         mark_coroutine_function(self)  # aiohttp takes it as an async handler
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -179,13 +186,23 @@ class WebSocketHandler(Meta):
         if self.origins is not None and request.headers.get("Origin") not in self.origins:
             self._refused_origin += 1
             return web.Response(status=403, text="403 Forbidden: origin not allowed")
+        if (
+            self.max_connections is not None
+            and len(self._conns) + self._upgrading >= self.max_connections
+        ):
+            self._refused_full += 1
+            return web.Response(status=503, text="503 Service Unavailable: too many connections")
         ws = web.WebSocketResponse(
             heartbeat=self.heartbeat,
             max_msg_size=self.max_message + 1,  # aiohttp's limit is exclusive
             compress=self.compress,
         )
-        async with asyncio.timeout(self.handshake_timeout):
-            await ws.prepare(request)
+        self._upgrading += 1  # holds its slot during the handshake
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                await ws.prepare(request)
+        finally:
+            self._upgrading -= 1
         worker = self._workers.pick(self)
         if worker is None or not self.alive:
             self._no_worker += 1
@@ -233,5 +250,6 @@ class WebSocketHandler(Meta):
             accepted=self._accepted,
             refused_origin=self._refused_origin,
             no_worker=self._no_worker,
+            refused_full=self._refused_full,
             connections=len(self._conns),
         )
