@@ -46,10 +46,12 @@ Try: open http://127.0.0.1:8080 in two browser windows; Ctrl-C stops it.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,20 @@ NICK = re.compile(r"\w{1,16}")
 ROOM = re.compile(r"[\w-]{1,32}")
 MAX_TEXT = 500  # characters; a WebSocket message over 4 KiB closes the connection (1009)
 HISTORY = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How the chat runs: what its command line says (see :func:`parse_args`).
+
+    Attributes:
+        port: the port to serve on, at 127.0.0.1; 0 picks a free one.
+        room_restarts: how many restarts the rooms get within a minute
+            before their supervisor gives up.
+    """
+
+    port: int = 8080
+    room_restarts: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,18 +141,32 @@ class Room(Process):
 
 
 class Lobby(Process):
-    async def init(self, port: int) -> None:
+    """The chat's main process: the web server, the connections, the rooms' supervisor.
+
+    ``call(lobby, "url")`` gives the URL it serves (a ``str``).
+    """
+
+    async def init(self, settings: Settings) -> None:
         self.seats: dict[Alias, PID] = {}  # connection -> the room it joined
-        self.rooms = await self.spawn(Supervisor, [], max_restarts=10, max_seconds=60, link=True)
+        self.rooms = await self.spawn(
+            Supervisor, [], max_restarts=settings.room_restarts, max_seconds=60, link=True
+        )
         ws = WebSocketHandler(self.pid, codec="json", max_message=4096)
         await self.spawn_meta(ws)
         app = web.Application()
         app.router.add_get("/", index)
         app.router.add_get("/ws", ws)
         app.router.add_static("/static/", STATIC)
-        server = WebServer("127.0.0.1", port, app)
+        server = WebServer("127.0.0.1", settings.port, app)
         await self.spawn_meta(server)  # binds here: a busy port raises here
-        print(f"listening on {server.url}", flush=True)
+        self.url = server.url
+        print(f"listening on {self.url}", flush=True)
+
+    def handle_call(self, sender: Caller, request: Any) -> Any:
+        """``"url"``: the URL the page is served on."""
+        if request == "url":
+            return self.url
+        return super().handle_call(sender, request)
 
     async def handle_message(self, sender: PID, message: Any) -> None:
         match message:
@@ -204,7 +234,24 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
-if __name__ == "__main__":
-    reason = metakit.run(Lobby, int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    """The settings from a command line (``sys.argv[1:]`` by default)."""
+    parser = argparse.ArgumentParser(
+        prog="python examples/chat", description="A web chat on metakit."
+    )
+    parser.add_argument(
+        "port", nargs="?", type=int, default=8080, help="port at 127.0.0.1 (0: any free one)"
+    )
+    args = parser.parse_args(argv)
+    return Settings(port=args.port)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the chat until SIGINT or SIGTERM."""
+    reason = metakit.run(Lobby, parse_args(argv))
     if reason != "shutdown":  # the supervisor gave up (too many crashes), say
         sys.exit(f"chat stopped: {reason!r}")
+
+
+if __name__ == "__main__":
+    main()
