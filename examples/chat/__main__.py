@@ -32,15 +32,16 @@ Bad input (a long nick, an unknown message...) gets ``{"type": "error",
 4 KiB, makes the library close that connection (1007, 1009).
 
 Supervision, on purpose: a room *links* to each member's connection, and
-traps exits, so a connection that ends reaches it as ``Exit``. Say
-``/crash`` in a room and it raises: the links close its members'
-connections with 1011, the supervisor starts an empty room under the same
-name, and the pages (``static/chat.js``) reconnect and join again with the
-same nick, free in the new room. Other rooms carry on. More than 10 crashes
-within a minute and the supervisor gives up, taking the lobby with it: the
-program exits with status 1.
+traps exits, so a connection that ends reaches it as ``Exit``. Run with
+``--crash-demo`` and say ``/crash`` in a room: it raises, the links close
+its members' connections with 1011, the supervisor starts an empty room
+under the same name, and the pages (``static/chat.js``) reconnect and join
+again with the same nick, free in the new room. Other rooms carry on.
+Without the flag, ``/crash`` is a message like any other. More than 10
+crashes within a minute and the supervisor gives up, taking the lobby with
+it: the program exits with status 1.
 
-Run: python examples/chat [PORT]   (default 8080; 0 picks a free port)
+Run: python examples/chat [PORT] [--crash-demo]   (default 8080; 0 picks a free port)
 Try: open http://127.0.0.1:8080 in two browser windows; Ctrl-C stops it.
 """
 
@@ -76,11 +77,14 @@ class Settings:
 
     Attributes:
         port: the port to serve on, at 127.0.0.1; 0 picks a free one.
+        crash_demo: ``/crash`` said in a room crashes it (a demonstration of
+            supervision); otherwise it is a message like any other.
         room_restarts: how many restarts the rooms get within a minute
             before their supervisor gives up.
     """
 
     port: int = 8080
+    crash_demo: bool = False
     room_restarts: int = 10
 
 
@@ -99,8 +103,9 @@ class Say:
 class Room(Process):
     trap_exit = True  # a member's connection ending arrives as Exit(conn, reason)
 
-    def init(self, room: str) -> None:
+    def init(self, room: str, crash_demo: bool = False) -> None:
         self.room = room
+        self.crash_demo = crash_demo
         self.members: dict[Alias, str] = {}  # connection -> nick
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
@@ -129,7 +134,7 @@ class Room(Process):
 
     def handle_message(self, sender: PID, message: Any) -> None:
         match message:
-            case Say(conn, "/crash") if conn in self.members:
+            case Say(conn, "/crash") if self.crash_demo and conn in self.members:
                 raise RuntimeError(f"room {self.room!r} was asked to crash")
             case Say(conn, text) if conn in self.members:
                 nick = self.members[conn]
@@ -147,6 +152,7 @@ class Lobby(Process):
     """
 
     async def init(self, settings: Settings) -> None:
+        self.settings = settings
         self.seats: dict[Alias, PID] = {}  # connection -> the room it joined
         self.rooms = await self.spawn(
             Supervisor, [], max_restarts=settings.room_restarts, max_seconds=60, link=True
@@ -206,7 +212,9 @@ class Lobby(Process):
         name = f"room:{room}"
         pid = self.node.whereis(name)
         if pid is None:
-            spec = ChildSpec(Room, args=(room,), name=name, restart="permanent")
+            spec = ChildSpec(
+                Room, args=(room, self.settings.crash_demo), name=name, restart="permanent"
+            )
             try:
                 pid = await self.call(self.rooms, StartChild(spec))
             except metakit.NameTaken:  # the supervisor has just restarted it
@@ -242,8 +250,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "port", nargs="?", type=int, default=8080, help="port at 127.0.0.1 (0: any free one)"
     )
+    parser.add_argument(
+        "--crash-demo",
+        action="store_true",
+        help="let /crash said in a room crash it, to watch its supervisor restart it",
+    )
     args = parser.parse_args(argv)
-    return Settings(port=args.port)
+    return Settings(port=args.port, crash_demo=args.crash_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from yarl import URL
 
 from metakit.testing import TIMEOUT
 
-CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat"
+ROOT = Path(__file__).resolve().parents[2]
+CHAT = ROOT / "examples" / "chat"
 
 
 class Client:
@@ -61,10 +62,16 @@ class Chat:
         self.url = url
         self.clients: list[Client] = []
         self.terminated = False
+        self.err: str | None = None  # stderr, once it has exited
         self.session = aiohttp.ClientSession()
 
-    async def connect(self) -> Client:
-        client = Client(await self.session.ws_connect(self.url.replace("http", "ws") + "/ws"))
+    async def connect(self, origin: str | None = "") -> Client:
+        """A WebSocket client; its ``Origin`` is the page's unless given (None: none)."""
+        ws = await self.session.ws_connect(
+            self.url.replace("http", "ws") + "/ws",
+            origin=self.url if origin == "" else origin,
+        )
+        client = Client(ws)
         self.clients.append(client)
         return client
 
@@ -82,44 +89,80 @@ class Chat:
             self.terminated = True
             self.proc.send_signal(signal.SIGTERM)
 
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
+        self.clients.clear()
+        await self.session.close()
+
+    def fds(self) -> int:
+        """How many file descriptors the server process has open now."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
     async def stop(self) -> str:
         """SIGTERM; the server must exit with 0. Returns what it wrote on stderr."""
-        self.terminate()
-        _, err = await asyncio.wait_for(self.proc.communicate(), TIMEOUT)
-        assert self.proc.returncode == 0, err.decode()
-        return err.decode()
+        if self.err is None:
+            self.terminate()
+            _, err = await asyncio.wait_for(self.proc.communicate(), TIMEOUT)
+            self.err = err.decode()
+        assert self.proc.returncode == 0, self.err
+        return self.err
+
+
+StartChat = Callable[..., Awaitable[Chat]]
 
 
 @pytest.fixture
-async def chat() -> AsyncIterator[Chat]:
-    """``python examples/chat 0`` on the test's own kind of loop."""
+async def start_chat() -> AsyncIterator[StartChat]:
+    """A factory: ``await start_chat(*flags)`` runs ``python examples/chat 0 *flags``
+    on the test's own kind of loop; each must exit with 0 on SIGTERM at the end."""
     uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
-    env = {**os.environ, "METAKIT_LOOP": "uvloop" if uvloop else "asyncio"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CHAT),
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
+    env = {
+        **os.environ,
+        "METAKIT_LOOP": "uvloop" if uvloop else "asyncio",
+        # The metakit of this checkout, whatever the environment has installed.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    procs: list[asyncio.subprocess.Process] = []
+    chats: list[Chat] = []
+
+    async def start(*flags: str) -> Chat:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(CHAT),
+            "0",
+            *flags,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        procs.append(proc)
         assert proc.stdout is not None
         first = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
         match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)\n", first)
         assert match, first
         chat = Chat(proc, match[1])
-        try:
-            yield chat
-        finally:
-            for client in chat.clients:
-                await client.close()
-            await chat.session.close()
-        await chat.stop()
+        chats.append(chat)
+        return chat
+
+    try:
+        yield start
+        for chat in chats:
+            await chat.close_clients()
+            await chat.stop()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
+        for chat in chats:
+            await chat.close_clients()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.communicate()
+
+
+@pytest.fixture
+async def chat(start_chat: StartChat) -> Chat:
+    """``python examples/chat 0``: the defaults."""
+    return await start_chat()
 
 
 async def test_page_and_static_files(chat: Chat) -> None:
@@ -247,7 +290,8 @@ async def test_bad_messages_in_a_room(chat: Chat) -> None:
     assert (await ada.receive())["text"] == "still here"
 
 
-async def test_a_crashed_room_closes_its_connections_and_restarts(chat: Chat) -> None:
+async def test_a_crashed_room_closes_its_connections_and_restarts(start_chat: StartChat) -> None:
+    chat = await start_chat("--crash-demo")
     ada, _ = await chat.join("boom", "ada")
     bob, _ = await chat.join("boom", "bob")
     carol, _ = await chat.join("calm", "carol")
@@ -288,3 +332,16 @@ async def test_sigterm_closes_the_connections_and_exits_0(chat: Chat) -> None:
     assert await ada.closed() == 1001  # going away
     err = await chat.stop()
     assert "Traceback" not in err
+
+
+async def test_crash_is_an_ordinary_message_by_default(chat: Chat) -> None:
+    ada, _ = await chat.join("boom", "ada")
+    carol, _ = await chat.join("calm", "carol")
+    for _ in range(11):  # once more than the room supervisor's limit
+        await ada.send(type="say", text="/crash")
+        said = await ada.receive()
+        assert (said["type"], said["nick"], said["text"]) == ("message", "ada", "/crash")
+    await carol.send(type="say", text="all quiet")
+    assert (await carol.receive())["text"] == "all quiet"
+    err = await chat.stop()
+    assert "asked to crash" not in err

@@ -7,6 +7,7 @@ downloads are never used). Every wait is one of Playwright's auto-waiting
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -20,7 +21,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from metakit.testing import TIMEOUT
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat"
+ROOT = Path(__file__).resolve().parents[2]
+CHAT = ROOT / "examples" / "chat"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")
 
@@ -29,12 +31,15 @@ expect.set_options(timeout=TIMEOUT * 1000)
 
 @pytest.fixture
 def chat_url() -> Iterator[str]:
-    """``python examples/chat 0``; its URL; SIGTERM must stop it with exit code 0."""
+    """``python examples/chat 0 --crash-demo``; its URL; SIGTERM must stop it with exit code 0."""
+    # The metakit of this checkout, whatever the environment has installed.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with subprocess.Popen(
-        [sys.executable, str(CHAT), "0"],
+        [sys.executable, str(CHAT), "0", "--crash-demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONPATH": path},
     ) as proc:
         try:
             assert proc.stdout is not None
