@@ -6,16 +6,19 @@ and who is there, then messages, joins and leaves as they happen.
 Who owns what:
 
 * ``Lobby``, one process, owns the ``WebServer`` (the page from ``static/``
-  on ``/``, a ``WebSocketHandler`` on ``/ws``) and the rooms' ``Supervisor``.
+  on ``/``, a ``WebSocketHandler`` on ``/ws``) and opens the rooms.
   Every WebSocket becomes a connection meta *of the lobby*, so each
   ``WSMessage`` and ``WSDisconnect`` comes to it, one at a time: it checks
   the input, remembers which room each connection joined, and passes on.
 * ``Room``, one process per room, registered as ``room:<name>``, is started
-  on the first join (``StartChild`` asks the supervisor). It owns the
-  members (connection -> nick) and the history, and writes to its members
-  itself: any process may ``send(conn, WSMessage(conn, data))``, and
-  ``broadcast(self, conns, data)`` does that for many at once (JSON encoded
-  once; a member that has just left is skipped).
+  on the first join, under a ``Supervisor`` of its own that the lobby
+  *monitors* (never links to: a room ending is news to the lobby, not its
+  end). It owns the members (connection -> nick) and the history, and
+  writes to its members itself: any process may ``send(conn,
+  WSMessage(conn, data))``, and ``broadcast(self, conns, data)`` does that
+  for many at once (JSON encoded once; a member that has just left is
+  skipped). When the last member has left, the lobby stops the room and
+  its supervisor: an empty room costs nothing.
 
 How messages flow (JSON both ways: ``codec="json"``)::
 
@@ -34,12 +37,13 @@ Bad input (a long nick, an unknown message...) gets ``{"type": "error",
 Supervision, on purpose: a room *links* to each member's connection, and
 traps exits, so a connection that ends reaches it as ``Exit``. Run with
 ``--crash-demo`` and say ``/crash`` in a room: it raises, the links close
-its members' connections with 1011, the supervisor starts an empty room
+its members' connections with 1011, its supervisor starts an empty room
 under the same name, and the pages (``static/chat.js``) reconnect and join
 again with the same nick, free in the new room. Other rooms carry on.
 Without the flag, ``/crash`` is a message like any other. More than 10
-crashes within a minute and the supervisor gives up, taking the lobby with
-it: the program exits with status 1.
+restarts of one room within a minute and its supervisor gives up: that
+room ends (its members were closed by the crash) and opens afresh on the
+next join; the lobby and the other rooms carry on.
 
 Run: python examples/chat [PORT] [--crash-demo]   (default 8080; 0 picks a free port)
 Try: open http://127.0.0.1:8080 in two browser windows; Ctrl-C stops it.
@@ -60,7 +64,7 @@ from typing import Any
 from aiohttp import web
 
 import metakit
-from metakit import PID, Alias, Caller, ChildSpec, Exit, Process, StartChild, Supervisor
+from metakit import PID, Alias, Caller, ChildSpec, Down, Exit, Process, Ref, Supervisor
 from metakit.web import WebServer
 from metakit.websocket import WebSocketHandler, WSDisconnect, WSMessage, broadcast
 
@@ -79,8 +83,8 @@ class Settings:
         port: the port to serve on, at 127.0.0.1; 0 picks a free one.
         crash_demo: ``/crash`` said in a room crashes it (a demonstration of
             supervision); otherwise it is a message like any other.
-        room_restarts: how many restarts the rooms get within a minute
-            before their supervisor gives up.
+        room_restarts: how many restarts a room gets within a minute
+            before its supervisor gives up.
     """
 
     port: int = 8080
@@ -145,18 +149,35 @@ class Room(Process):
                 broadcast(self, self.members, {"type": "leave", "nick": self.members.pop(conn)})
 
 
+@dataclass(slots=True, eq=False)
+class OpenRoom:
+    """What the lobby knows of one room it has opened.
+
+    Attributes:
+        name: the room's name.
+        supervisor: the room's own supervisor (the room process is its child).
+        watch: the lobby's monitor of that supervisor.
+        seated: connections seated here whose ``WSDisconnect`` has not come yet.
+    """
+
+    name: str
+    supervisor: PID
+    watch: Ref
+    seated: int = 0
+
+
 class Lobby(Process):
-    """The chat's main process: the web server, the connections, the rooms' supervisor.
+    """The chat's main process: the web server, the connections, the rooms.
 
     ``call(lobby, "url")`` gives the URL it serves (a ``str``).
     """
 
     async def init(self, settings: Settings) -> None:
         self.settings = settings
-        self.seats: dict[Alias, PID] = {}  # connection -> the room it joined
-        self.rooms = await self.spawn(
-            Supervisor, [], max_restarts=settings.room_restarts, max_seconds=60, link=True
-        )
+        self.rooms: dict[str, OpenRoom] = {}  # name -> the room open under it
+        self.watches: dict[Ref, OpenRoom] = {}  # monitor of a room's supervisor -> the room
+        # connection -> the room it sits in, and the room process it joined
+        self.seats: dict[Alias, tuple[OpenRoom, PID]] = {}
         ws = WebSocketHandler(self.pid, codec="json", max_message=4096)
         await self.spawn_meta(ws)
         app = web.Application()
@@ -183,56 +204,130 @@ class Lobby(Process):
             case WSMessage(conn, _):
                 problem = "unknown message"
             case WSDisconnect(conn, _, _):
-                self.seats.pop(conn, None)  # and its room gets an Exit
+                seat = self.seats.pop(conn, None)  # and its room gets an Exit
+                if seat is not None:
+                    await self.leave(seat[0])
+                return
+            case Down(_, watch, reason) if watch in self.watches:
+                self.room_ended(self.watches.pop(watch), reason)
                 return
             case _:  # WSConnect: nothing to do until it joins
                 return
         if problem is not None:
-            self.send(conn, WSMessage(conn, {"type": "error", "text": problem}))
+            # broadcast, even to one: it skips a connection gone or far behind
+            # where send would raise (and end the lobby).
+            broadcast(self, [conn], {"type": "error", "text": problem})
 
-    async def join(self, conn: Alias, room: str, nick: str) -> str | None:
-        """Seat ``conn`` in ``room`` as ``nick``, or say what is wrong."""
+    async def join(self, conn: Alias, name: str, nick: str) -> str | None:
+        """Seat ``conn`` in room ``name`` as ``nick``, or say what is wrong."""
         if conn in self.seats:
             return "already in a room"
         if not NICK.fullmatch(nick):
             return "a nick is 1 to 16 letters, digits or _"
-        if not ROOM.fullmatch(room):
+        if not ROOM.fullmatch(name):
             return "a room name is 1 to 32 letters, digits, _ or -"
+        room: OpenRoom | None = None
         try:
-            pid = await self.room_pid(room)
-            if not await self.call(pid, Join(conn, nick)):
-                return f"the nick {nick} is taken in {room}"
-        except (metakit.NoProcess, metakit.ProcessExited):  # it crashed meanwhile
-            return f"room {room} is restarting, try again"
-        self.seats[conn] = pid
-        return None
+            room, pid = await self.room_process(name)
+            seated = await self.call(pid, Join(conn, nick))
+        except metakit.MetakitError as exc:  # it crashed meanwhile, or the node is stopping
+            self.log.info("joining %s failed: %r", name, exc)
+            seated = None
+        if seated:
+            assert room is not None
+            room.seated += 1
+            self.seats[conn] = (room, pid)
+            return None
+        if room is not None and room.seated == 0:
+            await self.close_room(room)  # opened for this join only
+        if seated is None:
+            return f"room {name} is restarting, try again"
+        return f"the nick {nick} is taken in {name}"
 
-    async def room_pid(self, room: str) -> PID:
-        """The PID of ``room``; the supervisor starts it if it is new."""
-        name = f"room:{room}"
-        pid = self.node.whereis(name)
-        if pid is None:
-            spec = ChildSpec(
-                Room, args=(room, self.settings.crash_demo), name=name, restart="permanent"
-            )
+    async def room_process(self, name: str) -> tuple[OpenRoom, PID]:
+        """The room open as ``name`` (opened now if there is none) and its process."""
+        room = self.rooms.get(name)
+        if room is not None:
             try:
-                pid = await self.call(self.rooms, StartChild(spec))
-            except metakit.NameTaken:  # the supervisor has just restarted it
-                pid = self.node.whereis(name)
+                return room, await self.room_pid(room)
+            except (metakit.NoProcess, metakit.ProcessExited):
+                self.forget(room)  # its supervisor has given up: its Down is on the way
+        supervisor = await self.spawn(
+            Supervisor,
+            [
+                ChildSpec(
+                    Room,
+                    args=(name, self.settings.crash_demo),
+                    name=f"room:{name}",
+                    shutdown=1.0,  # a room has nothing to finish
+                )
+            ],
+            max_restarts=self.settings.room_restarts,
+            max_seconds=60,
+        )
+        # Watched, not linked: a room's supervisor giving up ends that room, not the lobby.
+        room = OpenRoom(name, supervisor, self.monitor(supervisor))
+        self.rooms[name] = self.watches[room.watch] = room
+        return room, await self.room_pid(room)
+
+    async def room_pid(self, room: OpenRoom) -> PID:
+        """The room's process now (asked of its supervisor: it may have restarted it)."""
+        [(_, pid)] = await self.call(room.supervisor, "which_children")
         if pid is None:
-            raise metakit.NoProcess(name)
+            raise metakit.NoProcess(room.name)
+        assert isinstance(pid, PID)
         return pid
+
+    async def leave(self, room: OpenRoom) -> None:
+        """One connection seated in ``room`` has gone; the last one closes the room."""
+        room.seated -= 1
+        if room.seated == 0:
+            await self.close_room(room)
+
+    async def close_room(self, room: OpenRoom) -> None:
+        """Stop an empty room: its supervisor, which stops the room process."""
+        if self.rooms.get(room.name) is not room:
+            return  # it has ended already
+        self.forget(room)
+        gone = self.node.wait_exit(room.supervisor, timeout=5.0)
+        try:
+            self.send_exit(room.supervisor, "shutdown")  # from its parent: not trapped
+        except metakit.NoProcess:
+            pass
+        try:
+            await gone  # the room's name is free again before the next join
+        except TimeoutError:
+            self.log.warning("room %s did not stop in time; killing it", room.name)
+            self.node.kill(room.supervisor)
+
+    def forget(self, room: OpenRoom) -> None:
+        """Drop ``room`` from the open rooms; its ``Down`` no longer matters."""
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        if self.watches.pop(room.watch, None) is not None:
+            self.demonitor(room.watch)
+
+    def room_ended(self, room: OpenRoom, reason: Any) -> None:
+        """A room's supervisor has ended on its own: it gave up (too many crashes).
+
+        Its members are gone already (the crash closed their connections, 1011)
+        and their seats go with their ``WSDisconnect``; the next join opens
+        the room afresh.
+        """
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        self.log.warning("room %s has ended: %r", room.name, reason)
 
     def say(self, conn: Alias, text: str) -> str | None:
         """Pass ``text`` on to the room of ``conn``, or say what is wrong."""
-        room = self.seats.get(conn)
-        if room is None:
+        seat = self.seats.get(conn)
+        if seat is None:
             return "join a room first"
         if len(text) > MAX_TEXT:
             return f"not sent: over {MAX_TEXT} characters"
         if text.strip():
             try:
-                self.send(room, Say(conn, text))
+                self.send(seat[1], Say(conn, text))
             except metakit.NoProcess:  # the room has just crashed; the link closes conn
                 pass
         return None
@@ -262,7 +357,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the chat until SIGINT or SIGTERM."""
     reason = metakit.run(Lobby, parse_args(argv))
-    if reason != "shutdown":  # the supervisor gave up (too many crashes), say
+    if reason != "shutdown":  # the lobby failed: say so, with status 1
         sys.exit(f"chat stopped: {reason!r}")
 
 

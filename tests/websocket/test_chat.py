@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from metakit.testing import TIMEOUT
+from metakit.testing import TIMEOUT, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = ROOT / "examples" / "chat"
@@ -345,3 +345,27 @@ async def test_crash_is_an_ordinary_message_by_default(chat: Chat) -> None:
     assert (await carol.receive())["text"] == "all quiet"
     err = await chat.stop()
     assert "asked to crash" not in err
+
+
+async def test_crash_demo_crashing_again_and_again_never_stops_the_server(
+    start_chat: StartChat,
+) -> None:
+    chat = await start_chat("--crash-demo")
+    carol, _ = await chat.join("calm", "carol")
+    baseline = chat.fds()
+    for _ in range(15):  # the eleven, and more
+        ada, joined = await chat.join("boom", "ada")
+        assert joined["type"] == "joined", joined
+        await ada.send(type="say", text="/crash")
+        assert await ada.closed() == 1011
+        await ada.close()
+        # Another room did not notice.
+        await carol.send(type="say", text="all quiet")
+        assert (await carol.receive())["text"] == "all quiet"
+    # The crashed room is there for whoever joins next, empty.
+    _, joined = await chat.join("boom", "bob")
+    assert (joined["type"], joined["history"], joined["members"]) == ("joined", [], ["bob"])
+    await wait_until(lambda: chat.fds() <= baseline + 1, message="fds left behind")  # bob's
+    err = await chat.stop()
+    assert err.count("RuntimeError: room 'boom' was asked to crash") == 15
+    assert "chat stopped" not in err

@@ -1,0 +1,172 @@
+"""examples/chat on a node of the test's own: what an anonymous user must not be able to do.
+
+The chat's ``Lobby`` runs on the ``node`` fixture (which fails the test on a
+leaked process, meta, task, thread or socket), driven by real WebSocket
+clients over 127.0.0.1, so the test can count the node's processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import pytest
+
+import metakit
+from metakit.testing import TIMEOUT, wait_until
+
+CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat" / "__main__.py"
+
+
+def load_chat() -> ModuleType:
+    """The example as a module (its ``__main__`` guard keeps it from running)."""
+    spec = importlib.util.spec_from_file_location("chat_example", CHAT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+chat = load_chat()
+
+
+class Client:
+    """One WebSocket client of the chat."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send_json(message)
+
+    async def receive(self) -> Any:
+        return await self.ws.receive_json(timeout=TIMEOUT)
+
+    async def join(self, room: str, nick: str) -> Any:
+        await self.send(type="join", room=room, nick=nick)
+        return await self.receive()
+
+    async def closed(self) -> int:
+        """Wait for the server to close this connection; the code in its close frame."""
+        msg = await self.ws.receive(timeout=TIMEOUT)
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        code: int = msg.data
+        return code
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+class Server:
+    """A running Lobby and the clients' session."""
+
+    def __init__(self, node: metakit.Node, lobby: metakit.PID, url: str) -> None:
+        self.node = node
+        self.lobby = lobby
+        self.url = url
+        self.session = aiohttp.ClientSession()
+
+    async def connect(self) -> Client:
+        ws = await self.session.ws_connect(self.url.replace("http", "ws") + "/ws", origin=self.url)
+        return Client(ws)
+
+    async def join(self, room: str, nick: str) -> Client:
+        client = await self.connect()
+        joined = await client.join(room, nick)
+        assert joined["type"] == "joined", joined
+        return client
+
+    def alive(self) -> bool:
+        return self.lobby in self.node.processes()
+
+
+Serve = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def serve(node: metakit.Node) -> AsyncIterator[Serve]:
+    """A factory: ``await serve(**settings)`` spawns the Lobby on port 0."""
+    servers: list[Server] = []
+
+    async def start(**settings: Any) -> Server:
+        lobby = await node.spawn(chat.Lobby, chat.Settings(port=0, **settings))
+        server = Server(node, lobby, await node.call(lobby, "url"))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.session.close()
+
+
+async def test_a_room_supervisor_giving_up_never_stops_the_server(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await serve(crash_demo=True, room_restarts=0)  # the first crash is one too many
+    carol = await server.join("calm", "carol")
+    ada = await server.join("boom", "ada")
+    bob = await server.join("boom", "bob")
+    assert await ada.receive() == {"type": "join", "nick": "bob"}
+
+    await ada.send(type="say", text="/crash")
+    assert await ada.closed() == 1011
+    assert await bob.closed() == 1011
+    await ada.close()
+    await bob.close()
+    await wait_until(lambda: "giving up: 1 restarts within 60 s" in caplog.text)
+
+    assert server.alive()
+    await carol.send(type="say", text="all quiet")
+    assert (await carol.receive())["text"] == "all quiet"
+    # The room is there again for whoever joins, empty.
+    ada = await server.join("boom", "ada")
+    await ada.send(type="say", text="back")
+    assert (await ada.receive())["text"] == "back"
+    await ada.close()
+    await carol.close()
+
+
+async def test_empty_rooms_stop(serve: Serve, node: metakit.Node) -> None:
+    server = await serve()
+    carol = await server.join("calm", "carol")
+    baseline = len(node.processes())
+
+    for n in range(300):
+        client = await server.join(f"room{n}", "ada")
+        await client.close()
+    await wait_until(
+        lambda: len(node.processes()) <= baseline,
+        message=f"{len(node.processes()) - baseline} processes more than before",
+    )
+
+    # A room with two members stays while one of them is there.
+    ada = await server.join("pair", "ada")
+    bob = await server.join("pair", "bob")
+    assert await ada.receive() == {"type": "join", "nick": "bob"}
+    with_room = len(node.processes())
+    assert with_room > baseline
+    await bob.close()
+    assert await ada.receive() == {"type": "leave", "nick": "bob"}
+    assert len(node.processes()) == with_room
+    await ada.send(type="say", text="alone")
+    assert (await ada.receive())["text"] == "alone"
+    await ada.close()
+    await wait_until(lambda: len(node.processes()) <= baseline)
+
+    # A room that stopped starts again, empty, on the next join.
+    ada = await server.connect()
+    joined = await ada.join("pair", "ada")
+    assert (joined["history"], joined["members"]) == ([], ["ada"])
+    await ada.close()
+
+    assert server.alive()
+    await carol.send(type="say", text="still here")
+    assert (await carol.receive())["text"] == "still here"
+    await carol.close()
