@@ -60,6 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -81,6 +82,9 @@ class Settings:
 
     Attributes:
         port: the port to serve on, at 127.0.0.1; 0 picks a free one.
+        origins: more origins the page may come from (``https://chat.example``
+            behind a proxy, say) besides ``http://127.0.0.1:PORT`` and
+            ``http://localhost:PORT``, where it is served.
         crash_demo: ``/crash`` said in a room crashes it (a demonstration of
             supervision); otherwise it is a message like any other.
         room_restarts: how many restarts a room gets within a minute
@@ -88,6 +92,7 @@ class Settings:
     """
 
     port: int = 8080
+    origins: tuple[str, ...] = ()
     crash_demo: bool = False
     room_restarts: int = 10
 
@@ -178,7 +183,9 @@ class Lobby(Process):
         self.watches: dict[Ref, OpenRoom] = {}  # monitor of a room's supervisor -> the room
         # connection -> the room it sits in, and the room process it joined
         self.seats: dict[Alias, tuple[OpenRoom, PID]] = {}
-        ws = WebSocketHandler(self.pid, codec="json", max_message=4096)
+        # Only pages from here may connect (a page elsewhere could otherwise act for
+        # its visitor); no origin at all until the port is known.
+        ws = WebSocketHandler(self.pid, codec="json", max_message=4096, origins=())
         await self.spawn_meta(ws)
         app = web.Application()
         app.router.add_get("/", index)
@@ -187,6 +194,10 @@ class Lobby(Process):
         server = WebServer("127.0.0.1", settings.port, app)
         await self.spawn_meta(server)  # binds here: a busy port raises here
         self.url = server.url
+        port = server.address[1]
+        ws.origins = frozenset(
+            [f"http://127.0.0.1:{port}", f"http://localhost:{port}", *settings.origins]
+        )
         print(f"listening on {self.url}", flush=True)
 
     def handle_call(self, sender: Caller, request: Any) -> Any:
@@ -337,6 +348,23 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+def origin(text: str) -> str:
+    """``text`` as a browser writes it in an ``Origin`` header (for argparse)."""
+    url = urlsplit(text.strip().lower())
+    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(f"not an origin like https://chat.example: {text!r}")
+    if url.query or url.fragment or url.username is not None:
+        raise argparse.ArgumentTypeError(f"not an origin like https://chat.example: {text!r}")
+    try:
+        port = url.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port in {text!r}") from None
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    if port is None or port == {"http": 80, "https": 443}[url.scheme]:
+        return f"{url.scheme}://{host}"  # a default port is left out (RFC 6454 §6.1)
+    return f"{url.scheme}://{host}:{port}"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     """The settings from a command line (``sys.argv[1:]`` by default)."""
     parser = argparse.ArgumentParser(
@@ -346,12 +374,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "port", nargs="?", type=int, default=8080, help="port at 127.0.0.1 (0: any free one)"
     )
     parser.add_argument(
+        "--origin",
+        action="append",
+        type=origin,
+        default=[],
+        metavar="URL",
+        help="also accept WebSockets from pages at this origin (repeatable), "
+        "besides http://127.0.0.1:PORT and http://localhost:PORT",
+    )
+    parser.add_argument(
         "--crash-demo",
         action="store_true",
         help="let /crash said in a room crash it, to watch its supervisor restart it",
     )
     args = parser.parse_args(argv)
-    return Settings(port=args.port, crash_demo=args.crash_demo)
+    return Settings(port=args.port, origins=tuple(args.origin), crash_demo=args.crash_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

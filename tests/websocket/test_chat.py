@@ -369,3 +369,32 @@ async def test_crash_demo_crashing_again_and_again_never_stops_the_server(
     err = await chat.stop()
     assert err.count("RuntimeError: room 'boom' was asked to crash") == 15
     assert "chat stopped" not in err
+
+
+FOREIGN = ["https://evil.example", "http://127.0.0.1:1", "http://localhost", "null", None]
+
+
+async def test_a_page_from_another_origin_cannot_connect(chat: Chat) -> None:
+    carol, _ = await chat.join("calm", "carol")
+    port = URL(chat.url).port
+    for origin in [*FOREIGN, f"https://127.0.0.1:{port}", f"{chat.url}.evil.example"]:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await chat.connect(origin=origin)
+        assert refused.value.status == 403, origin
+    # The origins the page is served on.
+    for n, origin in enumerate([chat.url, f"http://localhost:{port}"]):
+        client = await chat.connect(origin=origin)
+        assert (await client.join("here", f"ok{n}"))["type"] == "joined"
+    await carol.send(type="say", text="all quiet")
+    assert (await carol.receive())["text"] == "all quiet"
+
+
+async def test_more_origins_from_the_command_line(start_chat: StartChat) -> None:
+    chat = await start_chat("--origin", "https://chat.example.com", "--origin", "http://a.test:81")
+    for n, origin in enumerate([chat.url, "https://chat.example.com", "http://a.test:81"]):
+        client = await chat.connect(origin=origin)
+        assert (await client.join("calm", f"ok{n}"))["type"] == "joined"
+    for origin in FOREIGN:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await chat.connect(origin=origin)
+        assert refused.value.status == 403, origin

@@ -170,3 +170,20 @@ async def test_empty_rooms_stop(serve: Serve, node: metakit.Node) -> None:
     await carol.send(type="say", text="still here")
     assert (await carol.receive())["text"] == "still here"
     await carol.close()
+
+
+def test_origins_from_the_command_line_are_written_as_browsers_write_them() -> None:
+    assert chat.parse_args([]).origins == ()
+    settings = chat.parse_args(
+        ["--origin", "HTTPS://Chat.Example:443/", "--origin", "http://[::1]:8080"]
+    )
+    assert settings.origins == ("https://chat.example", "http://[::1]:8080")
+    for bad in [
+        "chat.example",
+        "ftp://chat.example",
+        "https://x/chat",
+        "https://x?a",
+        "http://x:y",
+    ]:
+        with pytest.raises(SystemExit):
+            chat.parse_args(["--origin", bad])
