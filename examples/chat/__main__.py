@@ -29,10 +29,22 @@ How messages flow (JSON both ways: ``codec="json"``)::
     page {"type": "say", "text"}  -> lobby --send(Say)--> room
         room -> everyone, sender too  {"type": "message", "nick", "text", "ts"}
     the page goes: WSDisconnect -> lobby, Exit -> room -> others {"type": "leave", "nick"}
+    too fast: lobby -> page {"type": "closing", "text"}, then closes it (1000)
 
 Bad input (a long nick, an unknown message...) gets ``{"type": "error",
 "text"}`` and the connection carries on; a frame that is not JSON, or over
 4 KiB, makes the library close that connection (1007, 1009).
+
+Safe to open to anyone (each limit a flag, see ``--help``):
+
+* only pages served here open a WebSocket: an ``Origin`` other than
+  ``http://127.0.0.1:PORT``, ``http://localhost:PORT`` or an ``--origin``
+  gets 403, so a page elsewhere cannot use its visitor's browser to chat;
+* each connection may send 20 messages at once, then 5 a second (a token
+  bucket, ``--burst``, ``--rate``); the first one past that gets
+  ``{"type": "closing", "text"}`` saying why, and the connection is closed
+  (1000) — the page goes back to its form and shows the text;
+* an empty room stops, and a room crashing stops only itself (below).
 
 Supervision, on purpose: a room *links* to each member's connection, and
 traps exits, so a connection that ends reaches it as ``Exit``. Run with
@@ -45,13 +57,15 @@ restarts of one room within a minute and its supervisor gives up: that
 room ends (its members were closed by the crash) and opens afresh on the
 next join; the lobby and the other rooms carry on.
 
-Run: python examples/chat [PORT] [--crash-demo]   (default 8080; 0 picks a free port)
+Run: python examples/chat [PORT] [--origin URL]... [--rate N] [--burst N] [--crash-demo]
+     (PORT: 8080 by default; 0 picks a free one)
 Try: open http://127.0.0.1:8080 in two browser windows; Ctrl-C stops it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -74,6 +88,9 @@ NICK = re.compile(r"\w{1,16}")
 ROOM = re.compile(r"[\w-]{1,32}")
 MAX_TEXT = 500  # characters; a WebSocket message over 4 KiB closes the connection (1009)
 HISTORY = 50
+# The rate limit per connection: a page typing never comes near it; a script flooding does.
+RATE = 5.0  # messages a second, on average
+BURST = 20  # messages at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,9 @@ class Settings:
         origins: more origins the page may come from (``https://chat.example``
             behind a proxy, say) besides ``http://127.0.0.1:PORT`` and
             ``http://localhost:PORT``, where it is served.
+        rate: messages a second each connection may send, on average...
+        burst: ...and at once: past that, the connection is told why and
+            closed (see :class:`TokenBucket`).
         crash_demo: ``/crash`` said in a room crashes it (a demonstration of
             supervision); otherwise it is a message like any other.
         room_restarts: how many restarts a room gets within a minute
@@ -93,8 +113,36 @@ class Settings:
 
     port: int = 8080
     origins: tuple[str, ...] = ()
+    rate: float = RATE
+    burst: int = BURST
     crash_demo: bool = False
     room_restarts: int = 10
+
+
+class TokenBucket:
+    """A rate limit: ``burst`` messages at once, then ``rate`` a second.
+
+    It holds up to ``burst`` tokens and gains ``rate`` a second; a message
+    takes one. Times are ``time.monotonic()`` seconds, passed in (so a test
+    can pass its own).
+    """
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        """Take a token for one message; False if there is none (over the limit)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +231,8 @@ class Lobby(Process):
         self.watches: dict[Ref, OpenRoom] = {}  # monitor of a room's supervisor -> the room
         # connection -> the room it sits in, and the room process it joined
         self.seats: dict[Alias, tuple[OpenRoom, PID]] = {}
+        self.limits: dict[Alias, TokenBucket] = {}  # connection -> its rate limit
+        self.cut: set[Alias] = set()  # connections over the limit, closing
         # Only pages from here may connect (a page elsewhere could otherwise act for
         # its visitor); no origin at all until the port is known.
         ws = WebSocketHandler(self.pid, codec="json", max_message=4096, origins=())
@@ -208,26 +258,62 @@ class Lobby(Process):
 
     async def handle_message(self, sender: PID, message: Any) -> None:
         match message:
-            case WSMessage(conn, {"type": "join", "room": str(room), "nick": str(nick)}):
-                problem = await self.join(conn, room, nick)
-            case WSMessage(conn, {"type": "say", "text": str(text)}):
-                problem = self.say(conn, text)
-            case WSMessage(conn, _):
-                problem = "unknown message"
+            case WSMessage(conn, data):
+                if self.admit(conn):
+                    problem = await self.handle_request(conn, data)
+                    if problem is not None:
+                        self.tell(conn, {"type": "error", "text": problem})
             case WSDisconnect(conn, _, _):
+                self.limits.pop(conn, None)
+                self.cut.discard(conn)
                 seat = self.seats.pop(conn, None)  # and its room gets an Exit
                 if seat is not None:
                     await self.leave(seat[0])
-                return
             case Down(_, watch, reason) if watch in self.watches:
                 self.room_ended(self.watches.pop(watch), reason)
-                return
-            case _:  # WSConnect: nothing to do until it joins
-                return
-        if problem is not None:
-            # broadcast, even to one: it skips a connection gone or far behind
-            # where send would raise (and end the lobby).
-            broadcast(self, [conn], {"type": "error", "text": problem})
+            case _:  # WSConnect: nothing to do until it sends
+                pass
+
+    async def handle_request(self, conn: Alias, data: Any) -> str | None:
+        """Do what a page asks, or say what is wrong."""
+        match data:
+            case {"type": "join", "room": str(room), "nick": str(nick)}:
+                return await self.join(conn, room, nick)
+            case {"type": "say", "text": str(text)}:
+                return self.say(conn, text)
+            case _:
+                return "unknown message"
+
+    def tell(self, conn: Alias, data: Any) -> None:
+        """Write to one connection. Through broadcast, even to one: it skips a
+        connection gone or far behind, where send would raise (and end the lobby)."""
+        broadcast(self, [conn], data)
+
+    def admit(self, conn: Alias) -> bool:
+        """Whether a message from ``conn`` is within its rate limit.
+
+        The first one over it closes the connection (1000) after a notice
+        saying why; what it sent after that is ignored.
+        """
+        if conn in self.cut:
+            return False
+        now = time.monotonic()
+        bucket = self.limits.get(conn)
+        if bucket is None:
+            bucket = self.limits[conn] = TokenBucket(self.settings.rate, self.settings.burst, now)
+        if bucket.take(now):
+            return True
+        # Cut, rather than told to slow down: every message costs the lobby, which
+        # every connection shares, and a flood would go on arriving.
+        self.cut.add(conn)
+        rate, burst = self.settings.rate, self.settings.burst
+        text = f"too many messages: at most {burst} at once, then {rate:g} a second; disconnected"
+        self.tell(conn, {"type": "closing", "text": text})
+        try:
+            self.send_exit(conn, "normal")  # after the notice
+        except metakit.NoProcess:  # gone already: its WSDisconnect is on the way
+            pass
+        return False
 
     async def join(self, conn: Alias, name: str, nick: str) -> str | None:
         """Seat ``conn`` in room ``name`` as ``nick``, or say what is wrong."""
@@ -365,6 +451,28 @@ def origin(text: str) -> str:
     return f"{url.scheme}://{host}:{port}"
 
 
+def rate(text: str) -> float:
+    """A rate above 0 (for argparse)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"not a rate above 0 (messages a second): {text!r}")
+    return value
+
+
+def burst(text: str) -> int:
+    """A whole number above 0 (for argparse)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number above 0: {text!r}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     """The settings from a command line (``sys.argv[1:]`` by default)."""
     parser = argparse.ArgumentParser(
@@ -383,12 +491,33 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "besides http://127.0.0.1:PORT and http://localhost:PORT",
     )
     parser.add_argument(
+        "--rate",
+        type=rate,
+        default=RATE,
+        metavar="N",
+        help="messages a second each connection may send, on average (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=burst,
+        default=BURST,
+        metavar="N",
+        help="messages each connection may send at once (default: %(default)s); "
+        "past the limit it is told why and closed",
+    )
+    parser.add_argument(
         "--crash-demo",
         action="store_true",
         help="let /crash said in a room crash it, to watch its supervisor restart it",
     )
     args = parser.parse_args(argv)
-    return Settings(port=args.port, origins=tuple(args.origin), crash_demo=args.crash_demo)
+    return Settings(
+        port=args.port,
+        origins=tuple(args.origin),
+        rate=args.rate,
+        burst=args.burst,
+        crash_demo=args.crash_demo,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@ conftest runs every async test on both), chosen with ``METAKIT_LOOP``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -225,7 +226,8 @@ async def test_a_taken_nick_is_refused(chat: Chat) -> None:
     assert joined["members"] == ["ada"]
 
 
-async def test_the_last_50_messages_only(chat: Chat) -> None:
+async def test_the_last_50_messages_only(start_chat: StartChat) -> None:
+    chat = await start_chat("--burst", "60")  # 55 messages at once
     ada, _ = await chat.join("log", "ada")
     for i in range(55):
         await ada.send(type="say", text=f"m{i}")
@@ -398,3 +400,96 @@ async def test_more_origins_from_the_command_line(start_chat: StartChat) -> None
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await chat.connect(origin=origin)
         assert refused.value.status == 403, origin
+
+
+async def until_closed(client: Client) -> list[Any]:
+    """What the server sends ``client`` until it closes it with 1000."""
+    frames = []
+    while (msg := await client.ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
+        frames.append(json.loads(msg.data))
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1000), msg
+    return frames
+
+
+async def said_until_leave(client: Client, nick: str) -> list[str]:
+    """The texts ``client`` sees said until ``nick`` leaves."""
+    texts = []
+    while (msg := await client.receive()) != {"type": "leave", "nick": nick}:
+        assert msg["type"] == "message", msg
+        texts.append(msg["text"])
+    return texts
+
+
+async def test_a_client_over_the_rate_limit_is_told_why_and_closed(chat: Chat) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ada, _ = await chat.join("fast", "ada")  # a join counts: 19 left of the burst of 20
+    bob, _ = await chat.join("fast", "bob")
+    assert await ada.receive() == {"type": "join", "nick": "bob"}
+    for i in range(19):
+        await ada.send(type="say", text=f"m{i}")
+    for client in (ada, bob):
+        for i in range(19):
+            assert (await client.receive())["text"] == f"m{i}"
+    # One at a time, each answered before the next: only refills are left.
+    for i in range(19, 100):
+        await ada.send(type="say", text=f"m{i}")
+        reply = await ada.receive()
+        if reply["type"] != "message":
+            break
+        assert reply["text"] == f"m{i}"
+    elapsed = loop.time() - started
+    notice = "too many messages: at most 20 at once, then 5 a second; disconnected"
+    assert reply == {"type": "closing", "text": notice}
+    assert await until_closed(ada) == []
+    said = await said_until_leave(bob, "ada")
+    assert said == [f"m{n}" for n in range(19, i)]
+    assert 1 + i <= 20 + 5 * elapsed  # the burst, then 5 a second
+    await bob.send(type="say", text="all quiet")
+    assert (await bob.receive())["text"] == "all quiet"
+
+
+async def test_a_flood_is_cut_short(chat: Chat) -> None:
+    carol, _ = await chat.join("calm", "carol")
+    baseline = chat.fds()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    imp, _ = await chat.join("fast", "imp")
+    bob, _ = await chat.join("fast", "bob")
+    try:
+        for i in range(5000):
+            await imp.send(type="say", text=f"m{i}")
+    except ConnectionResetError:  # the server has closed it already
+        pass
+    # The server closes it; what the flooder sees of that is up to TCP (data it
+    # sent that the server never read makes the close a reset).
+    while (await imp.ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
+        pass
+    elapsed = loop.time() - started
+    said = await said_until_leave(bob, "imp")
+    assert said == [f"m{i}" for i in range(len(said))]
+    assert 1 + len(said) <= 20 + 5 * elapsed
+    # Everyone else carries on, and the connection is gone.
+    await imp.close()
+    for client in (bob, carol):
+        await client.send(type="say", text="all quiet")
+        assert (await client.receive())["text"] == "all quiet"
+    await wait_until(lambda: chat.fds() <= baseline + 1, message="fds left behind")  # bob's
+
+
+async def test_the_rate_limit_from_the_command_line(start_chat: StartChat) -> None:
+    chat = await start_chat("--rate", "0.5", "--burst", "3")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ada, _ = await chat.join("slow", "ada")
+    for i in range(100):  # the third is one too many, but for a refill
+        await ada.send(type="say", text=f"m{i}")
+        reply = await ada.receive()
+        if reply["type"] != "message":
+            break
+        assert reply["text"] == f"m{i}"
+    elapsed = loop.time() - started
+    notice = "too many messages: at most 3 at once, then 0.5 a second; disconnected"
+    assert reply == {"type": "closing", "text": notice}
+    assert await until_closed(ada) == []
+    assert 1 + i <= 3 + 0.5 * elapsed

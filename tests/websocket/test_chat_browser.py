@@ -31,11 +31,12 @@ expect.set_options(timeout=TIMEOUT * 1000)
 
 @pytest.fixture
 def chat_url() -> Iterator[str]:
-    """``python examples/chat 0 --crash-demo``; its URL; SIGTERM must stop it with exit code 0."""
+    """``python examples/chat 0 --crash-demo`` with a rate limit a test can reach without
+    waiting for refills; its URL; SIGTERM must stop it with exit code 0."""
     # The metakit of this checkout, whatever the environment has installed.
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with subprocess.Popen(
-        [sys.executable, str(CHAT), "0", "--crash-demo"],
+        [sys.executable, str(CHAT), "0", "--crash-demo", "--burst", "10", "--rate", "0.5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -135,6 +136,22 @@ def test_two_users_chat_in_a_browser(browser: Browser, chat_url: str) -> None:
     bob.context.close()
     expect(ada.locator("#messages li").last).to_have_text("bob left")
     expect(ada.locator("#members li")).to_have_text(["ada"])
+
+    # A page sending too fast (a script on it, say) is told why and not reconnected.
+    flood = open_chat(browser, chat_url, "imp", "tea")
+    expect(flood.locator("#members li")).to_have_text(["ada", "imp"])
+    # One past the burst, no more: what a peer sends after the server has closed
+    # makes the close a reset, which may lose the notice.
+    flood.evaluate(
+        """() => { for (let i = 0; i < 11; i++)
+            socket.send(JSON.stringify({type: "say", text: `flood ${i}`})); }"""
+    )
+    expect(flood.locator("#join-view")).to_be_visible()
+    expect(flood.locator("#join-error")).to_have_text(
+        "too many messages: at most 10 at once, then 0.5 a second; disconnected"
+    )
+    expect(ada.locator("#messages li").last).to_have_text("imp left")
+    flood.context.close()
 
     # Leave, and join again: the room emptied, so it stopped, and opens afresh.
     ada.click("#leave")

@@ -187,3 +187,35 @@ def test_origins_from_the_command_line_are_written_as_browsers_write_them() -> N
     ]:
         with pytest.raises(SystemExit):
             chat.parse_args(["--origin", bad])
+
+
+def test_the_rate_limit_is_a_burst_then_a_steady_rate() -> None:
+    # Times a float holds exactly: a quarter of a second is one token at 4 a second.
+    bucket = chat.TokenBucket(rate=4.0, burst=20, now=100.0)
+    assert [bucket.take(100.0) for _ in range(21)] == [True] * 20 + [False]
+    assert not bucket.take(100.125)  # half a message's worth
+    assert bucket.take(100.25)
+    assert not bucket.take(100.25)
+    # Steady at the rate: never cut.
+    assert all(bucket.take(100.25 + n / 4) for n in range(1, 100))
+    # Idle for long: the burst again, no more.
+    assert [bucket.take(1000.0) for _ in range(21)] == [True] * 20 + [False]
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--rate", "0"], "argument --rate: not a rate above 0 (messages a second): '0'"),
+        (["--rate", "-1"], "argument --rate: not a rate above 0"),
+        (["--rate", "inf"], "argument --rate: not a rate above 0"),
+        (["--rate", "nan"], "argument --rate: not a rate above 0"),
+        (["--burst", "0"], "argument --burst: not a whole number above 0: '0'"),
+        (["--burst", "2.5"], "argument --burst: not a whole number above 0"),
+    ],
+)
+def test_the_rate_limit_cannot_be_turned_off(
+    flags: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        chat.parse_args(flags)
+    assert complaint in capsys.readouterr().err
