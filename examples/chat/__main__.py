@@ -44,6 +44,8 @@ Safe to open to anyone (each limit a flag, see ``--help``):
   bucket, ``--burst``, ``--rate``); the first one past that gets
   ``{"type": "closing", "text"}`` saying why, and the connection is closed
   (1000) — the page goes back to its form and shows the text;
+* the page comes with a Content-Security-Policy that runs only scripts
+  from here (none inline) and connects only here;
 * an empty room stops, and a room crashing stops only itself (below).
 
 Supervision, on purpose: a room *links* to each member's connection, and
@@ -238,6 +240,7 @@ class Lobby(Process):
         ws = WebSocketHandler(self.pid, codec="json", max_message=4096, origins=())
         await self.spawn_meta(ws)
         app = web.Application()
+        app.on_response_prepare.append(secure_headers)
         app.router.add_get("/", index)
         app.router.add_get("/ws", ws)
         app.router.add_static("/static/", STATIC)
@@ -430,7 +433,31 @@ class Lobby(Process):
         return None
 
 
+# What the page may load and run: its own files only, so that text slipping
+# into the page (an XSS) can run no script and send nowhere. 'self' in
+# connect-src covers ws: and wss: to the same host and port (CSP Level 3).
+CSP = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
+async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response: the page's policy (also for /static/index.html), and no type sniffing."""
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
 async def index(request: web.Request) -> web.FileResponse:
+    """The page."""
     return web.FileResponse(STATIC / "index.html")
 
 

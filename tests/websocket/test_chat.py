@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,11 @@ class Chat:
     async def get(self, path: str) -> tuple[int, str, bytes]:
         async with self.session.get(URL(self.url + path, encoded=True)) as r:
             return r.status, r.content_type, await r.read()
+
+    async def headers(self, path: str) -> Mapping[str, str]:
+        async with self.session.get(URL(self.url + path, encoded=True)) as r:
+            assert r.status == 200, path
+            return r.headers
 
     def terminate(self) -> None:
         """Send SIGTERM, once: a second one during the shutdown would be fatal."""
@@ -493,3 +498,22 @@ async def test_the_rate_limit_from_the_command_line(start_chat: StartChat) -> No
     assert reply == {"type": "closing", "text": notice}
     assert await until_closed(ada) == []
     assert 1 + i <= 3 + 0.5 * elapsed
+
+
+async def test_the_page_has_a_content_security_policy(chat: Chat) -> None:
+    for path in ["/", "/static/index.html"]:  # the same page, either way
+        headers = await chat.headers(path)
+        directives = {}
+        for directive in headers["Content-Security-Policy"].split(";"):
+            name, *values = directive.split()
+            directives[name] = values
+        assert directives["default-src"] == ["'none'"]
+        assert directives["script-src"] == ["'self'"]  # no inline script, no eval
+        assert directives["connect-src"] == ["'self'"]  # and ws: to the same host
+        assert directives["style-src"] == ["'self'"]
+        assert directives["img-src"] == ["'self'"]
+        assert directives["frame-ancestors"] == ["'none'"]
+        assert directives["base-uri"] == ["'none'"]
+        assert directives["form-action"] == ["'none'"]
+    for path in ["/", "/static/chat.js", "/static/style.css"]:
+        assert (await chat.headers(path))["X-Content-Type-Options"] == "nosniff"

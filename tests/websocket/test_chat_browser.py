@@ -78,13 +78,29 @@ def browser() -> Iterator[Browser]:
 
 
 def open_chat(browser: Browser, url: str, nick: str, room: str) -> Page:
-    """A new browser context (its own user) on the chat page, joining ``room`` as ``nick``."""
+    """A new browser context (its own user) on the chat page, joining ``room`` as ``nick``.
+
+    Whatever the page logs as an error goes to ``ERRORS`` (a CSP violation, say).
+    """
     page = browser.new_context(viewport={"width": 900, "height": 560}).new_page()
+    page.on("console", lambda msg: msg.type == "error" and ERRORS.append(msg.text))
     page.goto(url)
     page.fill("#nick", nick)
     page.fill("#room", room)
     page.click("#join-form button")
     return page
+
+
+ERRORS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def no_errors_on_the_pages() -> Iterator[None]:
+    """Fail a test whose pages logged an error other than a refused connection."""
+    ERRORS.clear()
+    yield
+    # A page reconnecting while the server restarts a room logs the failure.
+    assert [e for e in ERRORS if "WebSocket connection" not in e] == []
 
 
 def say(page: Page, text: str) -> None:
@@ -96,6 +112,16 @@ def test_two_users_chat_in_a_browser(browser: Browser, chat_url: str) -> None:
     ada = open_chat(browser, chat_url, "ada", "tea")
     expect(ada.locator("#room-title")).to_have_text("#tea")
     expect(ada.locator("#members li")).to_have_text(["ada"])
+    # The policy holds: a script injected inline does not run.
+    ran = ada.evaluate(
+        """() => { const script = document.createElement("script");
+            script.textContent = "window.injected = true";
+            document.head.append(script);
+            return window.injected === true; }"""
+    )
+    assert ran is False
+    assert any("Content Security Policy" in e for e in ERRORS), ERRORS
+    ERRORS.clear()
     bob = open_chat(browser, chat_url, "bob", "tea")
     expect(bob.locator("#members li")).to_have_text(["ada", "bob"])
     expect(ada.locator("#members li")).to_have_text(["ada", "bob"])
