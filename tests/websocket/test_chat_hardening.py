@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 import metakit
-from metakit.testing import TIMEOUT, wait_until
+from metakit.testing import TIMEOUT, LeakCheck, wait_until
 
 CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat" / "__main__.py"
 
@@ -73,8 +73,11 @@ class Server:
         self.url = url
         self.session = aiohttp.ClientSession()
 
-    async def connect(self) -> Client:
-        ws = await self.session.ws_connect(self.url.replace("http", "ws") + "/ws", origin=self.url)
+    async def connect(self, origin: str | None = "") -> Client:
+        """A WebSocket client; its ``Origin`` is the page's unless given (None: none)."""
+        ws = await self.session.ws_connect(
+            self.url.replace("http", "ws") + "/ws", origin=self.url if origin == "" else origin
+        )
         return Client(ws)
 
     async def join(self, room: str, nick: str) -> Client:
@@ -137,6 +140,7 @@ async def test_empty_rooms_stop(serve: Serve, node: metakit.Node) -> None:
     server = await serve()
     carol = await server.join("calm", "carol")
     baseline = len(node.processes())
+    leaks = LeakCheck()
 
     for n in range(300):
         client = await server.join(f"room{n}", "ada")
@@ -145,6 +149,7 @@ async def test_empty_rooms_stop(serve: Serve, node: metakit.Node) -> None:
         lambda: len(node.processes()) <= baseline,
         message=f"{len(node.processes()) - baseline} processes more than before",
     )
+    await leaks.check()  # tasks, threads, sockets
 
     # A room with two members stays while one of them is there.
     ada = await server.join("pair", "ada")
@@ -219,3 +224,54 @@ def test_the_rate_limit_cannot_be_turned_off(
     with pytest.raises(SystemExit):
         chat.parse_args(flags)
     assert complaint in capsys.readouterr().err
+
+
+async def test_the_node_keeps_serving_through_every_attack(
+    serve: Serve, node: metakit.Node
+) -> None:
+    server = await serve(crash_demo=True)
+    carol = await server.join("calm", "carol")
+    processes, metas = len(node.processes()), len(node.metas())
+    leaks = LeakCheck()
+
+    async def carol_is_served() -> None:
+        await carol.send(type="say", text="all quiet")
+        assert (await carol.receive())["text"] == "all quiet"
+
+    for origin in ["https://evil.example", "null", None]:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await server.connect(origin=origin)
+        assert refused.value.status == 403
+    await carol_is_served()
+
+    for n in range(5):  # floods, each cut short
+        imp = await server.join("flood", f"imp{n}")
+        try:
+            for i in range(1000):
+                await imp.send(type="say", text=f"m{i}")
+        except ConnectionResetError:  # closed already
+            pass
+        while (await imp.ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
+            pass
+        await imp.close()
+        await carol_is_served()
+
+    for _ in range(12):  # crashes, over the supervisor's limit
+        ada = await server.join("boom", "ada")
+        await ada.send(type="say", text="/crash")
+        assert await ada.closed() == 1011
+        await ada.close()
+        await carol_is_served()
+
+    for n in range(100):  # rooms, left empty
+        ada = await server.join(f"room{n}", "ada")
+        await ada.close()
+    await carol_is_served()
+
+    await wait_until(
+        lambda: (len(node.processes()), len(node.metas())) == (processes, metas),
+        message="processes or metas left behind",
+    )
+    await leaks.check()  # tasks, threads, sockets
+    assert server.alive()
+    await carol.close()
