@@ -149,17 +149,27 @@ class TokenBucket:
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    """The lobby asks a room (a call) to seat ``conn`` as ``nick``; the reply is a bool."""
+
     conn: Alias
     nick: str
 
 
 @dataclass(frozen=True, slots=True)
 class Say:
+    """The lobby passes on what ``conn``, a member, says in the room."""
+
     conn: Alias
     text: str
 
 
 class Room(Process):
+    """One room: its members and its history, under a supervisor of its own.
+
+    Started with ``init(room, crash_demo)``: its name, and whether ``/crash``
+    crashes it.
+    """
+
     trap_exit = True  # a member's connection ending arrives as Exit(conn, reason)
 
     def init(self, room: str, crash_demo: bool = False) -> None:
@@ -248,7 +258,7 @@ class Lobby(Process):
         await self.spawn_meta(server)  # binds here: a busy port raises here
         self.url = server.url
         port = server.address[1]
-        ws.origins = frozenset(
+        ws.origins = frozenset(  # read by the handler at each upgrade
             [f"http://127.0.0.1:{port}", f"http://localhost:{port}", *settings.origins]
         )
         print(f"listening on {self.url}", flush=True)
