@@ -7,6 +7,7 @@ downloads are never used). Every wait is one of Playwright's auto-waiting
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -20,7 +21,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from metakit.testing import TIMEOUT
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat"
+ROOT = Path(__file__).resolve().parents[2]
+CHAT = ROOT / "examples" / "chat"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")
 
@@ -29,12 +31,16 @@ expect.set_options(timeout=TIMEOUT * 1000)
 
 @pytest.fixture
 def chat_url() -> Iterator[str]:
-    """``python examples/chat 0``; its URL; SIGTERM must stop it with exit code 0."""
+    """``python examples/chat 0 --crash-demo`` with a rate limit a test can reach without
+    waiting for refills; its URL; SIGTERM must stop it with exit code 0."""
+    # The metakit of this checkout, whatever the environment has installed.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with subprocess.Popen(
-        [sys.executable, str(CHAT), "0"],
+        [sys.executable, str(CHAT), "0", "--crash-demo", "--burst", "10", "--rate", "0.5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONPATH": path},
     ) as proc:
         try:
             assert proc.stdout is not None
@@ -72,13 +78,29 @@ def browser() -> Iterator[Browser]:
 
 
 def open_chat(browser: Browser, url: str, nick: str, room: str) -> Page:
-    """A new browser context (its own user) on the chat page, joining ``room`` as ``nick``."""
+    """A new browser context (its own user) on the chat page, joining ``room`` as ``nick``.
+
+    Whatever the page logs as an error goes to ``ERRORS`` (a CSP violation, say).
+    """
     page = browser.new_context(viewport={"width": 900, "height": 560}).new_page()
+    page.on("console", lambda msg: msg.type == "error" and ERRORS.append(msg.text))
     page.goto(url)
     page.fill("#nick", nick)
     page.fill("#room", room)
     page.click("#join-form button")
     return page
+
+
+ERRORS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def no_errors_on_the_pages() -> Iterator[None]:
+    """Fail a test whose pages logged an error other than a refused connection."""
+    ERRORS.clear()
+    yield
+    # A page reconnecting while the server restarts a room logs the failure.
+    assert [e for e in ERRORS if "WebSocket connection" not in e] == []
 
 
 def say(page: Page, text: str) -> None:
@@ -90,6 +112,16 @@ def test_two_users_chat_in_a_browser(browser: Browser, chat_url: str) -> None:
     ada = open_chat(browser, chat_url, "ada", "tea")
     expect(ada.locator("#room-title")).to_have_text("#tea")
     expect(ada.locator("#members li")).to_have_text(["ada"])
+    # The policy holds: a script injected inline does not run.
+    ran = ada.evaluate(
+        """() => { const script = document.createElement("script");
+            script.textContent = "window.injected = true";
+            document.head.append(script);
+            return window.injected === true; }"""
+    )
+    assert ran is False
+    assert any("Content Security Policy" in e for e in ERRORS), ERRORS
+    ERRORS.clear()
     bob = open_chat(browser, chat_url, "bob", "tea")
     expect(bob.locator("#members li")).to_have_text(["ada", "bob"])
     expect(ada.locator("#members li")).to_have_text(["ada", "bob"])
@@ -131,11 +163,29 @@ def test_two_users_chat_in_a_browser(browser: Browser, chat_url: str) -> None:
     expect(ada.locator("#messages li").last).to_have_text("bob left")
     expect(ada.locator("#members li")).to_have_text(["ada"])
 
-    # Leave, and join again.
+    # A page sending too fast (a script on it, say) is told why and not reconnected.
+    flood = open_chat(browser, chat_url, "imp", "tea")
+    expect(flood.locator("#members li")).to_have_text(["ada", "imp"])
+    # One past the burst, no more: what a peer sends after the server has closed
+    # makes the close a reset, which may lose the notice.
+    flood.evaluate(
+        """() => { for (let i = 0; i < 11; i++)
+            socket.send(JSON.stringify({type: "say", text: `flood ${i}`})); }"""
+    )
+    expect(flood.locator("#join-view")).to_be_visible()
+    expect(flood.locator("#join-error")).to_have_text(
+        "too many messages: at most 10 at once, then 0.5 a second; disconnected"
+    )
+    expect(ada.locator("#messages li").last).to_have_text("imp left")
+    flood.context.close()
+
+    # Leave, and join again: the room emptied, so it stopped, and opens afresh.
     ada.click("#leave")
     expect(ada.locator("#join-view")).to_be_visible()
     ada.click("#join-form button")
     expect(ada.locator("#members li")).to_have_text(["ada"])
-    # The history: what was said since the crash (the crash lost the rest).
-    expect(ada.locator("#messages li.message .text")).to_have_text(["back again"])
+    expect(ada.locator("#messages li.notice")).to_have_count(0)
+    expect(ada.locator("#messages li.message")).to_have_count(0)
+    say(ada, "anew")
+    expect(ada.locator("#messages li.message .text")).to_have_text(["anew"])
     ada.context.close()

@@ -11,6 +11,7 @@ let me = null; // {room, nick} while the user wants to be in a room
 let inRoom = false; // the room view is showing
 let joined = false; // the current socket has joined
 let retries = 0;
+let farewell = ""; // why the server is closing the current socket on purpose: no reconnecting then
 let lastTs = 0; // the newest message shown: after a reconnect, only newer history is added
 const members = new Set();
 
@@ -19,6 +20,7 @@ function connect() {
   const ws = new WebSocket(`${scheme}://${location.host}/ws`);
   socket = ws;
   joined = false;
+  farewell = "";
   ws.onopen = () => ws.send(JSON.stringify({ type: "join", room: me.room, nick: me.nick }));
   ws.onmessage = (event) => receive(JSON.parse(event.data));
   ws.onclose = (event) => closed(ws, event);
@@ -50,6 +52,9 @@ function receive(msg) {
       renderMembers();
       notice(`${msg.nick} left`);
       break;
+    case "closing":
+      farewell = msg.text;
+      break;
     case "error":
       if (joined) {
         notice(msg.text, "error");
@@ -65,6 +70,10 @@ function closed(ws, event) {
   socket = null;
   joined = false;
   if (!me) return; // the user left
+  if (farewell) {
+    leave(farewell); // back to the form, saying why
+    return;
+  }
   if (!inRoom) {
     leave(`cannot connect to the server (code ${event.code})`);
     return;
