@@ -241,3 +241,35 @@ async def test_the_node_serves_others_through_a_slowloris_attack(node: Node) -> 
     assert server.statistics().headers_timed_out == attackers
     await wait_until(lambda: server.statistics().connections == 0)
     await leaks.check()  # no socket, task or thread of theirs left behind
+
+
+async def test_a_trickled_body_is_answered_408(node: Node) -> None:
+    pid, handler, server = await start(
+        node,
+        handler_opts={"body_timeout": DEADLINE},
+        lingering_time=DEADLINE,  # aiohttp then reads on for this long, and closes
+    )
+    loop = asyncio.get_running_loop()
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    async with connection(server) as (reader, writer):
+        writer.write(head)
+        began = loop.time()
+        async with trickling(writer, b"x" * 1000):
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["connection"]) == (408, "close")
+            assert loop.time() - began >= DEADLINE - EARLY
+            assert await closed_by_server(reader) == b""
+    assert handler.statistics().body_timed_out == 1
+    assert server.statistics().headers_timed_out == 0  # the headers were in time
+    assert await node.call(pid, "seen") == []  # the worker never saw it
+
+
+async def test_a_body_in_pieces_within_body_timeout_is_served(node: Node) -> None:
+    _, handler, server = await start(node, handler_opts={"body_timeout": TIMEOUT})
+    async with connection(server) as (reader, writer):
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc")
+        # The handler is reading the body, and it is not all there yet.
+        await wait_until(lambda: handler.statistics().requests == 1)
+        writer.write(b"def")
+        assert (await read_response(reader))[::2] == (201, b"abcdef")
+    assert handler.statistics().body_timed_out == 0
