@@ -175,6 +175,18 @@ async def test_trickled_headers_do_not_extend_the_header_deadline(node: Node) ->
     assert server.statistics().connections == 0
 
 
+async def test_a_connection_the_client_closes_in_time_is_not_counted(node: Node) -> None:
+    _, _, server = await start(node, header_timeout=DEADLINE)
+    async with connection(server):
+        await wait_until(lambda: server.statistics().connections == 1)
+    await wait_until(lambda: server.statistics().connections == 0)
+    # Opened after the first one closed: once it is cut, the first one's
+    # deadline has passed too, and its timer went with it.
+    async with connection(server) as (silent, _):
+        assert await closed_by_server(silent) == b""
+    assert server.statistics().headers_timed_out == 1
+
+
 async def test_prompt_requests_and_slow_handlers_are_not_cut(
     node: Node,
 ) -> None:
