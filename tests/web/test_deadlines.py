@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 import metakit
@@ -285,3 +288,17 @@ async def test_a_body_in_pieces_within_body_timeout_is_served(node: Node) -> Non
         writer.write(b"def")
         assert (await read_response(reader))[::2] == (201, b"abcdef")
     assert handler.statistics().body_timed_out == 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+async def test_curl_uploading_slowly_gets_408(node: Node, tmp_path: Any) -> None:
+    _, handler, server = await start(node, handler_opts={"body_timeout": DEADLINE})
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"x" * 200_000)  # 10 s at 20 KiB/s: longer than TIMEOUT
+    curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--limit-rate", "20k"]
+    proc = await asyncio.create_subprocess_exec(
+        *curl, "--data-binary", f"@{upload}", f"{server.url}/echo", stdout=subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert out == b"408"
+    assert handler.statistics().body_timed_out == 1
