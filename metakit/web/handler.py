@@ -174,6 +174,8 @@ class WebHandler(Meta):
         max_body: int = 1 << 20,
         body_timeout: float | None = 30.0,
     ) -> None:
+        if body_timeout is not None and body_timeout <= 0:
+            raise ValueError(f"body_timeout must be positive or None, not {body_timeout!r}")
         self._workers = Pool(worker, pool, required=True)
         mark_coroutine_function(self)  # aiohttp takes it as an async handler
         self.timeout = timeout

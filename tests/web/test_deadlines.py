@@ -302,3 +302,11 @@ async def test_curl_uploading_slowly_gets_408(node: Node, tmp_path: Any) -> None
     out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert out == b"408"
     assert handler.statistics().body_timed_out == 1
+
+
+def test_deadlines_must_be_positive() -> None:
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="header_timeout"):
+            WebServer("127.0.0.1", 0, web.Application(), header_timeout=bad)
+        with pytest.raises(ValueError, match="body_timeout"):
+            WebHandler("api", body_timeout=bad)
