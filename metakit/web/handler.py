@@ -26,6 +26,7 @@ no answer within ``timeout``           504 (a late answer is discarded)
 the worker ended before answering      503
 ``handle_call`` raised                 500, generic body; traceback in the log
 body longer than ``max_body``          413, the worker is not bothered
+body not in within ``body_timeout``    408 and close, the worker is not bothered
 =====================================  ==========================================
 
 A client that disconnects while waiting: with ``handler_cancellation=True``
@@ -37,13 +38,14 @@ Without it, aiohttp discards the response when it finds the client gone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from .._compat import mark_coroutine_function
 from ..errors import CallTimeout, MailboxFull, NoProcess, ProcessExited
@@ -123,6 +125,8 @@ class WebHandlerStatistics:
         failed: answered 500: ``handle_call`` raised, or its answer was not
             a response.
         too_large: answered 413: the body was longer than ``max_body``.
+        body_timed_out: answered 408: the body was not all in within
+            ``body_timeout``.
     """
 
     requests: int
@@ -130,6 +134,7 @@ class WebHandlerStatistics:
     timed_out: int
     failed: int
     too_large: int
+    body_timed_out: int
 
 
 class WebHandler(Meta):
@@ -147,6 +152,13 @@ class WebHandler(Meta):
             request (dead ones are skipped).
         timeout: seconds to wait for an answer before a 504.
         max_body: the largest request body read, in bytes; longer gets 413.
+        body_timeout: seconds for the whole body to arrive, counted from when
+            the handler starts reading it (its headers are in); a body still
+            coming then gets 408 with ``Connection: close``, however steadily
+            its bytes trickle in. None for no deadline. After the 408,
+            aiohttp reads and drops what still comes for up to its
+            ``lingering_time`` (10 s) before it closes, so that the client
+            reads the 408 rather than a reset.
 
     Resource handling:
         The handler answers 503 until it is spawned and after it ends. It
@@ -160,21 +172,38 @@ class WebHandler(Meta):
         pool: Sequence[PID | str] | None = None,
         timeout: float = 5.0,
         max_body: int = 1 << 20,
+        body_timeout: float | None = 30.0,
     ) -> None:
+        if body_timeout is not None and body_timeout <= 0:
+            raise ValueError(f"body_timeout must be positive or None, not {body_timeout!r}")
         self._workers = Pool(worker, pool, required=True)
         mark_coroutine_function(self)  # aiohttp takes it as an async handler
         self.timeout = timeout
         self.max_body = max_body
+        self.body_timeout = body_timeout
         self._requests = self._unavailable = self._timed_out = self._failed = self._too_large = 0
+        self._body_timed_out = 0
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
-        """The body (the request has one), or None if it is longer than ``max_body``."""
+        """The body (the request has one), or None if it is longer than ``max_body``.
+
+        Raises:
+            TimeoutError: not all in within ``body_timeout``.
+        """
         length = request.content_length
         if length is not None and length > self.max_body:
             return None
+        content = request.content
+        # A body that came with its headers is read without a timer.
+        if content.is_eof() or self.body_timeout is None:
+            return await self._read_chunks(content)
+        async with asyncio.timeout(self.body_timeout):
+            return await self._read_chunks(content)
+
+    async def _read_chunks(self, content: StreamReader) -> bytes | None:
         chunks = []
         size = 0
-        async for chunk in request.content.iter_any():
+        async for chunk in content.iter_any():
             size += len(chunk)
             if size > self.max_body:
                 return None
@@ -188,7 +217,14 @@ class WebHandler(Meta):
             self._unavailable += 1
             return _error(503)
         if request.body_exists:
-            body = await self._read_body(request)
+            try:
+                body = await self._read_body(request)
+            except TimeoutError:
+                self._body_timed_out += 1
+                response = _error(408)
+                # RFC 9110 §15.5.9: the server has decided to close.
+                response.force_close()
+                return response
             if body is None:
                 self._too_large += 1
                 return _error(413)
@@ -238,6 +274,7 @@ class WebHandler(Meta):
             timed_out=self._timed_out,
             failed=self._failed,
             too_large=self._too_large,
+            body_timed_out=self._body_timed_out,
         )
 
     def handle_inspect(self) -> dict[str, str]:
