@@ -22,7 +22,8 @@ Failures map to status codes and never reach the client as a traceback:
 =====================================  ==========================================
 no live worker (or handler ended)      503
 the worker's mailbox is full           503 with ``Retry-After``
-no answer within ``timeout``           504 (a late answer is discarded)
+no answer within ``timeout``           504; a coroutine ``handle_call`` still
+                                       on it is cancelled (see below)
 the worker ended before answering      503
 ``handle_call`` raised                 500, generic body; traceback in the log
 body longer than ``max_body``          413, the worker is not bothered
@@ -34,6 +35,11 @@ A client that disconnects while waiting: with ``handler_cancellation=True``
 aiohttp cancels the request task, which cancels the pending call: the worker
 skips it if it has not started, and its answer is discarded otherwise.
 Without it, aiohttp discards the response when it finds the client gone.
+
+Either way (a 504, or a client gone) the call is withdrawn as any call
+whose caller stops waiting is (``Process.call``): a coroutine
+``handle_call`` still working on it gets ``CancelledError``, so one slow
+request never makes the next request to the same worker time out too.
 """
 
 from __future__ import annotations
