@@ -7,22 +7,11 @@ import ssl
 from typing import Any
 
 import pytest
-import trustme
 
 from metakit import Node
 from metakit.framing import Line
 from metakit.tcp import TCPClient, TCPConnect, TCPDisconnect, TCPMessage, TCPServer
 from metakit.testing import TIMEOUT, Probe
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
 
 
 async def test_tls_echo_both_sides(
