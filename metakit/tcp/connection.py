@@ -199,6 +199,7 @@ class TCPConnection(Connection, asyncio.Protocol):
         "_encode",
         "_handshake",
         "_idle",
+        "_idle_timeout",
         "_nbytes",
         "_nwrites",
         "_transport",
@@ -225,6 +226,7 @@ class TCPConnection(Connection, asyncio.Protocol):
         # Raw frames go to the socket as they are: skip a copy per write.
         self._encode = None if isinstance(framer, Raw) else framer.encode
         self._idle = idle_timeout is not None
+        self._idle_timeout = idle_timeout
         self._nwrites = 0  # written by handle_message below (writes_counted)
         self._nbytes = 0
         self._transport: asyncio.Transport | None = None
@@ -365,8 +367,9 @@ class TCPConnection(Connection, asyncio.Protocol):
         return len(data)
 
     def handle_inspect(self) -> dict[str, str]:
-        """Connection's fields, the local address and the framing."""
+        """Connection's fields, the local address, the framing and the idle timeout."""
         info = super().handle_inspect()
         info["local"] = str(self.local)
         info["framing"] = repr(self.framer)
+        info["idle_timeout"] = str(self._idle_timeout)
         return info

@@ -73,12 +73,18 @@ class TCPServer(Meta):
         max_connections: beyond it, a new connection is closed at once,
             before any byte is read (with TLS, before the handshake): the
             peer sees EOF. Counted as ``rejected``. Default: no limit.
-        idle_timeout: a connection without traffic for this long ends with
-            reason ``"idle"``.
+        idle_timeout: seconds without a read or a write after which a
+            connection ends with reason ``"idle"``: the worker gets
+            ``TCPDisconnect(conn, "idle")``, the peer sees the connection
+            closed after the writes already queued. Default 300; None: never.
         backlog: the listen backlog.
         reuse_port: set ``SO_REUSEPORT`` (several servers on one port).
-        mailbox_size: the bound of each connection's mailbox (0: unbounded);
-            a full one raises ``MailboxFull`` at the worker writing to it.
+        mailbox_size: the bound of each connection's mailbox (at least 1):
+            the writes that wait while the peer is not reading (the socket's
+            buffers full). A full one raises ``MailboxFull`` at the worker
+            writing to it (``broadcast`` skips the connection and counts it
+            as ``dropped``); the peer, once it reads again, gets every write
+            that was taken, in order. Default 256.
         high_watermark: pause reading when the worker's mailbox holds more
             messages than this: what a slow worker can have queued per
             connection is about this many frames (with ``Raw()``, of up to
@@ -99,8 +105,8 @@ class TCPServer(Meta):
         handshake, while the workers finish what is in flight.
 
     Error handling:
-        ``ValueError`` for an ``ssl_handshake_timeout`` that is not positive,
-        or watermarks out of order.
+        ``ValueError`` for a ``mailbox_size`` below 1, a timeout that is not
+        positive, or watermarks out of order.
     """
 
     def __init__(
@@ -112,14 +118,18 @@ class TCPServer(Meta):
         pool: Sequence[PID | str] | None = None,
         ssl: _ssl.SSLContext | None = None,
         max_connections: int | None = None,
-        idle_timeout: float | None = None,
+        idle_timeout: float | None = 300.0,
         backlog: int = 128,
         reuse_port: bool = False,
-        mailbox_size: int = 0,
+        mailbox_size: int = 256,
         high_watermark: int = 64,
         low_watermark: int = 16,
         ssl_handshake_timeout: float = 10.0,
     ) -> None:
+        if mailbox_size < 1:
+            raise ValueError(f"mailbox_size must be at least 1, not {mailbox_size!r}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive (or None), not {idle_timeout!r}")
         if not ssl_handshake_timeout > 0:
             raise ValueError(
                 f"ssl_handshake_timeout must be positive, not {ssl_handshake_timeout!r}"

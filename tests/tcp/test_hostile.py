@@ -1,11 +1,12 @@
-"""TCPServer against hostile peers: TLS handshakes that never come, fail or
-stall. Every limit holds, the worker hears only of connections it serves, and
-the server keeps serving the others."""
+"""TCPServer against hostile peers, with its defaults: TLS handshakes that never
+come, fail or stall, and peers that never read. Every limit holds, the worker
+hears only of connections it serves, and the server keeps serving the others."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
 import ssl
 import struct
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from metakit import Node
+from metakit.errors import MailboxFull
 from metakit.framing import Line
 from metakit.tcp import TCPConnect, TCPDisconnect, TCPMessage, TCPServer
 from metakit.testing import TIMEOUT, Probe, check_meta_lifecycle, wait_until
@@ -358,3 +360,72 @@ async def test_server_ending_during_handshakes_leaves_nothing(tls: Contexts) -> 
         exercise=exercise,
     )
     assert all(task.done() for task in peers)
+
+
+# -- the defaults: a bounded mailbox, an idle timeout -------------------------------------
+
+
+def test_defaults_are_finite() -> None:
+    params = inspect.signature(TCPServer).parameters
+    assert params["mailbox_size"].default == 256
+    assert params["idle_timeout"].default == 300.0
+    assert params["ssl_handshake_timeout"].default == 10.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("mailbox_size", 0),
+        ("mailbox_size", -1),
+        ("idle_timeout", 0),
+        ("idle_timeout", -1.0),
+        ("ssl_handshake_timeout", 0),
+        ("ssl_handshake_timeout", -1.0),
+    ],
+)
+def test_limits_must_be_positive(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=option):
+        TCPServer("127.0.0.1", 0, **{option: value})
+
+
+async def test_a_peer_that_never_reads_meets_the_default_mailbox_bound(
+    node: Node, probe: Any
+) -> None:
+    worker, server = await serve(probe)
+    _, writer = await asyncio.open_connection(*server.address, limit=1 << 16)
+    conn = (await worker.receive()).conn
+    info = node.meta_info(conn)
+    assert info.mailbox_size == 256
+    assert info.inspect["idle_timeout"] == "300.0"
+    # The peer reads nothing: the kernel's buffers, then the transport's,
+    # fill; the connection holds its writes and its mailbox fills up.
+    block = bytes(16 << 10)
+    sent = 0
+    while sent < 4096:  # 64 MiB: far more than the buffers and the bound hold
+        try:
+            worker.send(conn, TCPMessage(conn, block))
+        except MailboxFull:
+            break
+        sent += 1
+        await asyncio.sleep(0)  # let the connection write what it can
+    assert sent < 4096, "no MailboxFull after 64 MiB written to a peer that reads nothing"
+    assert sent >= 256
+    assert node.meta_info(conn).inspect["writing"] == "held"
+    reset(writer)
+    assert isinstance(await worker.receive(), TCPDisconnect)
+
+
+async def test_idle_timeout_none_disables_it(node: Node, probe: Any) -> None:
+    worker, server = await serve(probe, framing=Line(max_length=100), idle_timeout=None)
+    _, timed = await serve(probe, idle_timeout=0.05)
+    _, writer = await asyncio.open_connection(*server.address)
+    conn = (await worker.receive()).conn
+    assert node.meta_info(conn).inspect["idle_timeout"] == "None"
+    _, other = await asyncio.open_connection(*timed.address)
+    await wait_until(lambda: timed.connections == 1)
+    await wait_until(lambda: timed.connections == 0)  # idled out; ours is still open
+    writer.write(b"still here\n")
+    assert await worker.receive() == TCPMessage(conn, b"still here")
+    await close(other)
+    await close(writer)
+    assert await worker.receive() == TCPDisconnect(conn, "closed")
