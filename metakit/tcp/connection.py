@@ -19,14 +19,25 @@ whole-line read's frame as one slice of those bytes (``bench/tcp_echo.py``:
 What is TCP's own: a half-close (EOF) keeps the write side open until the
 worker has answered what it read (a client that sends a request and
 half-closes still gets its answer), and ``"kill"`` is an RST.
+
+TLS on a server's connection: the server listens without TLS, so a
+connection is spawned, and holds its ``max_connections`` slot, when the
+socket is accepted; it then runs the handshake itself (``loop.start_tls``,
+with the server's deadline, in a Task of its own) and opens, sending the
+worker its ``TCPConnect``, only once the handshake is done. A handshake
+that fails or times out ends the meta before the worker has heard of it:
+no ``TCPConnect``, no ``TCPDisconnect``. The plain accept path has neither
+the Task nor the extra calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from ..connection import Connection
@@ -49,6 +60,123 @@ def _reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+@dataclass(frozen=True, slots=True)
+class _ServerTLS:
+    """How a TLS server's connections complete their handshake (one per server).
+
+    Attributes:
+        context: the server's ``SSLContext``.
+        timeout: seconds the handshake may take, from the accept.
+        serve: called once it is done: who serves the connection (None: nobody,
+            refuse it).
+        failed: called when it failed or timed out (the server counts it).
+    """
+
+    context: ssl.SSLContext
+    timeout: float
+    serve: Callable[[TCPConnection], PID | None]
+    failed: Callable[[BaseException], None]
+
+
+class _BeforeTLS(asyncio.Protocol):
+    """The socket's protocol from the accept until ``start_tls`` takes it over.
+
+    The loop may read before the handshake's Task first runs (uvloop starts
+    reading as ``connection_made`` returns): that first read (the ClientHello)
+    is kept, reading paused, and handed to the TLS layer ahead of anything
+    read after it. An EOF or a close this early ends the handshake at once.
+    """
+
+    __slots__ = ("_kept", "ended", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._kept: list[bytes] = []
+        self.ended: Exception | None = None
+        """Set if the peer closed (or half-closed) before the handshake began."""
+
+    def data_received(self, data: bytes) -> None:
+        self._kept.append(data)
+        self.transport.pause_reading()  # start_tls resumes it
+
+    def eof_received(self) -> bool:
+        self.ended = ConnectionResetError("EOF before the TLS handshake")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = exc or ConnectionResetError("closed before the TLS handshake")
+
+    def hand_over(self) -> None:
+        """Give what was read to the TLS layer, now the socket's protocol.
+
+        Scheduled just before ``start_tls`` runs, so it runs right after it has
+        set its protocol and before any later read (callbacks run in order):
+        still unwrapped, the TLS layer only buffers it.
+        """
+        protocol = self.transport.get_protocol()
+        if protocol is self or self.transport.is_closing():
+            return  # start_tls did not get that far
+        # Both loops' TLS layers are buffered protocols (uvloop's is not a
+        # subclass): fill their buffer as a transport would.
+        tls = cast(asyncio.BufferedProtocol, protocol)
+        for data in self._kept:
+            view = memoryview(data)
+            while view:
+                buffer = memoryview(tls.get_buffer(len(view)))
+                n = min(len(buffer), len(view))
+                buffer[:n] = view[:n]
+                tls.buffer_updated(n)
+                view = view[n:]
+        self._kept.clear()
+
+
+class _BeforeOpen(asyncio.Protocol):
+    """The TLS layer's application protocol until the connection is open.
+
+    The stdlib loop passes on application data read in the same chunk as
+    the client's last handshake flight at once, before ``start_tls`` has
+    returned (uvloop a loop turn later); an EOF or a close may follow. They
+    are kept here and replayed in order once the connection is open, and
+    anything after that is passed on (a ``connection_lost`` may have been
+    scheduled for this object already). At most one read's worth is kept:
+    the handshake's Task was woken before that read was passed on.
+    """
+
+    __slots__ = ("_conn", "_kept")
+
+    def __init__(self) -> None:
+        self._conn: TCPConnection | None = None
+        self._kept: list[tuple[str, tuple[Any, ...]]] = []
+
+    def _pass(self, name: str, *args: Any) -> Any:
+        if self._conn is None:
+            self._kept.append((name, args))
+            return None
+        return getattr(self._conn, name)(*args)
+
+    def data_received(self, data: bytes) -> None:
+        self._pass("data_received", data)
+
+    def eof_received(self) -> bool | None:
+        return self._pass("eof_received")  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pass("connection_lost", exc)
+
+    def pause_writing(self) -> None:
+        self._pass("pause_writing")
+
+    def resume_writing(self) -> None:
+        self._pass("resume_writing")
+
+    def hand_over(self, conn: TCPConnection) -> None:
+        """Replay what was kept to ``conn``, now open, and pass it everything after."""
+        self._conn = conn
+        kept, self._kept = self._kept, []
+        for name, args in kept:
+            getattr(conn, name)(*args)
+
+
 class TCPConnection(Connection, asyncio.Protocol):
     """A TCP connection as a meta-process; its Alias is the connection id.
 
@@ -66,7 +194,17 @@ class TCPConnection(Connection, asyncio.Protocol):
         low_watermark: resume when it is down to about this many.
     """
 
-    __slots__ = ("_accept", "_encode", "_idle", "_nbytes", "_nwrites", "_transport", "local")
+    __slots__ = (
+        "_accept",
+        "_encode",
+        "_handshake",
+        "_idle",
+        "_idle_timeout",
+        "_nbytes",
+        "_nwrites",
+        "_transport",
+        "local",
+    )
 
     message_type = TCPMessage
 
@@ -88,11 +226,14 @@ class TCPConnection(Connection, asyncio.Protocol):
         # Raw frames go to the socket as they are: skip a copy per write.
         self._encode = None if isinstance(framer, Raw) else framer.encode
         self._idle = idle_timeout is not None
+        self._idle_timeout = idle_timeout
         self._nwrites = 0  # written by handle_message below (writes_counted)
         self._nbytes = 0
         self._transport: asyncio.Transport | None = None
-        # A server's: who serves the connection (None: refuse it).
+        # A server's: who serves the connection (None: not now; the server has
+        # closed it, or opens it once its TLS handshake is done).
         self._accept: Callable[[TCPConnection], PID | None] | None = None
+        self._handshake: asyncio.Task[None] | None = None  # a TLS handshake under way
         self.local: Any = None
 
     # -- the protocol: asyncio calls these (data_received and pause_writing/
@@ -112,10 +253,53 @@ class TCPConnection(Connection, asyncio.Protocol):
         worker = None
         if self._accept is not None:
             worker = self._accept(self)
-            if worker is None:
-                transport.close()
+            if worker is None:  # refused and closed, or opened after its TLS handshake
                 return
         self.open(worker, TCPConnect(self.id, self.peer, self.local))
+
+    def _start_tls(self, tls: _ServerTLS) -> None:
+        """A TLS server's connection, spawned and holding its slot: run the handshake."""
+        assert self._transport is not None
+        raw = _BeforeTLS(self._transport)
+        self._transport.set_protocol(raw)
+        self._handshake = self.create_task(
+            self._tls_handshake(tls, raw), name=f"metakit TLS handshake {self.id!r}"
+        )
+
+    async def _tls_handshake(self, tls: _ServerTLS, raw: _BeforeTLS) -> None:
+        loop = asyncio.get_running_loop()
+        opening = _BeforeOpen()
+        try:
+            if raw.ended is not None:
+                raise raw.ended
+            loop.call_soon(raw.hand_over)  # right after start_tls has set its protocol
+            secure = await loop.start_tls(
+                raw.transport,
+                opening,
+                tls.context,
+                server_side=True,
+                ssl_handshake_timeout=tls.timeout,
+            )
+            if secure is None:  # the socket closed as the handshake ended
+                raise ConnectionResetError("closed during the TLS handshake")
+        except Exception as exc:
+            # No ClientHello, a bad one, the timeout, the peer gone: the socket
+            # is closed (by start_tls, or terminate below) and the worker never
+            # hears of the connection.
+            self._handshake = None
+            self.log.debug("TLS handshake with %s failed: %r", self.peer, exc)
+            tls.failed(exc)
+            self.exit(exc)
+            return
+        self._handshake = None
+        self._transport = secure
+        worker = tls.serve(self)
+        if worker is None:  # nobody left to serve it
+            self.exit("refused")
+            return
+        secure.set_protocol(self)
+        self.open(worker, TCPConnect(self.id, self.peer, self.local))
+        opening.hand_over(self)
 
     def eof_received(self) -> bool:
         """The peer half-closed: keep writing until the worker has answered what it read."""
@@ -138,6 +322,10 @@ class TCPConnection(Connection, asyncio.Protocol):
 
     def close_transport(self, reason: Any, abort: bool) -> None:
         """Close after the buffered writes (a FIN), or reset at once."""
+        handshake = self._handshake
+        if handshake is not None:  # ended during its TLS handshake: stop that first
+            self._handshake = None
+            handshake.cancel()
         transport = self._transport
         if transport is not None:
             if abort:
@@ -179,8 +367,9 @@ class TCPConnection(Connection, asyncio.Protocol):
         return len(data)
 
     def handle_inspect(self) -> dict[str, str]:
-        """Connection's fields, the local address and the framing."""
+        """Connection's fields, the local address, the framing and the idle timeout."""
         info = super().handle_inspect()
         info["local"] = str(self.local)
         info["framing"] = repr(self.framer)
+        info["idle_timeout"] = str(self._idle_timeout)
         return info

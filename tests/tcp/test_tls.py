@@ -7,22 +7,11 @@ import ssl
 from typing import Any
 
 import pytest
-import trustme
 
 from metakit import Node
 from metakit.framing import Line
 from metakit.tcp import TCPClient, TCPConnect, TCPDisconnect, TCPMessage, TCPServer
-from metakit.testing import TIMEOUT, Probe
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
+from metakit.testing import TIMEOUT, Probe, wait_until
 
 
 async def test_tls_echo_both_sides(
@@ -70,7 +59,10 @@ async def test_garbage_instead_of_handshake(
     assert data == b"" or data[0] == 21
     writer.close()
     await writer.wait_closed()
-    # No connection meta was made for it, and the server keeps serving.
+    # Its connection meta ended with the handshake, unseen by the worker, and
+    # the server keeps serving.
+    await wait_until(lambda: server.statistics().handshake_failed == 1)
+    await wait_until(lambda: node.metas() == [server.id])
     assert node.meta_info(server.id).inspect["accepted"] == "0"
     reader, writer = await asyncio.open_connection(*server.address, ssl=client_ctx)
     assert isinstance(await worker.receive(), TCPConnect)
