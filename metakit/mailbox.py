@@ -745,9 +745,6 @@ def connection_read(self: Any, data: bytes) -> None:
     worker = self._mk_worker
     if not frames or worker is None:  # None: a refused connection, closing
         return
-    if self._mk_idle is not None:
-        # A whole frame is traffic; bytes trickled into a partial one are not.
-        self._mk_last = self._mk_loop.time()
     if len(frames) == 1 and not self._mk_backlog:
         q = worker._mk_q
         if len(q) < worker._mk_limit:

@@ -218,6 +218,22 @@ async def test_idle_clock_stops_while_this_side_paused_reading(node: Node) -> No
     await writer.wait_closed()
 
 
+async def test_writes_are_traffic_for_the_idle_clock(node: Node, probe: Any) -> None:
+    """A peer that only listens to a worker writing every 50 ms is not idle."""
+    worker, server = await tcp_serve(probe, framing=Line(max_length=100), idle_timeout=0.25)
+    reader, writer = await asyncio.open_connection(*server.address)
+    conn = (await worker.receive()).conn
+    for i in range(20):  # 1 s: four idle periods
+        worker.send(conn, TCPMessage(conn, b"%d" % i))
+        assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"%d\n" % i
+        await asyncio.sleep(0.05)  # the worker's pace
+    assert worker.pending() == []
+    assert node.meta_info(conn).inspect["state"] == "open"
+    writer.close()
+    await writer.wait_closed()
+    assert await worker.receive() == TCPDisconnect(conn, "closed")
+
+
 async def test_bytes_that_never_complete_a_frame_are_idle(node: Node, probe: Any) -> None:
     """Three clients trickling a line one byte per 50 ms cannot hold
     ``max_connections=3``: they are idle, cut, and an honest client gets in."""

@@ -198,7 +198,6 @@ class TCPConnection(Connection, asyncio.Protocol):
         "_accept",
         "_encode",
         "_handshake",
-        "_idle",
         "_idle_timeout",
         "_nbytes",
         "_nwrites",
@@ -225,7 +224,6 @@ class TCPConnection(Connection, asyncio.Protocol):
         )
         # Raw frames go to the socket as they are: skip a copy per write.
         self._encode = None if isinstance(framer, Raw) else framer.encode
-        self._idle = idle_timeout is not None
         self._idle_timeout = idle_timeout
         self._nwrites = 0  # written by handle_message below (writes_counted)
         self._nbytes = 0
@@ -350,8 +348,6 @@ class TCPConnection(Connection, asyncio.Protocol):
             self._transport.write(data)  # type: ignore[union-attr]
             self._nbytes += len(data)
             self._nwrites += 1
-            if self._idle:
-                self.touch()
         else:
             super().handle_message(sender, message)
 
