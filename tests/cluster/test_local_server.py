@@ -6,13 +6,12 @@ import asyncio
 import os
 from pathlib import Path
 
+import nats
 import pytest
 
 from metakit.cluster import local_server
 from metakit.errors import MetakitError
 from metakit.testing import TIMEOUT, LeakCheck
-
-nats = pytest.importorskip("nats", reason="the [cluster] extra is not installed")
 
 
 def alive(pid: int) -> bool:
