@@ -193,16 +193,11 @@ class TCPServer(Meta):
     def _accept(self, conn: TCPConnection) -> PID | None:
         # Connected: spawn the connection meta and say who serves it (None: refused).
         worker = self._workers.pick(self) if self.alive else None
-        full = self._max_connections is not None and len(self._conns) >= self._max_connections
-        if worker is None or full:
+        if worker is None:
             self._refuse(conn)
             return None
-        try:
-            self.spawn_nowait(conn, mailbox_size=self._conn_mailbox)
-        except MetakitError:  # the node is stopping
-            self._refuse(conn)
+        if not self._admit(conn):
             return None
-        self._conns.add(conn)
         self._accepted += 1
         return worker
 
@@ -211,18 +206,25 @@ class TCPServer(Meta):
         # so a peer that never completes a handshake holds one slot until the
         # handshake timeout, and max_connections of them are all there can be.
         # The worker is picked once the handshake is done (_tls_serve).
-        full = self._max_connections is not None and len(self._conns) >= self._max_connections
-        if full or not self.alive:
+        if not self.alive:
             self._refuse(conn)
-            return
+        elif self._admit(conn):
+            assert self._tls is not None
+            conn._start_tls(self._tls)
+
+    def _admit(self, conn: TCPConnection) -> bool:
+        # A free slot: spawn the connection into it; else (or the node is
+        # stopping) refuse it.
+        if self._max_connections is not None and len(self._conns) >= self._max_connections:
+            self._refuse(conn)
+            return False
         try:
             self.spawn_nowait(conn, mailbox_size=self._conn_mailbox)
         except MetakitError:  # the node is stopping
             self._refuse(conn)
-            return
+            return False
         self._conns.add(conn)
-        assert self._tls is not None
-        conn._start_tls(self._tls)
+        return True
 
     def _refuse(self, conn: TCPConnection) -> None:
         self._rejected += 1
