@@ -24,13 +24,14 @@ from .errors import (
     NodeNotRunning,
     NoProcess,
     ProcessExited,
+    RemoteError,
     Stop,
     TooManyRestarts,
     UnknownEvent,
 )
 from .ids import PID, Alias, Ref, Target
 from .info import MetaInfo, ProcessInfo
-from .messages import NO_REPLY, Caller, Down, EventMessage, Exit
+from .messages import NO_REPLY, Caller, Down, EventMessage, Exit, NodeDown
 from .meta import Meta
 from .node import Node
 from .pool import Pool
@@ -63,12 +64,14 @@ __all__ = [
     "NameTaken",
     "NoProcess",
     "Node",
+    "NodeDown",
     "NodeNotRunning",
     "Pool",
     "Process",
     "ProcessExited",
     "ProcessInfo",
     "Ref",
+    "RemoteError",
     "StartChild",
     "Stop",
     "Supervisor",

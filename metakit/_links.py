@@ -7,6 +7,12 @@ that actor was part of:
 * ``actor._mk_monitors``: ``{ref: watcher}`` for the monitors set *on* it;
 * ``actor._mk_watching``: ``{ref: target actor | event name}`` for the
   monitors it holds (an event's monitors are kept by :mod:`._events`).
+
+A cluster's stand-in for a remote actor (``_mk_remote``, see
+:mod:`._registry`) keeps the same three attributes for its side, so a death
+here walks them unchanged; the four ``_mk_remote_*`` calls below tell the
+remote node what changed, and the stand-in turns a signal or a ``Down``
+delivered to it into a frame for that node.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._envelope import Signal
+from .errors import NoProcess
 from .ids import PID, Alias, Ref, _next_id
 from .messages import Down
 
@@ -51,22 +58,40 @@ class Links:
             a._mk_links = set()
         if b._mk_links is None:
             b._mk_links = set()
+        fresh = b not in a._mk_links
         a._mk_links.add(b)
         b._mk_links.add(a)
+        if fresh and b._mk_remote:
+            b._mk_remote_link(a)
 
     def unlink(self, a: Mailbox, b: Mailbox) -> None:
         """Remove a link, if there is one."""
+        linked = bool(a._mk_links) and b in a._mk_links  # type: ignore[operator]
         if a._mk_links:
             a._mk_links.discard(b)
         if b._mk_links:
             b._mk_links.discard(a)
+        if linked and b._mk_remote:
+            b._mk_remote_unlink(a)
 
     def monitor(self, watcher: Mailbox, target: PID | Alias | str) -> Ref:
-        """Watch ``target``: one ``Down`` when it ends (at once, ``"noproc"``, if gone)."""
+        """Watch ``target``: one ``Down`` when it ends (at once, ``"noproc"``, if gone).
+
+        A target on a node that is not up gets ``"noconnection"`` at once.
+        """
         ref = Ref(self.node_name, _next_id())
-        actor = self.registry.lookup(target)
+        try:
+            actor = self.registry.route(target)
+        except NoProcess:
+            actor = None
         if actor is None:
-            watcher._mk_deliver_system(self.node_pid, Down(target, ref, "noproc"))
+            remote = (
+                self.registry.remote is not None
+                and target.__class__ is not str
+                and target.node != self.node_name  # type: ignore[union-attr]
+            )
+            reason = "noconnection" if remote else "noproc"
+            watcher._mk_deliver_system(self.node_pid, Down(target, ref, reason))
             return ref
         if actor._mk_monitors is None:
             actor._mk_monitors = {}
@@ -74,6 +99,8 @@ class Links:
         if watcher._mk_watching is None:
             watcher._mk_watching = {}
         watcher._mk_watching[ref] = actor
+        if actor._mk_remote:
+            actor._mk_remote_monitor(watcher, ref)
         return ref
 
     def demonitor(self, watcher: Mailbox, ref: Ref) -> None:
@@ -81,8 +108,11 @@ class Links:
         target = watcher._mk_watching.pop(ref, None) if watcher._mk_watching else None
         if isinstance(target, str):
             self.events.unsubscribe(watcher, target)
-        elif target is not None and target._mk_monitors:
-            target._mk_monitors.pop(ref, None)
+        elif target is not None:
+            if target._mk_monitors:
+                target._mk_monitors.pop(ref, None)
+            if target._mk_remote:
+                target._mk_remote_demonitor(ref)
         watcher._mk_withdraw(lambda m: m.__class__ is Down and m.ref == ref)
 
     def actor_died(self, actor: Mailbox, sender: PID, reason: Any) -> None:
@@ -111,5 +141,8 @@ class Links:
             for ref, target in watching.items():
                 if isinstance(target, str):
                     self.events.unwatch(actor, target)
-                elif target._mk_monitors:
-                    target._mk_monitors.pop(ref, None)
+                else:
+                    if target._mk_monitors:
+                        target._mk_monitors.pop(ref, None)
+                    if target._mk_remote:
+                        target._mk_remote_demonitor(ref)

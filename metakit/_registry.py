@@ -4,11 +4,18 @@ The table maps the int ``id`` of a PID or Alias to its live actor: the send
 hot path is one dict lookup with a C-level hash (``Process.send`` reads
 ``table[to.id]`` directly). An actor is in the table from spawn until it is
 reaped, so whatever the table holds is alive (or ending).
+
+On a cluster node (DESIGN.md §8) :attr:`Registry.remote` is the cluster's
+router: :meth:`Registry.route` hands it what the table and the names miss,
+and it answers with a stand-in for the remote actor (``_mk_remote`` true)
+that the send, call, exit, link and monitor paths treat like a local one.
+:meth:`Registry.lookup` stays local: introspection and ``wait_exit`` never
+leave the node.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import NameTaken, NoProcess
 from .ids import PID, Alias
@@ -17,7 +24,23 @@ if TYPE_CHECKING:
     from .mailbox import Mailbox
     from .process import Process
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "Router"]
+
+
+class Router(Protocol):
+    """What a cluster gives the registry (``metakit.cluster`` implements it)."""
+
+    def route(self, to: PID | Alias) -> Mailbox | None:
+        """A stand-in for a live remote node's actor, or None (not a node we know)."""
+
+    def route_name(self, name: str) -> Mailbox | None:
+        """A stand-in for the holder of cluster name ``name``, or None."""
+
+    def whereis(self, name: str) -> PID | None:
+        """The holder of cluster name ``name``, or None."""
+
+    def released(self, name: str, proc: Mailbox) -> None:
+        """``proc`` has dropped (or died with) its name ``name``."""
 
 
 class Registry:
@@ -28,11 +51,13 @@ class Registry:
         names: ``{name: process}``.
     """
 
-    __slots__ = ("names", "table")
+    __slots__ = ("names", "node_name", "remote", "table")
 
-    def __init__(self) -> None:
+    def __init__(self, node_name: str = "") -> None:
         self.table: dict[int, Mailbox] = {}
         self.names: dict[str, Process] = {}
+        self.node_name = node_name
+        self.remote: Router | None = None
 
     def lookup(self, to: Any) -> Mailbox | None:
         """The live actor a PID, Alias or name stands for, or None."""
@@ -50,6 +75,22 @@ class Registry:
             raise NoProcess(to)
         return actor
 
+    def route(self, to: Any) -> Mailbox:
+        """Where a message for ``to`` goes: a local actor, or a remote stand-in.
+
+        Raises:
+            NoProcess: nothing answers to ``to`` here, nor (on a cluster) on a live node.
+        """
+        actor = self.lookup(to)
+        if actor is None and self.remote is not None:
+            if to.__class__ is str:
+                actor = self.remote.route_name(to)
+            elif to.node != self.node_name:
+                actor = self.remote.route(to)
+        if actor is None:
+            raise NoProcess(to)
+        return actor
+
     def remove(self, actor: Mailbox) -> None:
         """Take a dead actor out of the table and drop its name."""
         ident = actor._mk_ident
@@ -57,6 +98,8 @@ class Registry:
         name = getattr(actor, "_mk_name", None)
         if name is not None and self.names.get(name) is actor:
             del self.names[name]
+            if self.remote is not None:
+                self.remote.released(name, actor)
 
     def processes(self) -> list[PID]:
         """PIDs of the live processes, oldest first."""
@@ -86,9 +129,13 @@ class Registry:
         if proc is None:
             return None
         proc._mk_name = None
+        if self.remote is not None:
+            self.remote.released(name, proc)
         return proc._mk_pid
 
     def whereis(self, name: str) -> PID | None:
-        """The PID registered under ``name``, or None."""
+        """The PID registered under ``name`` here, else (on a cluster) anywhere, or None."""
         proc = self.names.get(name)
-        return proc._mk_pid if proc is not None else None
+        if proc is not None:
+            return proc._mk_pid
+        return self.remote.whereis(name) if self.remote is not None else None

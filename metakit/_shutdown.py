@@ -3,7 +3,8 @@
 1. Every running meta's ``quiesce()`` (servers stop accepting, web servers
    answer what is in flight, WebSockets close with 1001) while every process
    still runs to answer and may still spawn; at most half the timeout.
-2. No more spawning; every process gets a forced ``"shutdown"`` exit signal,
+2. No more spawning; a cluster node leaves its namespace (the other nodes
+   see it down); every process gets a forced ``"shutdown"`` exit signal,
    newest first (children tend to go before their supervisors), and with
    its parent every meta; what is alive at the timeout is killed.
 3. The meta threads (their objects were closed) and the tracked tasks
@@ -79,6 +80,13 @@ class Shutdown:
         # Until here a worker could still spawn (a supervisor restart, a client
         # for a request in flight); from here on nothing new starts.
         node._running = False
+        if node.cluster is not None:
+            # Down for the other nodes now: their links and monitors on our
+            # processes fire with "noconnection", as for a crash (DESIGN.md §8).
+            try:
+                await node.cluster.leave()
+            except Exception:
+                node._logger.exception("leaving the cluster failed")
         table = node._registry.table
         pid = node._pid
         for actor in reversed([a for a in table.values() if isinstance(a, Process)]):
@@ -103,6 +111,11 @@ class Shutdown:
         tasks = [t for t in self.tasks if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()))
+        if node.cluster is not None:  # last: the names above are released over it
+            try:
+                await node.cluster.detach()
+            except Exception:
+                node._logger.exception("closing the cluster connection failed")
         node._deadlines.close()
 
     def _quiesce_metas(self) -> list[asyncio.Future[Any]]:

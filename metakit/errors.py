@@ -10,6 +10,7 @@ The tree::
     ├── CallTimeout            (also TimeoutError) no reply within the call's timeout
     ├── ProcessExited                              the callee ended before it replied
     ├── NodeNotRunning         (also RuntimeError) the node is stopped or stopping
+    ├── RemoteError                                a remote exception of a type not rebuilt here
     ├── TooManyRestarts                            a supervisor gave up (its exit reason)
     └── FramingError           (also ValueError)   bytes that do not form a valid frame
         ├── FrameTooLarge                          a frame is longer than max_length
@@ -37,6 +38,7 @@ __all__ = [
     "NoProcess",
     "NodeNotRunning",
     "ProcessExited",
+    "RemoteError",
     "Stop",
     "TooManyRestarts",
     "UnknownEvent",
@@ -104,17 +106,26 @@ class UnknownEvent(MetakitError, LookupError):
 class MailboxFull(MetakitError):
     """The target's bounded mailbox is full; the message was not delivered.
 
+    On a cluster node, also raised for a remote target when ``max_pending``
+    bytes already wait for its node (``unit`` is then ``"bytes"``).
+
     Attributes:
         target: the PID or Alias whose mailbox is full.
         size: the mailbox bound.
+        unit: what ``size`` counts: ``"messages"``, or ``"bytes"`` queued for a node.
     """
 
-    def __init__(self, target: object, size: int) -> None:
-        super().__init__(target, size)
+    def __init__(self, target: object, size: int, unit: str = "messages") -> None:
+        super().__init__(target, size, unit)
         self.target = target
         self.size = size
+        self.unit = unit
 
     def __str__(self) -> str:
+        if self.unit == "bytes":
+            return (
+                f"{self.size} bytes already wait for the node of {self.target!r}; message not sent"
+            )
         return f"mailbox of {self.target!r} is full ({self.size} messages); message not delivered"
 
 
@@ -154,6 +165,27 @@ class ProcessExited(MetakitError):
 
 class NodeNotRunning(MetakitError, RuntimeError):
     """The node is not started, or is stopping, so it cannot spawn or route."""
+
+
+class RemoteError(MetakitError):
+    """An exception raised on another node whose type this node does not rebuild.
+
+    Builtin exceptions, metakit's own and types registered with
+    ``@metakit.cluster.message`` cross a node boundary with their type; any
+    other arrives as this.
+
+    Attributes:
+        type_name: the qualified name of the original type, e.g. ``"app.errors.Busy"``.
+        message: ``str()`` of the original exception.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
 
 
 class TooManyRestarts(MetakitError):

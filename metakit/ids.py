@@ -2,20 +2,30 @@
 
 All three are frozen, slotted and hashable values with a readable repr. Their
 integer ``id`` comes from one counter shared by every node in the Python
-process, so an id is never reused and a PID from another node is simply not
-found here.
+process, which starts at a random multiple of 2**32: the high half of an id
+says which run of a Python process made it (the creation stamp of
+DESIGN.md §8), the low half counts. So an id is never reused, a PID from
+another node or an earlier run is simply not found in this node's table,
+and a cluster routes a PID by its ``node`` once the local lookup misses.
+The repr shows the low half only.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 from dataclasses import dataclass
 
 __all__ = ["PID", "Alias", "Ref", "Target"]
 
 # One counter for PIDs, Aliases and Refs: the node's routing table is keyed by
 # this int (a C-level hash), which keeps the send hot path cheap (DESIGN.md §6).
-_next_id = itertools.count(1).__next__
+# 31 random bits above 32 counting ones: ids of two Python processes (or two
+# runs of one) differ, so a remote PID never hits a local actor, and every id
+# still fits msgpack's int64.
+RUN_STAMP = secrets.randbits(31) or 1
+_next_id = itertools.count(RUN_STAMP << 32 | 1).__next__
+_LOW = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +34,14 @@ class PID:
 
     Attributes:
         node: the node's name, e.g. ``"demo@localhost"``.
-        id: a number unique within this Python process.
+        id: a number unique across runs and Python processes (with high probability).
     """
 
     node: str
     id: int
 
     def __repr__(self) -> str:
-        return f"<PID {self.node}.{self.id}>"
+        return f"<PID {self.node}.{self.id & _LOW}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +50,14 @@ class Alias:
 
     Attributes:
         node: the node's name.
-        id: a number unique within this Python process.
+        id: a number unique across runs and Python processes (with high probability).
     """
 
     node: str
     id: int
 
     def __repr__(self) -> str:
-        return f"<Alias {self.node}.{self.id}>"
+        return f"<Alias {self.node}.{self.id & _LOW}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +66,14 @@ class Ref:
 
     Attributes:
         node: the node's name.
-        id: a number unique within this Python process.
+        id: a number unique across runs and Python processes (with high probability).
     """
 
     node: str
     id: int
 
     def __repr__(self) -> str:
-        return f"<Ref {self.node}.{self.id}>"
+        return f"<Ref {self.node}.{self.id & _LOW}>"
 
 
 Target = PID | Alias | str

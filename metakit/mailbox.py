@@ -147,6 +147,8 @@ class Mailbox:
     _mk_signals_first: ClassVar[bool] = True
     # Drained at once when a send finds it idle (see the module docstring).
     _mk_eager: ClassVar[bool] = False
+    # True for a cluster's stand-in for an actor on another node (_registry.py).
+    _mk_remote: ClassVar[bool] = False
 
     if TYPE_CHECKING:
         # What Process and Meta each define: how a signal is taken, how it ends.
@@ -157,6 +159,12 @@ class Mailbox:
         def _mk_kill(self) -> None: ...
         def handle_message(self, sender: PID, message: Any) -> Any: ...
         def handle_call(self, sender: Caller, request: Any) -> Any: ...
+
+        # A cluster's stand-in for a remote actor (_mk_remote) tells its node.
+        def _mk_remote_link(self, other: Mailbox) -> None: ...
+        def _mk_remote_unlink(self, other: Mailbox) -> None: ...
+        def _mk_remote_monitor(self, watcher: Mailbox, ref: Any) -> None: ...
+        def _mk_remote_demonitor(self, ref: Any) -> None: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -699,7 +707,11 @@ def process_send(self: Any, to: Any, message: Any) -> None:
     try:
         target = self._mk_table[to.id]
     except (KeyError, AttributeError):
-        target = self._mk_node._registry.resolve(to)
+        target = self._mk_node._registry.route(to)
+        if target._mk_remote:  # another node's: the stand-in encodes and queues it
+            target._mk_deliver(self._mk_pid, message)
+            self._mk_out += 1
+            return
     if not target._mk_scheduled and target._mk_eager:
         # An idle eager meta writes now (idle: nothing queued, so no bound to check).
         self._mk_out += 1

@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar, final
 
 from .ids import PID, Alias, Ref
 
-__all__ = ["NO_REPLY", "Caller", "Down", "EventMessage", "Exit"]
+__all__ = ["NO_REPLY", "Caller", "Down", "EventMessage", "Exit", "NodeDown"]
 
 M = TypeVar("M")
 
@@ -87,6 +87,21 @@ class EventMessage:
 
     event: str
     message: Any
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class NodeDown:
+    """A node watched with ``monitor_node`` is down (delivered once per watch).
+
+    Attributes:
+        node: the node's name.
+        reason: ``"noconnection"`` (crashed, cut off, or never up) or
+            ``"stopped"`` (it left the cluster cleanly).
+    """
+
+    node: str
+    reason: Any
 
 
 @final

@@ -196,7 +196,7 @@ class Meta(Mailbox):
         try:
             target = self._mk_table[to.id]  # type: ignore[union-attr]
         except (KeyError, AttributeError):
-            target = self._mk_node._registry.resolve(to)
+            target = self._mk_node._registry.route(to)
         self._mk_out += 1
         target._mk_post(self._mk_parent_proc._mk_pid, message)
 
@@ -212,9 +212,7 @@ class Meta(Mailbox):
         Raises:
             NoProcess: no live process or meta answers to ``to``.
         """
-        self._mk_node._registry.resolve(to)._mk_deliver_system(
-            self._mk_parent_proc._mk_pid, message
-        )
+        self._mk_node._registry.route(to)._mk_deliver_system(self._mk_parent_proc._mk_pid, message)
         self._mk_out += 1
 
     def offer(self, to: PID | Alias, message: Any, *, max_pending: int) -> bool:

@@ -16,8 +16,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Generator, Mapping
+from typing import Any, Protocol, TypeVar
 
 from . import _introspect
 from ._actors import Actors
@@ -38,7 +38,44 @@ from .process import Process
 
 __all__ = ["Node"]
 
+
+class _Done:
+    """An awaitable that is already done (what a synchronous registration returns)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]  # done at once: nothing to yield
+
+
+_DONE: Awaitable[None] = _Done()
+
 P = TypeVar("P", bound=Process)
+
+
+class ClusterLink(Protocol):
+    """What a node needs of its ``cluster=`` (``metakit.cluster.Cluster`` is one)."""
+
+    async def attach(self, node: Node) -> None:
+        """Join the namespace as ``node``; raise (NameTaken, a connection error) to refuse."""
+
+    async def leave(self) -> None:
+        """The node is stopping: tell the others it is down (before its processes end)."""
+
+    async def detach(self) -> None:
+        """Close the connection: the node's processes have ended."""
+
+    def nodes(self) -> list[str]:
+        """The live nodes, this one included, sorted."""
+
+    def monitor_node(self, watcher: Mailbox, name: str) -> None:
+        """Deliver ``NodeDown`` to ``watcher`` once ``name`` is down (at once if not up)."""
+
+    def demonitor_node(self, watcher: Mailbox, name: str) -> None:
+        """Withdraw :meth:`monitor_node`."""
+
+    def register_name(self, name: str, pid: PID) -> Awaitable[None]:
+        """Claim ``name`` for the local process ``pid`` across the namespace."""
 
 
 class Node:
@@ -55,6 +92,10 @@ class Node:
         name: the node's name, ``"name@host"``; it appears in every id.
         env: environment every process can read with ``self.env(key)``.
         log_level: level of the node's logger (``"metakit.<name>"``).
+        cluster: join a namespace of nodes (``metakit.cluster.Cluster``):
+            PIDs, Aliases and names of its other nodes then work here like
+            local ones (DESIGN.md §8). ``start`` raises ``NameTaken`` if a
+            node of this name is up in the namespace.
 
     Resource handling:
         Leaving the ``async with`` block awaits :meth:`stop`: every process
@@ -68,13 +109,15 @@ class Node:
         *,
         env: Mapping[str, Any] | None = None,
         log_level: str | int = "info",
+        cluster: ClusterLink | None = None,
     ) -> None:
         self.name = name
+        self.cluster = cluster
         self.env: dict[str, Any] = dict(env or {})
         self._logger = logging.getLogger("metakit").getChild(name)
         self._logger.setLevel(log_level.upper() if isinstance(log_level, str) else log_level)
         self._pid = PID(name, _next_id())
-        self._registry = Registry()
+        self._registry = Registry(name)
         self._events = Events(name, self._pid)
         self._links = Links(name, self._pid, self._registry, self._events)
         self._shutdown = Shutdown(self)
@@ -100,6 +143,12 @@ class Node:
         self._thread_id = threading.get_ident()
         self._started_at = time.monotonic()
         self._running = True
+        if self.cluster is not None:
+            try:
+                await self.cluster.attach(self)
+            except BaseException:
+                self._running = False  # nothing was spawned: start may be tried again
+                raise
         return self
 
     async def __aenter__(self) -> Node:
@@ -199,7 +248,7 @@ class Node:
             NoProcess: nothing answers to ``to``.
             MailboxFull: the target's bounded mailbox is full.
         """
-        self._registry.resolve(to)._mk_deliver(self._pid, message)
+        self._registry.route(to)._mk_deliver(self._pid, message)
 
     def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Call ``to``'s ``handle_call`` from outside any process; await it for the reply.
@@ -215,12 +264,12 @@ class Node:
         # A name raises AttributeError here, so resolve names first (WebHandler's
         # usual target): the exception would cost more than the lookup.
         if to.__class__ is str:
-            target = self._registry.resolve(to)
+            target = self._registry.route(to)
         else:
             try:
                 target = self._registry.table[to.id]
             except (KeyError, AttributeError):
-                target = self._registry.resolve(to)
+                target = self._registry.route(to)
         if target is caller:
             raise MetakitError(f"{pid!r} cannot call itself: it would wait for its own reply")
         future = target._mk_call(pid, request)
@@ -234,11 +283,11 @@ class Node:
         A process spawned by another process and trapping exits gets an
         ``Exit`` message instead. ``"kill"`` ends anything at once.
         """
-        self._registry.resolve(to)._mk_signal(Signal(self._pid, self._pid, reason))
+        self._registry.route(to)._mk_signal(Signal(self._pid, self._pid, reason))
 
     def kill(self, to: Target) -> None:
         """End a process or meta at once with reason ``"kill"``."""
-        self._registry.resolve(to)._mk_kill()
+        self._registry.route(to)._mk_kill()
 
     def _cancel_drain(self, actor: Mailbox) -> None:
         task = actor._mk_task
@@ -274,14 +323,26 @@ class Node:
 
     # -- the directory ---------------------------------------------------------------
 
-    def register_name(self, name: str, pid: PID) -> None:
-        """Register ``pid`` under ``name``.
+    def register_name(self, name: str, pid: PID, *, cluster: bool = False) -> Awaitable[None]:
+        """Register ``pid`` under ``name``; await the result for ``cluster=True``.
+
+        With ``cluster=True`` the name is claimed across the namespace,
+        atomically (DESIGN.md §8), and released when the process ends or its
+        node goes down; the local checks raise here, a name held on another
+        node raises ``NameTaken`` when awaited. Without it the registration
+        is done when this returns (awaiting the result is optional).
 
         Raises:
             NameTaken: the name is taken, or the process already has a name.
             NoProcess: ``pid`` is not a live process.
+            NodeNotRunning: ``cluster=True`` on a node without a cluster.
         """
+        if cluster:
+            if self.cluster is None:
+                raise NodeNotRunning(f"node {self.name!r} has no cluster for {name!r}")
+            return self.cluster.register_name(name, pid)
         self._registry.register(name, pid)
+        return _DONE
 
     def unregister_name(self, name: str) -> PID | None:
         """Drop a name; returns the PID it pointed to, or None."""
@@ -294,6 +355,14 @@ class Node:
     def processes(self) -> list[PID]:
         """PIDs of the live processes, oldest first."""
         return self._registry.processes()
+
+    def nodes(self) -> list[str]:
+        """Names of the live nodes of this node's namespace, this one included, sorted.
+
+        Without a cluster, just this node. The view is local: a node that
+        joins or goes down shows here within one heartbeat.
+        """
+        return self.cluster.nodes() if self.cluster is not None else [self.name]
 
     def metas(self) -> list[Alias]:
         """Aliases of the live meta-processes, oldest first."""

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._envelope import IGNORE, Signal
 from ._state import DEAD, EXITING
+from .errors import NoProcess
 from .ids import PID, Alias, Ref, Target
 from .mailbox import Mailbox, process_send
-from .messages import Caller, Exit
+from .messages import Caller, Exit, NodeDown
 
 if TYPE_CHECKING:
     from .meta import Meta
@@ -196,7 +197,7 @@ class Process(Mailbox):
         after the messages already in its mailbox, so ``send_exit(conn,
         "normal")`` closes a connection after the writes sent before it.
         """
-        target = self._mk_node._registry.resolve(to)
+        target = self._mk_node._registry.route(to)
         forced = isinstance(target, Process) and target._mk_parent == self._mk_pid
         target._mk_signal(Signal(self._mk_pid, self._mk_pid, reason, forced=forced))
 
@@ -236,9 +237,13 @@ class Process(Mailbox):
 
     # -- names, links, monitors ------------------------------------------------
 
-    def register_name(self, name: str) -> None:
-        """Register this process under ``name`` (one name per process)."""
-        self._mk_node.register_name(name, self._mk_pid)
+    def register_name(self, name: str, *, cluster: bool = False) -> Awaitable[None]:
+        """Register this process under ``name`` (one name per process).
+
+        ``await self.register_name(name, cluster=True)`` claims it across the
+        cluster (``NameTaken`` if held on any node); see ``Node.register_name``.
+        """
+        return self._mk_node.register_name(name, self._mk_pid, cluster=cluster)
 
     def unregister_name(self) -> None:
         """Drop this process's registered name, if any."""
@@ -257,13 +262,15 @@ class Process(Mailbox):
         Raises:
             NoProcess: ``target`` is not alive.
         """
-        self._mk_node._links.link(self, self._mk_node._registry.resolve(target))
+        self._mk_node._links.link(self, self._mk_node._registry.route(target))
 
     def unlink(self, target: Target) -> None:
         """Remove a link; does nothing if there is none or the target is gone."""
-        other = self._mk_node._registry.lookup(target)
-        if other is not None:
-            self._mk_node._links.unlink(self, other)
+        try:
+            other = self._mk_node._registry.route(target)
+        except NoProcess:
+            return
+        self._mk_node._links.unlink(self, other)
 
     def monitor(self, target: Target) -> Ref:
         """Watch ``target``: one ``Down(target, ref, reason)`` arrives when it ends.
@@ -275,6 +282,24 @@ class Process(Mailbox):
     def demonitor(self, ref: Ref) -> None:
         """Stop watching; a ``Down`` for ``ref`` already in the mailbox is removed."""
         self._mk_node._links.demonitor(self, ref)
+
+    def monitor_node(self, name: str) -> None:
+        """Watch node ``name``: one ``NodeDown(name, reason)`` arrives when it goes down.
+
+        At once, with reason ``"noconnection"``, if it is not up now (without a
+        cluster: any node but this one). Watching this process's own node
+        never fires.
+        """
+        node = self._mk_node
+        if node.cluster is not None:
+            node.cluster.monitor_node(self, name)
+        elif name != node.name:
+            self._mk_deliver_system(node._pid, NodeDown(name, "noconnection"))
+
+    def demonitor_node(self, name: str) -> None:
+        """Stop watching node ``name``."""
+        if self._mk_node.cluster is not None:
+            self._mk_node.cluster.demonitor_node(self, name)
 
     # -- events ----------------------------------------------------------------
 

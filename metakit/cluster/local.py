@@ -4,6 +4,8 @@
 ``[cluster]`` extra puts it in the virtual environment's ``bin/``) or from
 the ``PATH``. The server listens on a port the kernel picks (``-p -1``);
 the address is read from its log, so no port is guessed and raced for.
+Started again after a stop, it takes the same port (a restart, as the
+clients see it).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class LocalServer:
             nc = await nats.connect(server.url)
 
     Args:
+        port: the client port; 0 (the default) lets the kernel pick one.
         jetstream: enable JetStream (``-js``), with its store in a temporary
             directory removed on stop (or in ``store_dir``, kept).
         cluster_name: join a cluster of routed servers under this name: the
@@ -86,6 +89,7 @@ class LocalServer:
 
     def __init__(
         self,
+        port: int = 0,
         *,
         jetstream: bool = True,
         cluster_name: str | None = None,
@@ -95,6 +99,7 @@ class LocalServer:
         start_timeout: float = 10.0,
         executable: str | None = None,
     ) -> None:
+        self.port = port
         self.jetstream = jetstream
         self.cluster_name = cluster_name or ("metakit" if routes else None)
         self.routes = tuple(routes)
@@ -110,7 +115,8 @@ class LocalServer:
         self.cluster_url: str | None = None
 
     def _argv(self) -> list[str]:
-        argv = [self._executable or _find_executable(), "-a", "127.0.0.1", "-p", "-1"]
+        port = str(self.port) if self.port else "-1"
+        argv = [self._executable or _find_executable(), "-a", "127.0.0.1", "-p", port]
         if self.name is not None:
             argv += ["--server_name", self.name]
         if self.jetstream:
@@ -178,6 +184,7 @@ class LocalServer:
                 url = f"nats://{match[2].decode()}:{int(match[3])}"
                 if match[1] == b"client":
                     self.url = url
+                    self.port = int(match[3])  # a restart takes the same one
                 else:
                     self.cluster_url = url
             elif _READY in line:
@@ -223,11 +230,12 @@ class LocalServer:
         return f"<LocalServer {self.url or 'not started'}>"
 
 
-def local_server(**options: Any) -> LocalServer:
+def local_server(port: int = 0, **options: Any) -> LocalServer:
     """A nats-server with JetStream on 127.0.0.1, for development and tests.
 
     ``async with local_server() as server: ...`` (or ``await
-    local_server().start()`` and ``stop()``); the options are
-    :class:`LocalServer`'s.
+    local_server().start()`` and ``stop()``); ``server.url`` is what a
+    ``Cluster`` (which also takes the server itself) connects to. The
+    options are :class:`LocalServer`'s.
     """
-    return LocalServer(**options)
+    return LocalServer(port, **options)

@@ -1,0 +1,86 @@
+"""The NATS server restarted mid-run (with its state lost): nodes reconnect,
+re-assert names and liveness, and traffic resumes; during the outage sends
+are bounded and calls time out (DESIGN.md §8, Outages)."""
+
+from __future__ import annotations
+
+import nats
+import pytest
+from cluster_peers import Pong, Watcher
+from conftest import cluster, until
+
+import metakit
+from metakit import CallTimeout, MailboxFull
+from metakit.cluster import local_server
+from metakit.cluster._remote import token
+from metakit.testing import TIMEOUT
+
+
+async def _keys(url: str, namespace: str) -> list[str]:
+    nc = await nats.connect(url, connect_timeout=TIMEOUT)
+    try:
+        kv = await nc.jetstream().key_value(f"mk-{namespace}")
+        try:
+            return sorted(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+    finally:
+        await nc.close()
+
+
+def _got(node: metakit.Node, pid: metakit.PID) -> list[object]:
+    proc = node._registry.table.get(pid.id)
+    return list(proc.got) if proc is not None else []  # type: ignore[attr-defined]
+
+
+async def test_a_server_restart_loses_nothing_and_fires_no_down(namespace: str) -> None:
+    # A heartbeat of 1 s: the outage (well under 2.75 s) must fire no Down.
+    server = local_server()
+    await server.start()
+    try:
+        a = metakit.Node(
+            "a@test", cluster=cluster(server, namespace, heartbeat=1.0, max_pending=65536)
+        )
+        b = metakit.Node("b@test", cluster=cluster(server, namespace, heartbeat=1.0))
+        async with a, b:
+            await until(lambda: a.nodes() == b.nodes() == ["a@test", "b@test"])
+            pong = await b.spawn(Pong)
+            await b.register_name("pong", pong, cluster=True)
+            watcher = await a.spawn(Watcher)
+            await a.call(watcher, ("monitor", pong))
+            await a.call(watcher, ("link", pong))
+            await until(lambda: a.whereis("pong") == pong)
+            assert await a.call("pong", "ping") == "pong"
+            before = await _keys(server.url, namespace)  # type: ignore[arg-type]
+            assert before == sorted(["n.a=40test", "n.b=40test", f"name.{token('pong')}"])
+
+            await server.stop()
+            await until(lambda: not a.cluster.statistics().connected)  # type: ignore[union-attr]
+            with pytest.raises(CallTimeout):
+                await a.call(pong, "ping", timeout=0.3)
+            sent, refused = 0, None
+            for i in range(100_000):
+                try:
+                    a.send(pong, i)
+                except MailboxFull as exc:
+                    refused = exc
+                    break
+                sent += 1
+            assert refused is not None
+            assert refused.unit == "bytes"
+            assert 1000 < sent < 100_000
+
+            await server.start()  # the same port, an empty store
+            await until(lambda: a.cluster.statistics().connected)  # type: ignore[union-attr]
+            # What was queued arrives, in order; the timed-out call does not run.
+            await until(lambda: len(_got(b, pong)) >= sent, what="the queued sends")
+            assert _got(b, pong) == list(range(sent))
+            assert await a.call("pong", "ping") == "pong"
+            # Names and liveness are back in the new server's bucket.
+            await until(lambda: a.whereis("pong") == pong)
+            assert await _keys(server.url, namespace) == before  # type: ignore[arg-type]
+            assert a.nodes() == b.nodes() == ["a@test", "b@test"]
+            assert _got(a, watcher) == []  # no Down, no Exit
+            assert a.cluster.statistics().reconnects == 1  # type: ignore[union-attr]
+    finally:
+        await server.stop()
