@@ -12,7 +12,10 @@ A cluster's stand-in for a remote actor (``_mk_remote``, see
 :mod:`._registry`) keeps the same three attributes for its side, so a death
 here walks them unchanged; the four ``_mk_remote_*`` calls below tell the
 remote node what changed, and the stand-in turns a signal or a ``Down``
-delivered to it into a frame for that node.
+delivered to it into a frame for that node. :meth:`Links.tie` and
+:meth:`Links.watch` record a link or a monitor without those calls: the
+cluster records what another node told it that way, so the news does not
+bounce back.
 """
 
 from __future__ import annotations
@@ -54,15 +57,21 @@ class Links:
         """Tie two lives together, both ways."""
         if a is b:
             return
+        fresh = not a._mk_links or b not in a._mk_links
+        self.tie(a, b)
+        if fresh and b._mk_remote:
+            b._mk_remote_link(a)
+
+    @staticmethod
+    def tie(a: Mailbox, b: Mailbox) -> None:
+        """Record a link both ways, telling no other node (a cluster's inbound
+        ``LINK`` uses this: the node that sent it has recorded its side)."""
         if a._mk_links is None:
             a._mk_links = set()
         if b._mk_links is None:
             b._mk_links = set()
-        fresh = b not in a._mk_links
         a._mk_links.add(b)
         b._mk_links.add(a)
-        if fresh and b._mk_remote:
-            b._mk_remote_link(a)
 
     def unlink(self, a: Mailbox, b: Mailbox) -> None:
         """Remove a link, if there is one."""
@@ -93,15 +102,21 @@ class Links:
             reason = "noconnection" if remote else "noproc"
             watcher._mk_deliver_system(self.node_pid, Down(target, ref, reason))
             return ref
+        self.watch(watcher, actor, ref)
+        if actor._mk_remote:
+            actor._mk_remote_monitor(watcher, ref)
+        return ref
+
+    @staticmethod
+    def watch(watcher: Mailbox, actor: Mailbox, ref: Ref) -> None:
+        """Record that ``watcher`` monitors ``actor`` under ``ref``, telling no
+        other node (a cluster's inbound ``MONITOR`` uses this)."""
         if actor._mk_monitors is None:
             actor._mk_monitors = {}
         actor._mk_monitors[ref] = watcher
         if watcher._mk_watching is None:
             watcher._mk_watching = {}
         watcher._mk_watching[ref] = actor
-        if actor._mk_remote:
-            actor._mk_remote_monitor(watcher, ref)
-        return ref
 
     def demonitor(self, watcher: Mailbox, ref: Ref) -> None:
         """Stop watching; a ``Down`` for ``ref`` already queued is taken back."""

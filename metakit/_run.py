@@ -14,7 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from .node import Node
+from .node import ClusterLink, Node
 from .process import Process
 
 __all__ = ["loop_factory", "run"]
@@ -46,6 +46,7 @@ def run(
     node_name: str = "main@localhost",
     env: Mapping[str, Any] | None = None,
     log_level: str | int = "info",
+    cluster: ClusterLink | None = None,
     **kwargs: Any,
 ) -> T | Any:
     """Create a loop, start a node, run ``main``, stop the node cleanly.
@@ -62,11 +63,13 @@ def run(
         env: the node's environment.
         log_level: the node's log level; also sets up basic logging to
             stderr if the program has none.
+        cluster: the node's ``metakit.cluster.Cluster``, made in the caller
+            and joined on the loop ``run`` creates.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_main(main, args, kwargs, node_name, env, log_level))
+        return runner.run(_main(main, args, kwargs, node_name, env, log_level, cluster))
 
 
 async def _main(
@@ -76,10 +79,11 @@ async def _main(
     node_name: str,
     env: Mapping[str, Any] | None,
     log_level: str | int,
+    cluster: ClusterLink | None,
 ) -> Any:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    node = Node(node_name, env=env, log_level=log_level)
+    node = Node(node_name, env=env, log_level=log_level, cluster=cluster)
 
     def on_signal() -> None:
         if stopping.is_set():

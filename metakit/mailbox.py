@@ -283,12 +283,16 @@ class Mailbox:
             return ~taken
         return taken
 
-    def _mk_call(self, pid: PID, request: Any) -> asyncio.Future[Any]:
-        """Queue a call from ``pid``; the future its answer settles."""
+    def _mk_call(
+        self, pid: PID, request: Any, future: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue a call from ``pid``; the future its answer settles (``future``
+        if given: a call from another node brings its own)."""
         q = self._mk_q
         if self._mk_cap and len(q) >= self._mk_cap:
             self._mk_refuse()
-        future = self._mk_loop.create_future()
+        if future is None:
+            future = self._mk_loop.create_future()
         q.append(Caller(pid, future))
         q.append(request)
         if not self._mk_scheduled:

@@ -44,3 +44,21 @@ def test_blocking_meta() -> None:
         "command exited with 0",
         "meta ended: normal",
     ]
+
+
+def test_cluster_ping() -> None:
+    result = run_example("cluster_ping.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pong is <PID pong@localhost.")
+    assert [line.split(" (")[0] for line in lines[1:4]] == [
+        "ping 1 -> pong 1",
+        "ping 2 -> pong 2",
+        "ping 3 -> pong 3",
+    ]
+    assert lines[4] == "nodes: ['ping@localhost', 'pong@localhost']"
+    assert lines[5] == "killed the pong node (SIGKILL)"
+    down, after = lines[6].split(" after ")
+    assert down == "Down: noconnection"
+    assert float(after.split(" s")[0]) <= 3.0  # within 3 heartbeats of 1 s
+    assert lines[7:] == ["NodeDown: pong@localhost noconnection", "nodes: ['ping@localhost']"]

@@ -18,7 +18,9 @@ import metakit
 from metakit.cluster import Cluster, message
 
 
-@message
+# Named: in the child this module runs as __main__, and the default name
+# (module.qualname) would differ between the two sides.
+@message(name="tests.Ping")
 @dataclass(frozen=True, slots=True)
 class Ping:
     """A registered message type: crosses nodes as itself."""
@@ -27,7 +29,7 @@ class Ping:
     sender: metakit.PID
 
 
-@message
+@message(name="tests.Refused")
 class Refused(Exception):
     """A registered exception type: re-raised at the caller as itself."""
 

@@ -12,8 +12,9 @@ from conftest import cluster, until
 
 import metakit
 from metakit import NoProcess
+from metakit._remote import CALL, SEND
 from metakit.cluster import LocalServer
-from metakit.cluster._remote import CALL, SEND, token
+from metakit.cluster._peer import token
 from metakit.cluster._wire import Codec
 from metakit.testing import TIMEOUT
 

@@ -12,7 +12,7 @@ from conftest import cluster, until
 import metakit
 from metakit import CallTimeout, MailboxFull
 from metakit.cluster import local_server
-from metakit.cluster._remote import token
+from metakit.cluster._peer import token
 from metakit.testing import TIMEOUT
 
 

@@ -1,0 +1,229 @@
+"""Cluster names (DESIGN.md §8, Names): one namespace-wide name per process.
+
+Theory of operation
+-------------------
+
+A cluster name is a key ``name.<name>`` of the namespace's KV bucket
+(``mk-<ns>``) holding ``[name, node, creation, id]``. Claiming one is an
+atomic create, after the local registry has taken the name (its checks
+raise there, and a local name shadows one held elsewhere); a key whose
+holder's run is not up is taken over with an update on the revision read,
+so of two claimants one wins. The revision a node holds a name at is what
+it releases: a delete on that revision never undoes a newer holder.
+
+Every node watches ``name.>`` into a local view (``whereis`` never waits):
+the current keys first, up to the watch's marker, then each change. The
+owner releases its key when its process ends or drops the name; the
+survivors release the names of a node that goes down. A node that is
+leaving, or is cut off from the server itself, drops those names from its
+view but leaves their keys alone: it is no judge of the others (its deletes
+would go out on its reconnect and undo live holders), and a key whose
+holder is gone is taken over by the next claim anyway.
+
+On reconnect the node reclaims each name it holds (creating the key again
+on a server that lost its state, giving the name up if another live node
+holds it now) and restarts the watch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import nats.js.errors
+
+from ..errors import NameTaken
+from ..ids import PID
+from ..mailbox import Mailbox
+from ._peer import token
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .cluster import Cluster
+
+__all__ = ["Names"]
+
+
+class Names:
+    """The cluster names of one node: the view of all, and those held here.
+
+    Args:
+        cluster: the attached cluster it serves (its bucket, codec, peers).
+
+    Attributes:
+        view: ``{name: (holder, revision)}``, every cluster name as the watch has it.
+        owned: ``{name: (process, revision)}``, the names held by processes here.
+    """
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._remote = cluster._remote
+        self._codec = cluster._codec
+        self._loop = cluster._loop
+        self.view: dict[str, tuple[PID, int]] = {}
+        self.owned: dict[str, tuple[Mailbox, int]] = {}
+        self._watcher: Any = None
+        self._follower: asyncio.Task[None] | None = None
+
+    def register(self, name: str, pid: PID) -> Awaitable[None]:
+        """Claim ``name`` for local process ``pid``: the local name now, the key in a task."""
+        proc = self._remote.claim_local(name, pid)  # the local checks raise here
+        return self._loop.create_task(self._claim(name, proc))
+
+    def _value(self, name: str, proc: Mailbox) -> bytes:
+        c = self._cluster
+        return self._codec.pack([name, c.name, c.creation, self._remote.ident(proc).id])
+
+    async def _claim(self, name: str, proc: Mailbox) -> None:
+        key = f"name.{token(name)}"
+        value = self._value(name, proc)
+        try:
+            rev = await self._take_stale(key, name, value)
+        except BaseException:
+            self._unclaim(name, proc)
+            raise
+        if rev is None:
+            held = self.view.get(name)
+            self._unclaim(name, proc)
+            raise NameTaken(name, held[0] if held else None)
+        if not self._remote.holds(proc, name):
+            await self._release_key(name, rev)  # it ended, or dropped the name, meanwhile
+            return
+        self.owned[name] = (proc, rev)
+        self.view[name] = (self._remote.ident(proc), rev)
+
+    async def _take_stale(self, key: str, name: str, value: bytes) -> int | None:
+        """Create ``key``, or take it over from a holder whose node is not up;
+        None if its holder is up. Retries the races with a concurrent release."""
+        c = self._cluster
+        for _ in range(5):
+            try:
+                return int(await c._kv.create(key, value))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await c._kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue  # released meanwhile: create it
+            holder, creation = self._cluster._unpack(entry.value)[1:3]
+            peer = c._peers.get(holder)
+            if (peer is not None and peer.creation == creation) or (
+                holder == c.name and creation == c.creation
+            ):
+                return None
+            try:
+                return int(await c._kv.update(key, value, last=entry.revision))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        return None
+
+    def _unclaim(self, name: str, proc: Mailbox) -> None:
+        self._remote.unclaim(name, proc)
+
+    def holder(self, name: str) -> PID | None:
+        """The holder of ``name`` in the view, or None."""
+        held = self.view.get(name)
+        return held[0] if held is not None else None
+
+    async def reclaim(self) -> None:
+        """After a reconnect: assert every name held here again."""
+        for name, (proc, _rev) in list(self.owned.items()):
+            await self._reclaim(name, proc)
+
+    async def _reclaim(self, name: str, proc: Mailbox) -> None:
+        c = self._cluster
+        key = f"name.{token(name)}"
+        value = self._value(name, proc)
+        try:
+            entry = await c._kv.get(key)
+            holder, creation = self._cluster._unpack(entry.value)[1:3]
+            if holder == c.name and creation == c.creation:
+                self.owned[name] = (proc, entry.revision)
+                return
+            rev = await self._take_stale(key, name, value)
+        except nats.js.errors.KeyNotFoundError:
+            # Gone (a server that lost its state): create it again, minding a
+            # claimant that creates it first.
+            rev = await self._take_stale(key, name, value)
+        if rev is None:
+            c._log.warning("cluster name %r is held elsewhere now; dropping it here", name)
+            self.owned.pop(name, None)
+            self._unclaim(name, proc)
+        else:
+            self.owned[name] = (proc, rev)
+
+    def released(self, name: str) -> None:
+        """The local process holding ``name`` dropped it or ended: free the key."""
+        owned = self.owned.get(name)
+        if owned is not None:
+            del self.owned[name]
+            self.view.pop(name, None)
+            self._cluster._spawn(self._release_key(name, owned[1]))
+
+    def node_down(self, node: str) -> None:
+        """``node`` is down: drop the names held there, and free their keys
+        unless this node is leaving or cut off itself."""
+        c = self._cluster
+        release = c._connected and not c._leaving
+        for name, (pid, rev) in list(self.view.items()):
+            if pid.node == node:
+                del self.view[name]
+                if release:
+                    c._spawn(self._release_key(name, rev))
+
+    async def _release_key(self, name: str, rev: int) -> None:
+        with contextlib.suppress(Exception):
+            await self._cluster._kv.delete(f"name.{token(name)}", last=rev)
+
+    # -- the watch ------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """(Re)start the watch: load the current names, then follow the changes in a task."""
+        old = self._watcher
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        watcher = self._watcher = await self._cluster._kv.watch("name.>")
+        view: dict[str, tuple[PID, int]] = {}
+        while True:  # the current keys, up to the marker
+            entry = await watcher.updates(timeout=10.0)
+            if entry is None:
+                break
+            self._apply(view, entry)
+        self.view = view
+        for name, (proc, rev) in self.owned.items():
+            view.setdefault(name, (self._remote.ident(proc), rev))
+        if self._follower is not None:
+            self._follower.cancel()
+        self._follower = self._loop.create_task(self._follow(watcher))
+
+    async def _follow(self, watcher: Any) -> None:
+        with contextlib.suppress(Exception):
+            async for entry in watcher:
+                if entry is not None:
+                    self._apply(self.view, entry)
+
+    def _apply(self, view: dict[str, tuple[PID, int]], entry: Any) -> None:
+        if entry.operation in ("DEL", "PURGE"):
+            for name in list(view):
+                if entry.key == f"name.{token(name)}":
+                    del view[name]
+            return
+        try:
+            name, node, _creation, ident = self._cluster._unpack(entry.value)
+            view[name] = (PID(node, ident), entry.revision)
+        except Exception as exc:
+            self._cluster._bad("name", exc)
+
+    async def close(self) -> None:
+        """Stop following the names (the connection is closing)."""
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(BaseException):
+                await self._follower
+            self._follower = None
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
