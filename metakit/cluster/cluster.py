@@ -18,7 +18,7 @@ an unencodable message raises ``TypeError`` there and nothing is queued) or
 :class:`Cluster` owns the connection and drives the parts, one module each:
 
 * :mod:`._outbound`: the queued frames, published as one batch per peer
-  per loop turn by the flusher task;
+  per loop turn (and the first frame of a turn at once);
 * :mod:`._inbound`: the batches that arrive here, decoded and handed to the core;
 * :mod:`._liveness`: heartbeats, the node key (unique node names), the
   view of live peers (``Cluster._peers``) and who is judged down when;
@@ -253,9 +253,7 @@ class Cluster:
             self._node = None
             raise
         self._remote.install()
-        # The flusher first: leave stops the others, detach the flusher last.
         work = {
-            "flush": self._out.flusher(),
             "beat": self._liveness.beats(),
             "judge": self._liveness.judge(),
         }
@@ -271,8 +269,9 @@ class Cluster:
         if self._node is None or self._leaving:
             return
         self._leaving = True
-        for task in self._tasks[1:]:
+        for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._out.flushed(2.0)
         if self._connected:
             with contextlib.suppress(Exception):
@@ -290,8 +289,7 @@ class Cluster:
         if self._connected:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self._liveness.key)
-        self._tasks[0].cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._out.close()
         self._remote.uninstall()
         await self._close_connection()
         self._nc = None
