@@ -63,6 +63,7 @@ class Names:
         self._codec = cluster._codec
         self._loop = cluster._loop
         self.view: dict[str, tuple[PID, int]] = {}
+        self._keys: dict[str, str] = {}  # KV key -> name, for the deletes
         self.owned: dict[str, tuple[Mailbox, int]] = {}
         self._watcher: Any = None
         self._follower: asyncio.Task[None] | None = None
@@ -207,15 +208,17 @@ class Names:
 
     def _apply(self, view: dict[str, tuple[PID, int]], entry: Any) -> None:
         if entry.operation in ("DEL", "PURGE"):
-            for name in list(view):
-                if entry.key == f"name.{token(name)}":
-                    del view[name]
+            name = self._keys.pop(entry.key, None)
+            if name is not None:
+                view.pop(name, None)
             return
         try:
             name, node, _creation, ident = self._cluster._unpack(entry.value)
             view[name] = (PID(node, ident), entry.revision)
         except Exception as exc:
-            self._cluster._bad("name", exc)
+            self._cluster._log_limited("name", "a cluster name entry does not decode: %r", exc)
+            return
+        self._keys[entry.key] = name
 
     async def close(self) -> None:
         """Stop following the names (the connection is closing)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._remote import Peer
+from .._remote_actors import Peer
 
 __all__ = ["VERSION", "NodePeer", "token"]
 

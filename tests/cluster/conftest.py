@@ -50,6 +50,17 @@ async def until(predicate: Any, timeout: float = TIMEOUT, what: str = "the condi
         await asyncio.sleep(0.005)
 
 
+async def stays(predicate: Any, seconds: float, what: str = "the condition") -> None:
+    """Check ``predicate()`` every 5 ms for ``seconds``: fail the moment it is false
+    (for what must not happen: a second Down, a late exit)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        if not predicate():
+            raise AssertionError(f"{what} stopped holding")
+        await asyncio.sleep(0.005)
+
+
 class ChildNode:
     """A node in its own OS process, with a ``Pong`` under the cluster name ``"pong"``."""
 

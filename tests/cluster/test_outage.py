@@ -4,6 +4,8 @@ are bounded and calls time out (DESIGN.md §8, Outages)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 import pytest
 from cluster_peers import Pong, Watcher
@@ -78,7 +80,11 @@ async def test_a_server_restart_loses_nothing_and_fires_no_down(namespace: str) 
             assert await a.call("pong", "ping") == "pong"
             # Names and liveness are back in the new server's bucket.
             await until(lambda: a.whereis("pong") == pong)
-            assert await _keys(server.url, namespace) == before  # type: ignore[arg-type]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TIMEOUT
+            while await _keys(server.url, namespace) != before:  # type: ignore[arg-type]
+                assert loop.time() < deadline, "the keys were not re-asserted"
+                await asyncio.sleep(0.05)
             assert a.nodes() == b.nodes() == ["a@test", "b@test"]
             assert _got(a, watcher) == []  # no Down, no Exit
             assert a.cluster.statistics().reconnects == 1  # type: ignore[union-attr]
