@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ..errors import RemoteError
 from ..messages import NodeDown
-from ._wire import message
+from ._types import message
 from .cluster import Cluster, ClusterStatistics
 from .local import LocalServer, local_server
 

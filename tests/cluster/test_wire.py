@@ -37,8 +37,9 @@ from metakit import (
     Ref,
     RemoteError,
 )
-from metakit.cluster import _wire
-from metakit.cluster._wire import Codec, WireError, encode_exception, message
+from metakit.cluster import _types, _wire
+from metakit.cluster._types import message
+from metakit.cluster._wire import Codec, WireError, encode_exception
 
 fast = settings(max_examples=150, deadline=None, database=None)
 
@@ -123,11 +124,11 @@ def codec() -> Codec:
 def scratch_registry() -> Iterator[None]:
     """Undo what a test registers: the registry is module-global."""
     tables: list[dict[Any, Any]] = [
-        _wire._NAMES,
-        _wire._CLASSES,
-        _wire._MESSAGE_TYPES,
-        _wire._MESSAGE_TAGS,
-        _wire._EXCEPTIONS,
+        _types._NAMES,
+        _types._CLASSES,
+        _types._MESSAGE_TYPES,
+        _types._MESSAGE_TAGS,
+        _types._EXCEPTIONS,
     ]
     saved = [dict(table) for table in tables]
     yield
@@ -526,7 +527,7 @@ def test_message_returns_the_class_and_registers_by_qualified_name(
 
     assert message(Local) is Local
     assert message(Local) is Local  # again: a no-op
-    assert _wire._NAMES[Local] == f"{Local.__module__}.{Local.__qualname__}"
+    assert _types._NAMES[Local] == f"{Local.__module__}.{Local.__qualname__}"
     round_trip(codec, (Local(1), [Local(2)]))
 
 
@@ -581,9 +582,9 @@ def test_message_names_clash(scratch_registry: None) -> None:
 
 def test_system_messages_and_errors_are_registered_under_stable_names() -> None:
     for system in (Down, Exit, EventMessage, NodeDown):
-        assert _wire._NAMES[system] == f"metakit.messages.{system.__name__}"
+        assert _types._NAMES[system] == f"metakit.messages.{system.__name__}"
     for error in (NoProcess, ProcessExited, CallTimeout, RemoteError):
-        assert _wire._NAMES[error] == f"metakit.errors.{error.__name__}"
+        assert _types._NAMES[error] == f"metakit.errors.{error.__name__}"
 
 
 # --- malformed input --------------------------------------------------------
@@ -683,7 +684,7 @@ def allowed(value: object) -> bool:
         return all(allowed(k) and allowed(v) for k, v in value.items())  # type: ignore[attr-defined]
     if isinstance(value, BaseException):
         return all(allowed(arg) for arg in value.args)
-    if cls in _wire._MESSAGE_TYPES:
+    if cls in _types._MESSAGE_TYPES:
         return all(allowed(getattr(value, f.name)) for f in dataclasses.fields(value))  # type: ignore[arg-type]
     return False
 
