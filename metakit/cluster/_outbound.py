@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 __all__ = ["Outbound"]
 
 _RETRY = 0.05  # seconds before a failed publish is tried again
+# A batch's payload at most: under glibc's mmap threshold as the node tunes it
+# (512 KiB, metakit/_malloc.py), so building one reuses heap memory instead of
+# faulting in fresh zeroed pages for every batch.
+_MAX_BATCH = 256 * 1024
 
 
 class Outbound:
@@ -118,7 +122,7 @@ class Outbound:
         if self._busy is not None or not c._connected or self._closed:
             return
         header = c._header
-        limit = c._nc.max_payload - len(header)
+        limit = min(c._nc.max_payload, _MAX_BATCH) - len(header)
         stats = self._stats
         while self._dirty:
             peers, self._dirty = self._dirty, []
@@ -188,8 +192,9 @@ class Outbound:
 
 
 def _batches(header: bytes, chunks: list[bytes], limit: int) -> list[tuple[int, bytes]]:
-    """Join frames into payloads of at most ``limit`` bytes after the header:
-    ``(frames in it, payload)`` each."""
+    """Join frames into payloads of at most ``limit`` bytes after the header
+    (a bigger frame goes alone): ``(frames in it, payload)`` each, each built
+    with one join."""
     if len(chunks) == 1:
         return [(1, header + chunks[0])]
     out: list[tuple[int, bytes]] = []
@@ -197,9 +202,9 @@ def _batches(header: bytes, chunks: list[bytes], limit: int) -> list[tuple[int, 
     size = 0
     for i, chunk in enumerate(chunks):
         if size and size + len(chunk) > limit:
-            out.append((i - start, header + b"".join(chunks[start:i])))
+            out.append((i - start, b"".join((header, *chunks[start:i]))))
             start, size = i, 0
         size += len(chunk)
     if start < len(chunks):
-        out.append((len(chunks) - start, header + b"".join(chunks[start:])))
+        out.append((len(chunks) - start, b"".join((header, *chunks[start:]))))
     return out
