@@ -30,7 +30,7 @@ class NodePeer(Peer):
         confirmed: False from our reconnect until it shows it is back.
         chunks: encoded frames waiting for the next batch.
         pending: their size in bytes.
-        dirty: it is in the flusher's list.
+        dirty: it waits in the outbound list of dirty peers.
     """
 
     __slots__ = ("chunks", "confirmed", "dirty", "last_seen", "pending", "subject")
