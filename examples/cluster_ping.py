@@ -55,6 +55,7 @@ class Ping(Process):
         match message:
             case "go":
                 pong = self.node.whereis("pong")
+                assert pong is not None  # the other node registered it before saying "ready"
                 print(f"pong is {pong} on node {pong.node}")
                 for n in (1, 2, 3):
                     started = time.perf_counter()
@@ -79,6 +80,7 @@ class Ping(Process):
 
 async def main() -> None:
     async with local_server() as server:
+        assert server.url is not None
         child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--pong", server.url, stdout=asyncio.subprocess.PIPE
         )
