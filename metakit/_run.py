@@ -47,6 +47,8 @@ def run(
     env: Mapping[str, Any] | None = None,
     log_level: str | int = "info",
     cluster: ClusterLink | None = None,
+    workers: int | None = None,
+    _running: Callable[[], None] | None = None,
     **kwargs: Any,
 ) -> T | Any:
     """Create a loop, start a node, run ``main``, stop the node cleanly.
@@ -64,12 +66,39 @@ def run(
         log_level: the node's log level; also sets up basic logging to
             stderr if the program has none.
         cluster: the node's ``metakit.cluster.Cluster``, made in the caller
-            and joined on the loop ``run`` creates.
+            and joined on the loop ``run`` creates. With ``workers``, every
+            worker joins it (or, with ``True``, a ``local_server`` the
+            parent starts).
+        workers: run ``main`` in this many spawned worker processes instead,
+            each on its own node (``"web@host"`` gives ``"web-1@host"`` …),
+            servers sharing their port with ``reuse_port=True``; the parent
+            restarts a crashed worker with a growing backoff, exits with
+            status 1 if one fails at start-up, forwards SIGINT and SIGTERM,
+            and returns 0 once they have all ended (DESIGN.md §9). ``main``
+            must be importable: guard the script with ``if __name__ ==
+            "__main__"``.
     """
+    if workers is not None:
+        from ._workers import run_workers
+
+        status = run_workers(
+            main,
+            args,
+            kwargs,
+            workers=workers,
+            node_name=node_name,
+            env=env,
+            log_level=log_level,
+            cluster=cluster,
+            loop=loop_factory(),
+        )
+        if status:
+            raise SystemExit(status)
+        return status
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_main(main, args, kwargs, node_name, env, log_level, cluster))
+        return runner.run(_main(main, args, kwargs, node_name, env, log_level, cluster, _running))
 
 
 async def _main(
@@ -80,6 +109,7 @@ async def _main(
     env: Mapping[str, Any] | None,
     log_level: str | int,
     cluster: ClusterLink | None,
+    running: Callable[[], None] | None = None,
 ) -> Any:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -103,6 +133,8 @@ async def _main(
             work: asyncio.Future[Any] = asyncio.ensure_future(node.wait_exit(pid))
         else:
             work = asyncio.ensure_future(main(node, *args, **kwargs))
+        if running is not None:
+            running()  # a worker tells its parent that it has started
         stop = asyncio.ensure_future(stopping.wait())
         await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()

@@ -201,6 +201,19 @@ class Cluster:
         self._js: Any = None
         self._kv: Any = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its settings (what a worker process of metakit.run needs);
+        # a Cluster that has joined belongs to its node.
+        if self._node is not None:
+            raise TypeError("a Cluster that has joined a node cannot be pickled")
+        options = {
+            "namespace": self.namespace,
+            "heartbeat": self.heartbeat,
+            "max_pending": self.max_pending,
+            **self._nats_options,
+        }
+        return (_rebuild, (self.servers, options))
+
     # -- joining and leaving -------------------------------------------------------
 
     async def attach(self, node: Node) -> None:
@@ -453,3 +466,7 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {self.namespace!r} on {self.servers[0]!r}, {len(self._peers) + 1} nodes>"
+
+
+def _rebuild(servers: list[str], options: dict[str, Any]) -> Cluster:
+    return Cluster(servers, **options)
