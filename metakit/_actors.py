@@ -158,6 +158,8 @@ class Actors:
                 owner.discard(actor)
         self.node._links.actor_died(actor, sender, reason)
         self.node._events.forget(actor, reason)
+        if isinstance(actor, Process):
+            self.node._groups.forget(actor)
         waiters = actor._mk_waiters
         if waiters:
             actor._mk_waiters = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._envelope import Signal
+from ._groups import check_name
 from .errors import MailboxFull, NameTaken, UnknownEvent
 from .ids import PID, Ref, _next_id
 from .messages import Down, EventMessage
@@ -52,7 +53,9 @@ class Events:
         self.by_name: dict[str, Event] = {}
 
     def register(self, producer: Process, name: str) -> None:
-        """Make ``producer`` the producer of ``name``; NameTaken if it has one."""
+        """Make ``producer`` the producer of ``name``; NameTaken if it has one,
+        ValueError if ``name`` is not one NATS subject token."""
+        check_name("event", name)
         event = self.by_name.get(name)
         if event is not None:
             raise NameTaken(name, event.producer._mk_pid, "event already registered")
@@ -108,6 +111,7 @@ class Events:
 
     def subscribe(self, sub: Process, name: str, *, monitor: bool) -> Ref:
         """``monitor_event`` (a Ref, ``Down`` at the end) or ``link_event`` (an exit signal)."""
+        check_name("event", name)
         event = self.by_name.get(name)
         ref = Ref(self.node_name, _next_id())
         if event is None:

@@ -16,14 +16,16 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Generator, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from . import _introspect
 from ._actors import Actors
 from ._deadlines import Deadlines
+from ._done import DONE as _DONE
 from ._envelope import Signal
 from ._events import Events
+from ._groups import Groups
 from ._links import Links
 from ._malloc import warm_allocator
 from ._registry import Registry
@@ -37,18 +39,6 @@ from .meta import Meta
 from .process import Process
 
 __all__ = ["Node"]
-
-
-class _Done:
-    """An awaitable that is already done (what a synchronous registration returns)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())  # type: ignore[return-value]  # done at once: nothing to yield
-
-
-_DONE: Awaitable[None] = _Done()
 
 P = TypeVar("P", bound=Process)
 
@@ -119,6 +109,7 @@ class Node:
         self._pid = PID(name, _next_id())
         self._registry = Registry(name)
         self._events = Events(name, self._pid)
+        self._groups = Groups()
         self._links = Links(name, self._pid, self._registry, self._events)
         self._shutdown = Shutdown(self)
         self._actors = Actors(self)
@@ -355,6 +346,15 @@ class Node:
     def processes(self) -> list[PID]:
         """PIDs of the live processes, oldest first."""
         return self._registry.processes()
+
+    def group_members(self, group: str) -> list[PID]:
+        """The members of process group ``group``: this node's, then (on a
+        cluster) every other node's.
+
+        Raises:
+            ValueError: ``group`` is not one NATS subject token (``[A-Za-z0-9_-]``).
+        """
+        return self._groups.members(group)
 
     def nodes(self) -> list[str]:
         """Names of the live nodes of this node's namespace, this one included, sorted.

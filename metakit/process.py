@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._done import DONE as _DONE
 from ._envelope import IGNORE, Signal
 from ._state import DEAD, EXITING
 from .errors import NoProcess
@@ -300,6 +301,38 @@ class Process(Mailbox):
         """Stop watching node ``name``."""
         if self._mk_node.cluster is not None:
             self._mk_node.cluster.demonitor_node(self, name)
+
+    # -- groups ----------------------------------------------------------------
+
+    def join_group(self, group: str) -> Awaitable[None]:
+        """Join process group ``group`` (Erlang's ``pg``); await it on a cluster
+        for the other nodes to know. A process leaves its groups when it ends.
+
+        Raises:
+            ValueError: ``group`` is not one NATS subject token (``[A-Za-z0-9_-]``).
+        """
+        return self._mk_node._groups.join(self, group) or _DONE
+
+    def leave_group(self, group: str) -> Awaitable[None]:
+        """Leave process group ``group`` (nothing if not in it)."""
+        return self._mk_node._groups.leave(self, group) or _DONE
+
+    def send_group(self, group: str, message: Any) -> int:
+        """Send ``message`` to every member of ``group`` once (this process too
+        if it is one); returns how many local members it reached (a full
+        mailbox is skipped and counted) plus the other nodes it went to."""
+        self._mk_out += 1
+        return self._mk_node._groups.send(self._mk_pid, group, message)
+
+    def call_group(
+        self, group: str, request: Any, timeout: float | None = 5.0
+    ) -> asyncio.Future[Any]:
+        """Call one member of ``group``, round-robin over the members; as :meth:`call`.
+
+        Raises:
+            NoProcess: the group has no member.
+        """
+        return self.call(self._mk_node._groups.pick(group), request, timeout)
 
     # -- events ----------------------------------------------------------------
 
