@@ -125,8 +125,19 @@ class Groups:
 
     def send(self, sender: PID, group: str, message: Any) -> int:
         """Deliver to every member once (the local ones here); how many it reached
-        here plus the other nodes it went to."""
+        here plus the other nodes it went to.
+
+        Raises:
+            TypeError: on a cluster, ``message`` does not cross a node
+                boundary (checked first: nothing is delivered).
+        """
         check_name("group", group)
+        remote = self.remote.send(sender, group, message) if self.remote is not None else 0
+        return self.deliver(sender, group, message) + remote
+
+    def deliver(self, sender: PID, group: str, message: Any) -> int:
+        """Deliver to the local members of ``group``; how many took it (a full
+        mailbox is skipped and counted)."""
         reached = 0
         for proc in list(self.by_name.get(group, ())):
             try:
@@ -135,8 +146,6 @@ class Groups:
                 self.dropped += 1
                 continue
             reached += 1
-        if self.remote is not None:
-            reached += self.remote.send(sender, group, message)
         return reached
 
     def pick(self, group: str) -> PID:

@@ -35,6 +35,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._envelope import Signal
+from ._groups import GroupRouter
 from ._links import Links
 from ._remote_actors import (
     CALL,
@@ -47,6 +48,7 @@ from ._remote_actors import (
     MONITOR,
     REPLY,
     SEND,
+    SEND_GROUP,
     SEND_SYS,
     UNLINK,
     Peer,
@@ -110,14 +112,17 @@ class Remote:
         self._logged: dict[str, float] = {}
         self._node_watchers: dict[str, weakref.WeakSet[Mailbox]] = {}
 
-    def install(self) -> None:
-        """Route what the table misses here (the node has joined)."""
+    def install(self, groups: GroupRouter | None = None) -> None:
+        """Route what the table misses here, and the groups' other members
+        through ``groups`` (the node has joined)."""
         self.node._registry.remote = self
+        self.node._groups.remote = groups
 
     def uninstall(self) -> None:
         """Stop routing to other nodes."""
         if self.node._registry.remote is self:
             self.node._registry.remote = None
+            self.node._groups.remote = None
 
     # -- the registry's Router -----------------------------------------------------------
 
@@ -379,6 +384,10 @@ class Remote:
         sender = target if target.__class__ is PID else self.node_pid
         watcher._mk_deliver_system(sender, Down(target, ref, reason))
 
+    def _on_send_group(self, peer: Peer, frame: tuple[Any, ...]) -> None:
+        _, group, sid, message = frame
+        self.node._groups.deliver(peer.sender(sid), group, message)
+
     _handlers: ClassVar[dict[int, Any]] = {
         SEND: _on_send,
         SEND_SYS: _on_send_system,
@@ -392,6 +401,7 @@ class Remote:
         MONITOR: _on_monitor,
         DEMONITOR: _on_demonitor,
         DOWN: _on_down,
+        SEND_GROUP: _on_send_group,
     }
 
     def log_limited(self, kind: str, text: str, *args: Any) -> None:

@@ -30,6 +30,7 @@ LINK_EXIT    tid, source ident, reason                      a linked actor ended
 MONITOR      target ident, watcher ident, ref id            ``monitor``
 DEMONITOR    tid, ref id                                    ``demonitor``
 DOWN         watcher id, target ident, ref id, reason       a monitored actor ended
+SEND_GROUP   group, sid, message                            ``send_group``: to its members here
 ===========  ============================================  ===================================
 """
 
@@ -60,7 +61,8 @@ __all__ = ["Home", "Peer", "RemoteActor", "Transport"]
     MONITOR,
     DEMONITOR,
     DOWN,
-) = range(12)
+    SEND_GROUP,
+) = range(13)
 
 # Stand-ins (and sender PIDs) kept per peer before the idle ones are dropped.
 _MAX_REFS = 4096

@@ -60,6 +60,7 @@ from .._remote import Remote
 from ..errors import MailboxFull
 from ..ids import PID
 from ..mailbox import Mailbox
+from ._groups import ClusterGroups
 from ._inbound import Inbound
 from ._liveness import BYE, HELLO, Liveness
 from ._names import Names
@@ -239,6 +240,7 @@ class Cluster:
         self._peers = self._remote.peers
         self._liveness = Liveness(self, self._peers)
         self._names = Names(self)
+        self._groups = ClusterGroups(self)
         self._out = Outbound(self)
         self._inbound = Inbound(self)
         options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.25, **self._nats_options}
@@ -261,11 +263,12 @@ class Cluster:
             await self._liveness.load_peers()
             await self._liveness.beat(HELLO)
             await self._names.watch()
+            await self._groups.watch()
         except BaseException:
             await self._close_connection()
             self._node = None
             raise
-        self._remote.install()
+        self._remote.install(self._groups)
         work = {
             "beat": self._liveness.beats(),
             "judge": self._liveness.judge(),
@@ -301,6 +304,7 @@ class Cluster:
             await asyncio.wait(list(self._background), timeout=2.0)
         if self._connected:
             with contextlib.suppress(Exception):
+                await self._groups.delete_own()
                 await self._kv.delete(self._liveness.key)
         self._out.close()
         self._remote.uninstall()
@@ -309,6 +313,7 @@ class Cluster:
 
     async def _close_connection(self) -> None:
         await self._names.close()
+        await self._groups.close()
         for task in list(self._background):
             task.cancel()
         if self._nc is not None:
@@ -357,6 +362,8 @@ class Cluster:
             await self._liveness.claim_key()
             await self._names.reclaim()
             await self._names.watch()
+            await self._groups.reassert()
+            await self._groups.watch()
         except Exception as exc:
             self._log.warning("re-asserting after a reconnect failed: %r", exc)
 
@@ -379,6 +386,24 @@ class Cluster:
             self._stats.refused += 1
             raise MailboxFull(target, self.max_pending, "bytes")
         self._out.add(peer, data)
+
+    def queue_many(self, peers: list[Any], frame: tuple[Any, ...], target: Any) -> None:
+        """Encode ``frame`` once and queue it for each of ``peers`` (a
+        ``send_group``); a peer with ``max_pending`` waiting misses it (counted).
+
+        Raises:
+            TypeError, ValueError: as :meth:`queue`; nothing queued.
+        """
+        data = self._codec.pack(frame)
+        if len(data) > self._max_frame:
+            raise ValueError(
+                f"{len(data)} bytes encoded; the NATS server takes {self._max_frame} at most"
+            )
+        for peer in peers:
+            if peer.pending + len(data) > self.max_pending:
+                self._stats.refused += 1
+                continue
+            self._out.add(peer, data)
 
     def queue_system(self, peer: Any, frame: tuple[Any, ...]) -> None:
         """Queue a signal, link or monitor frame: never refused; an unencodable
