@@ -179,6 +179,13 @@ class Remote:
         if watchers is not None:
             watchers.discard(watcher)
 
+    def stop(self, pid: PID, reason: Any) -> None:
+        """End local process ``pid`` with ``reason``, trapping or not (a singleton
+        that lost its lease)."""
+        actor = self._table.get(pid.id)
+        if actor is not None:
+            actor._mk_signal(Signal(self.node_pid, self.node_pid, reason, forced=True))
+
     # -- cluster names: the local half ------------------------------------------------------
 
     def claim_local(self, name: str, pid: PID) -> Mailbox:

@@ -25,7 +25,7 @@ from ._deadlines import Deadlines
 from ._done import DONE as _DONE
 from ._envelope import Signal
 from ._events import Events
-from ._groups import Groups
+from ._groups import Groups, check_name
 from ._links import Links
 from ._malloc import warm_allocator
 from ._registry import Registry
@@ -66,6 +66,11 @@ class ClusterLink(Protocol):
 
     def register_name(self, name: str, pid: PID) -> Awaitable[None]:
         """Claim ``name`` for the local process ``pid`` across the namespace."""
+
+    async def spawn_singleton(
+        self, cls: type[Process], args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+    ) -> PID | None:
+        """Compete for singleton ``name``; the PID if this node runs it now."""
 
 
 class Node:
@@ -225,6 +230,26 @@ class Node:
             Exception: whatever ``init`` raised; nothing of the process is left.
         """
         return await self._actors.spawn(cls, args, kwargs, None, name, False, mailbox_size, env)
+
+    async def spawn_singleton(
+        self, cls: type[Process], *args: Any, name: str = "leader", **kwargs: Any
+    ) -> PID | None:
+        """Run one instance of ``cls`` in the namespace (call it on every node).
+
+        Returns at once: the PID if this node runs the instance now, else
+        None. The instance is registered under the cluster name ``name``;
+        when its node goes down another node starts it within ``3 x
+        heartbeat + 1 s``, and one that can no longer renew its lease stops
+        itself with reason ``"lease_lost"`` before another can start
+        (DESIGN.md §8). Without a cluster: spawned here under ``name``.
+
+        Raises:
+            ValueError: ``name`` is not one NATS subject token.
+        """
+        check_name("singleton", name)
+        if self.cluster is None:
+            return await self.spawn(cls, *args, name=name, **kwargs)
+        return await self.cluster.spawn_singleton(cls, args, kwargs, name)
 
     def _check_running(self) -> None:
         if not self._running:

@@ -66,6 +66,7 @@ from ._liveness import BYE, HELLO, Liveness
 from ._names import Names
 from ._outbound import Outbound
 from ._peer import VERSION, token
+from ._singleton import Singleton
 from ._wire import Codec
 
 if TYPE_CHECKING:
@@ -197,6 +198,7 @@ class Cluster:
         self._connected = False
         self._disconnected_at = 0.0
         self._leaving = False
+        self._singletons: list[Singleton] = []
         self._node: Node | None = None
         self._nc: Any = None
         self._js: Any = None
@@ -285,6 +287,8 @@ class Cluster:
         if self._node is None or self._leaving:
             return
         self._leaving = True
+        for singleton in self._singletons:
+            await singleton.close()  # another node may start it now
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -317,10 +321,11 @@ class Cluster:
         for task in list(self._background):
             task.cancel()
         if self._nc is not None:
+            if self._connected:  # draining a connection that is down waits for nothing
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._nc.drain(), 2.0)
             with contextlib.suppress(Exception):
-                await self._nc.drain()
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+                await asyncio.wait_for(self._nc.close(), 2.0)
 
     async def _bucket_up(self) -> Any:
         try:
@@ -434,6 +439,14 @@ class Cluster:
     def released(self, name: str) -> None:
         """The local holder of ``name`` dropped it or ended: free the key."""
         self._names.released(name)
+
+    async def spawn_singleton(
+        self, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+    ) -> PID | None:
+        """Compete for singleton ``name`` (``Node.spawn_singleton``)."""
+        singleton = Singleton(self, cls, args, kwargs, name)
+        self._singletons.append(singleton)
+        return await singleton.start()
 
     def nodes(self) -> list[str]:
         """The live nodes of the namespace, this one included, sorted."""
