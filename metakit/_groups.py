@@ -154,8 +154,7 @@ class Groups:
         Raises:
             NoProcess: the group has no member.
         """
-        check_name("group", group)
-        members = self.members(group)
+        members = self.members(group)  # checks the name
         if not members:
             raise NoProcess(group)
         turn = self._turn.get(group, 0)

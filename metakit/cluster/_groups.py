@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .._remote_actors import SEND_GROUP
 from ..ids import PID
 from ._peer import token
+from ._watch import KeyWatch
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -43,8 +44,7 @@ class ClusterGroups:
         self._local = cluster._node._groups  # type: ignore[union-attr]
         self.view: dict[str, dict[str, tuple[int, list[PID]]]] = {}
         self._dirty: dict[str, asyncio.Future[None]] = {}
-        self._watcher: Any = None
-        self._follower: asyncio.Task[None] | None = None
+        self._watch = KeyWatch(self._apply)
 
     def _key(self, group: str, node: str | None = None) -> str:
         return f"g.{group}.{token(node or self._cluster.name)}"
@@ -134,24 +134,8 @@ class ClusterGroups:
     # -- the watch ----------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """(Re)start the watch: load the groups, then follow them in a task."""
-        await self.close()
-        c = self._cluster
-        watcher = self._watcher = await c._kv.watch("g.>")
-        view: dict[str, dict[str, tuple[int, list[PID]]]] = {}
-        while True:
-            entry = await watcher.updates(timeout=10.0)
-            if entry is None:
-                break
-            self._apply(view, entry)
-        self.view = view
-        self._follower = self._loop.create_task(self._follow(watcher))
-
-    async def _follow(self, watcher: Any) -> None:
-        with contextlib.suppress(Exception):
-            async for entry in watcher:
-                if entry is not None:
-                    self._apply(self.view, entry)
+        """(Re)start the watch: load the groups, then follow them."""
+        self.view = await self._watch.start(self._cluster._kv, "g.>", {})
 
     def _apply(self, view: dict[str, dict[str, tuple[int, list[PID]]]], entry: Any) -> None:
         c = self._cluster
@@ -173,15 +157,7 @@ class ClusterGroups:
 
     async def close(self) -> None:
         """Stop following (the connection is closing, or the watch restarts)."""
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(BaseException):
-                await self._follower
-            self._follower = None
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-            self._watcher = None
+        await self._watch.close()
 
     async def delete_own(self) -> None:
         """Leaving: delete this node's keys."""

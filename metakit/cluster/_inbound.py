@@ -45,7 +45,6 @@ class Inbound:
         self._peers = cluster._peers
         self._codec = cluster._codec
         self._stats = cluster._stats
-        self._loop = cluster._loop
 
     async def on_batch(self, msg: Any) -> None:
         """A message on this node's subject (the subscription's callback)."""
@@ -62,16 +61,10 @@ class Inbound:
         except Exception as exc:
             c._bad("batch", exc)
             return
+        c._liveness.seen(name, creation)  # a sign of life: renews, confirms or adds it
         peer: Any = self._peers.get(name)
         if peer is None or peer.creation != creation:
-            c._liveness.seen(name, creation)
-            peer = self._peers.get(name)
-            if peer is None or peer.creation != creation:
-                return  # a run that said bye, or this node is leaving
-        else:
-            peer.last_seen = self._loop.time()
-            if not peer.confirmed:
-                c._out.confirm(peer)
+            return  # a run that said bye, or this node is leaving
         handle = self._handle
         try:
             for frame in frames:

@@ -37,10 +37,9 @@ from ..errors import NameTaken
 from ..ids import PID
 from ..mailbox import Mailbox
 from ._peer import token
+from ._watch import KeyWatch
 
 if TYPE_CHECKING:
-    import asyncio
-
     from .cluster import Cluster
 
 __all__ = ["Names"]
@@ -65,8 +64,7 @@ class Names:
         self.view: dict[str, tuple[PID, int]] = {}
         self._keys: dict[str, str] = {}  # KV key -> name, for the deletes
         self.owned: dict[str, tuple[Mailbox, int]] = {}
-        self._watcher: Any = None
-        self._follower: asyncio.Task[None] | None = None
+        self._watch = KeyWatch(self._apply)
 
     def register(self, name: str, pid: PID) -> Awaitable[None]:
         """Claim ``name`` for local process ``pid``: the local name now, the key in a task."""
@@ -83,11 +81,11 @@ class Names:
         try:
             rev = await self._take_stale(key, name, value)
         except BaseException:
-            self._unclaim(name, proc)
+            self._remote.unclaim(name, proc)
             raise
         if rev is None:
             held = self.view.get(name)
-            self._unclaim(name, proc)
+            self._remote.unclaim(name, proc)
             raise NameTaken(name, held[0] if held else None)
         if not self._remote.holds(proc, name):
             await self._release_key(name, rev)  # it ended, or dropped the name, meanwhile
@@ -120,9 +118,6 @@ class Names:
                 continue
         return None
 
-    def _unclaim(self, name: str, proc: Mailbox) -> None:
-        self._remote.unclaim(name, proc)
-
     def holder(self, name: str) -> PID | None:
         """The holder of ``name`` in the view, or None."""
         held = self.view.get(name)
@@ -151,7 +146,7 @@ class Names:
         if rev is None:
             c._log.warning("cluster name %r is held elsewhere now; dropping it here", name)
             self.owned.pop(name, None)
-            self._unclaim(name, proc)
+            self._remote.unclaim(name, proc)
         else:
             self.owned[name] = (proc, rev)
 
@@ -181,30 +176,10 @@ class Names:
     # -- the watch ------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """(Re)start the watch: load the current names, then follow the changes in a task."""
-        old = self._watcher
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.stop()
-        watcher = self._watcher = await self._cluster._kv.watch("name.>")
-        view: dict[str, tuple[PID, int]] = {}
-        while True:  # the current keys, up to the marker
-            entry = await watcher.updates(timeout=10.0)
-            if entry is None:
-                break
-            self._apply(view, entry)
-        self.view = view
+        """(Re)start the watch: load the current names, then follow the changes."""
+        self.view = await self._watch.start(self._cluster._kv, "name.>", {})
         for name, (proc, rev) in self.owned.items():
-            view.setdefault(name, (self._remote.ident(proc), rev))
-        if self._follower is not None:
-            self._follower.cancel()
-        self._follower = self._loop.create_task(self._follow(watcher))
-
-    async def _follow(self, watcher: Any) -> None:
-        with contextlib.suppress(Exception):
-            async for entry in watcher:
-                if entry is not None:
-                    self._apply(self.view, entry)
+            self.view.setdefault(name, (self._remote.ident(proc), rev))
 
     def _apply(self, view: dict[str, tuple[PID, int]], entry: Any) -> None:
         if entry.operation in ("DEL", "PURGE"):
@@ -222,11 +197,4 @@ class Names:
 
     async def close(self) -> None:
         """Stop following the names (the connection is closing)."""
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(BaseException):
-                await self._follower
-            self._follower = None
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+        await self._watch.close()

@@ -382,15 +382,19 @@ class Cluster:
             ValueError: it is bigger than the server's ``max_payload``; nothing queued.
             MailboxFull: ``max_pending`` bytes wait for that peer already.
         """
+        data = self._encode(frame)
+        if not system and peer.pending + len(data) > self.max_pending:
+            self._stats.refused += 1
+            raise MailboxFull(target, self.max_pending, "bytes")
+        self._out.add(peer, data)
+
+    def _encode(self, frame: tuple[Any, ...]) -> bytes:
         data = self._codec.pack(frame)
         if len(data) > self._max_frame:
             raise ValueError(
                 f"{len(data)} bytes encoded; the NATS server takes {self._max_frame} at most"
             )
-        if not system and peer.pending + len(data) > self.max_pending:
-            self._stats.refused += 1
-            raise MailboxFull(target, self.max_pending, "bytes")
-        self._out.add(peer, data)
+        return data
 
     def queue_many(self, peers: list[Any], frame: tuple[Any, ...], target: Any) -> None:
         """Encode ``frame`` once and queue it for each of ``peers`` (a
@@ -399,11 +403,7 @@ class Cluster:
         Raises:
             TypeError, ValueError: as :meth:`queue`; nothing queued.
         """
-        data = self._codec.pack(frame)
-        if len(data) > self._max_frame:
-            raise ValueError(
-                f"{len(data)} bytes encoded; the NATS server takes {self._max_frame} at most"
-            )
+        data = self._encode(frame)
         for peer in peers:
             if peer.pending + len(data) > self.max_pending:
                 self._stats.refused += 1
