@@ -35,6 +35,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._envelope import Signal
+from ._events import Away, Event
 from ._groups import GroupRouter
 from ._links import Links
 from ._remote_actors import (
@@ -42,6 +43,9 @@ from ._remote_actors import (
     CANCEL,
     DEMONITOR,
     DOWN,
+    EVENT,
+    EVENT_END,
+    EVENT_SUB,
     EXIT,
     LINK,
     LINK_EXIT,
@@ -55,7 +59,7 @@ from ._remote_actors import (
     Transport,
 )
 from ._state import EXITING
-from .errors import MailboxFull, NoProcess, ProcessExited
+from .errors import MailboxFull, NoProcess, ProcessExited, UnknownEvent
 from .ids import PID, Alias, Ref
 from .mailbox import Mailbox
 from .messages import Down, NodeDown
@@ -63,7 +67,7 @@ from .messages import Down, NodeDown
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Remote"]
+__all__ = ["EventClaims", "Remote"]
 
 
 class _ReplyFuture(asyncio.Future[Any]):
@@ -111,18 +115,21 @@ class Remote:
         self._log = node._logger.getChild("cluster")
         self._logged: dict[str, float] = {}
         self._node_watchers: dict[str, weakref.WeakSet[Mailbox]] = {}
+        self.event_claims = EventClaims(node)
 
     def install(self, groups: GroupRouter | None = None) -> None:
-        """Route what the table misses here, and the groups' other members
-        through ``groups`` (the node has joined)."""
+        """Route what the table misses here, the groups' other members through
+        ``groups``, and the events of other nodes (the node has joined)."""
         self.node._registry.remote = self
         self.node._groups.remote = groups
+        self.node._events.remote = self
 
     def uninstall(self) -> None:
         """Stop routing to other nodes."""
         if self.node._registry.remote is self:
             self.node._registry.remote = None
             self.node._groups.remote = None
+            self.node._events.remote = None
 
     # -- the registry's Router -----------------------------------------------------------
 
@@ -160,6 +167,7 @@ class Remote:
             return
         del self.peers[peer.name]
         peer.sever(self.node_pid)
+        self.node._events.node_down(peer.name)
         watchers = self._node_watchers.pop(peer.name, None)
         for watcher in list(watchers or ()):
             watcher._mk_deliver_system(self.node_pid, NodeDown(peer.name, reason))
@@ -211,6 +219,43 @@ class Remote:
         if registry.names.get(name) is proc:
             del registry.names[name]
             proc._mk_name = None
+
+    # -- cluster events: the events' EventRouter --------------------------------------------
+
+    def event_producer(self, name: str) -> PID | None:
+        """The producer of cluster event ``name`` on another live node, or None."""
+        pid = self.transport.event_producer(name)
+        if pid is None or pid.node not in self.peers:
+            return None
+        return pid
+
+    def event_subscribe(self, away: Away, subscribe: bool) -> None:
+        """Tell the producer's node that this node has subscribers, or none left."""
+        peer = self.peers.get(away.producer.node)
+        if peer is not None:
+            frame = (EVENT_SUB, away.name, away.producer.id, 1 if subscribe else 0)
+            self.transport.queue_system(peer, frame)
+
+    def event_publish(self, event: Event, message: Any) -> int:
+        """One frame per node with subscribers; how many nodes.
+
+        Raises:
+            TypeError, ValueError: ``message`` does not cross a node boundary.
+        """
+        peers = [self.peers[n] for n in event.nodes if n in self.peers]
+        if peers:
+            frame = (EVENT, event.name, event.producer._mk_pid.id, message)
+            self.transport.queue_many(peers, frame, event.name)
+        return len(peers)
+
+    def event_ended(self, event: Event, reason: Any) -> None:
+        """Tell the nodes with subscribers, and free the name."""
+        pid = event.producer._mk_pid
+        for node in event.nodes:
+            peer = self.peers.get(node)
+            if peer is not None:
+                self.transport.queue_system(peer, (EVENT_END, event.name, pid.id, reason))
+        self.transport.event_released(event.name)
 
     # -- calls to other nodes ----------------------------------------------------------------
 
@@ -395,6 +440,23 @@ class Remote:
         _, group, sid, message = frame
         self.node._groups.deliver(peer.sender(sid), group, message)
 
+    def _on_event_sub(self, peer: Peer, frame: tuple[Any, ...]) -> None:
+        _, name, pid_id, subscribe = frame
+        if not isinstance(name, str) or not isinstance(pid_id, int):
+            raise TypeError(f"bad event subscription {frame!r}")
+        if not self.node._events.subscribed(peer.name, name, pid_id, bool(subscribe)):
+            self.transport.queue_system(peer, (EVENT_END, name, pid_id, "noproc"))
+
+    def _on_event(self, peer: Peer, frame: tuple[Any, ...]) -> None:
+        _, name, pid_id, message = frame
+        if self.node._events.arrived(PID(peer.name, pid_id), name, message):
+            self.dropped_full += 1
+            self.log_limited("event", "subscribers with a full mailbox missed event %r", name)
+
+    def _on_event_end(self, peer: Peer, frame: tuple[Any, ...]) -> None:
+        _, name, pid_id, reason = frame
+        self.node._events.ended(PID(peer.name, pid_id), name, reason)
+
     _handlers: ClassVar[dict[int, Any]] = {
         SEND: _on_send,
         SEND_SYS: _on_send_system,
@@ -409,6 +471,9 @@ class Remote:
         DEMONITOR: _on_demonitor,
         DOWN: _on_down,
         SEND_GROUP: _on_send_group,
+        EVENT_SUB: _on_event_sub,
+        EVENT: _on_event,
+        EVENT_END: _on_event_end,
     }
 
     def log_limited(self, kind: str, text: str, *args: Any) -> None:
@@ -417,6 +482,40 @@ class Remote:
         if now - self._logged.get(kind, -2.0) >= 1.0:
             self._logged[kind] = now
             self._log.warning(text, *args)
+
+
+class EventClaims:
+    """The local half of cluster event names (what the transport's claims
+    take for an event, as :class:`Remote` is for process names)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def claim_local(self, name: str, pid: PID) -> Mailbox:
+        """Register the event here for process ``pid`` (NameTaken, ValueError
+        raise); the process."""
+        proc = self._node._registry.table.get(pid.id)
+        if proc is None or proc._mk_state >= EXITING or not hasattr(proc, "_mk_events"):
+            raise NoProcess(pid)
+        self._node._events.register(proc, name, cluster=True)  # type: ignore[arg-type]
+        return proc
+
+    def holds(self, proc: Mailbox, name: str) -> bool:
+        """Whether ``proc`` is alive and still the producer of ``name`` here."""
+        event = self._node._events.by_name.get(name)
+        return event is not None and event.producer is proc and proc._mk_state < EXITING
+
+    @staticmethod
+    def ident(proc: Mailbox) -> PID:
+        """The PID of a process handle."""
+        return proc._mk_ident  # type: ignore[return-value]
+
+    def unclaim(self, name: str, proc: Mailbox) -> None:
+        """The namespace refused the name: the event ends here with ``"noproc"``."""
+        try:
+            self._node._events.unregister(proc, name, "noproc")  # type: ignore[arg-type]
+        except UnknownEvent:
+            pass  # withdrawn meanwhile
 
 
 def _ident(value: Any, node: str) -> None:

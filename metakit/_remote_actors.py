@@ -31,6 +31,9 @@ MONITOR      target ident, watcher ident, ref id            ``monitor``
 DEMONITOR    tid, ref id                                    ``demonitor``
 DOWN         watcher id, target ident, ref id, reason       a monitored actor ended
 SEND_GROUP   group, sid, message                            ``send_group``: to its members here
+EVENT_SUB    name, producer id, 1 or 0                      subscribers here, or none left
+EVENT        name, producer id, message                     ``send_event``: to its subscribers
+EVENT_END    name, producer id, reason                      the event ended
 ===========  ============================================  ===================================
 """
 
@@ -62,7 +65,10 @@ __all__ = ["Home", "Peer", "RemoteActor", "Transport"]
     DEMONITOR,
     DOWN,
     SEND_GROUP,
-) = range(13)
+    EVENT_SUB,
+    EVENT,
+    EVENT_END,
+) = range(16)
 
 # Stand-ins (and sender PIDs) kept per peer before the idle ones are dropped.
 _MAX_REFS = 4096
@@ -75,6 +81,9 @@ class Transport(Protocol):
         """Encode ``frame`` for ``peer``: TypeError if it does not encode, MailboxFull
         (unless ``system``) if too much waits for that node; nothing queued then."""
 
+    def queue_many(self, peers: list[Peer], frame: tuple[Any, ...], target: Any) -> None:
+        """Encode ``frame`` once for each of ``peers`` (TypeError, ValueError: nothing queued)."""
+
     def queue_system(self, peer: Peer, frame: tuple[Any, ...]) -> None:
         """Encode and queue, never refused (an unencodable last field goes as its repr)."""
 
@@ -83,6 +92,12 @@ class Transport(Protocol):
 
     def holder(self, name: str) -> PID | None:
         """The holder of cluster name ``name`` in the namespace's view, or None."""
+
+    def event_producer(self, name: str) -> PID | None:
+        """The producer of cluster event ``name`` in the namespace's view, or None."""
+
+    def event_released(self, name: str) -> None:
+        """The local cluster event ``name`` ended."""
 
 
 class Home(Protocol):

@@ -67,6 +67,9 @@ class ClusterLink(Protocol):
     def register_name(self, name: str, pid: PID) -> Awaitable[None]:
         """Claim ``name`` for the local process ``pid`` across the namespace."""
 
+    def register_event(self, name: str, pid: PID) -> Awaitable[None]:
+        """Make the local process ``pid`` the producer of event ``name`` across the namespace."""
+
     async def spawn_singleton(
         self, cls: type[Process], args: tuple[Any, ...], kwargs: dict[str, Any], name: str
     ) -> PID | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._done import DONE as _DONE
 from ._envelope import IGNORE, Signal
 from ._state import DEAD, EXITING
-from .errors import NoProcess
+from .errors import NodeNotRunning, NoProcess
 from .ids import PID, Alias, Ref, Target
 from .mailbox import Mailbox, process_send
 from .messages import Caller, Exit, NodeDown
@@ -336,9 +336,29 @@ class Process(Mailbox):
 
     # -- events ----------------------------------------------------------------
 
-    def register_event(self, name: str) -> None:
-        """Declare this process the producer of event ``name``."""
-        self._mk_node._events.register(self, name)
+    def register_event(self, name: str, *, cluster: bool = False) -> Awaitable[None]:
+        """Declare this process the producer of event ``name``.
+
+        ``await self.register_event(name, cluster=True)`` makes it an event of
+        the whole namespace (DESIGN.md §8): ``monitor_event`` and
+        ``link_event`` find it from any node, and ``send_event`` sends one
+        message per node with subscribers. Its name is then cluster-wide
+        (``NameTaken`` when awaited if another node has it) and is released
+        when the event ends. Without ``cluster`` it is registered when this
+        returns (awaiting the result is optional).
+
+        Raises:
+            NameTaken: this node has an event of that name.
+            ValueError: ``name`` is not one NATS subject token (``[A-Za-z0-9_-]``).
+            NodeNotRunning: ``cluster=True`` on a node without a cluster.
+        """
+        node = self._mk_node
+        if cluster:
+            if node.cluster is None:
+                raise NodeNotRunning(f"node {node.name!r} has no cluster for event {name!r}")
+            return node.cluster.register_event(name, self._mk_pid)
+        node._events.register(self, name)
+        return _DONE
 
     def unregister_event(self, name: str) -> None:
         """Withdraw event ``name``; its monitors get ``Down(name, ref, "unregistered")``."""
@@ -348,8 +368,14 @@ class Process(Mailbox):
         """Publish ``message`` to every subscriber of ``name``, in one pass.
 
         Returns:
-            how many subscribers received it; a subscriber whose bounded
-            mailbox is full misses it, and that is counted and logged.
+            how many subscribers received it, plus (a cluster event) how
+            many other nodes it went to; a subscriber whose bounded mailbox is
+            full misses it, and that is counted and logged.
+
+        Raises:
+            UnknownEvent: this process does not produce ``name``.
+            TypeError: a cluster event's ``message`` does not cross a node
+                boundary; nothing is delivered.
         """
         return self._mk_node._events.send(self, name, message)
 

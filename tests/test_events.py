@@ -66,6 +66,11 @@ async def test_link_event_gets_exit_signal(node: Node, probe: Any) -> None:
     assert await p.receive() == EventMessage("prices", "tick")
     node.send_exit(producer, "shutdown")
     assert await p.receive() == Exit("prices", "shutdown")
+    # A killed producer reaches a link as "killed", which a trapping process survives.
+    killed = await node.spawn(Producer)
+    p.link_event("prices")
+    node.kill(killed)
+    assert await p.receive() == Exit("prices", "killed")
 
     class Linked(Process):
         async def init(self) -> None:

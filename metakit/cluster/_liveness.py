@@ -246,5 +246,6 @@ class Liveness:
         self._stats.nodes_down += 1
         c._remote.sever(peer, reason)
         c._names.node_down(peer.name)
+        c._event_names.node_down(peer.name)
         c._groups.node_down(peer.name)
         self._log.info("node %s is down (%s)", peer.name, reason)

@@ -1,10 +1,14 @@
-"""Cluster names (DESIGN.md §8, Names): one namespace-wide name per process.
+"""Cluster names (DESIGN.md §8, Names and Events): namespace-wide names of
+processes, and of events.
 
 Theory of operation
 -------------------
 
 A cluster name is a key ``name.<name>`` of the namespace's KV bucket
-(``mk-<ns>``) holding ``[name, node, creation, id]``. Claiming one is an
+(``mk-<ns>``) holding ``[name, node, creation, id]``; a cluster event's is
+``e.<name>`` with its producer, and is kept the same way by a second
+:class:`Names` whose local half is the node's events
+(:class:`~metakit._remote.EventClaims`). Claiming one is an
 atomic create, after the local registry has taken the name (its checks
 raise there, and a local name shadows one held elsewhere); a key whose
 holder's run is not up is taken over with an update on the revision read,
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.js.errors
 
@@ -42,23 +46,47 @@ from ._watch import KeyWatch
 if TYPE_CHECKING:
     from .cluster import Cluster
 
-__all__ = ["Names"]
+__all__ = ["Local", "Names"]
+
+
+class Local(Protocol):
+    """The local half of a kind of cluster name (:class:`~metakit._remote.Remote`
+    for process names, :class:`~metakit._remote.EventClaims` for events)."""
+
+    def claim_local(self, name: str, pid: PID) -> Mailbox:
+        """Take ``name`` for ``pid`` here (the local checks raise); a handle."""
+
+    def holds(self, proc: Mailbox, name: str) -> bool:
+        """Whether ``proc`` still holds ``name`` here."""
+
+    def ident(self, proc: Mailbox) -> PID:
+        """The PID of a handle."""
+
+    def unclaim(self, name: str, proc: Mailbox) -> None:
+        """Give ``name`` up here (the cluster refused it)."""
 
 
 class Names:
-    """The cluster names of one node: the view of all, and those held here.
+    """The cluster names of one kind of one node: the view of all, and those held here.
 
     Args:
         cluster: the attached cluster it serves (its bucket, codec, peers).
+        local: the local half.
+        prefix: the keys' first token (``name``, ``e``).
+        kind: what the log calls them.
 
     Attributes:
         view: ``{name: (holder, revision)}``, every cluster name as the watch has it.
         owned: ``{name: (process, revision)}``, the names held by processes here.
     """
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(
+        self, cluster: Cluster, local: Local, prefix: str = "name", kind: str = "cluster name"
+    ) -> None:
         self._cluster = cluster
-        self._remote = cluster._remote
+        self._local = local
+        self._prefix = prefix
+        self._kind = kind
         self._codec = cluster._codec
         self._loop = cluster._loop
         self.view: dict[str, tuple[PID, int]] = {}
@@ -68,30 +96,33 @@ class Names:
 
     def register(self, name: str, pid: PID) -> Awaitable[None]:
         """Claim ``name`` for local process ``pid``: the local name now, the key in a task."""
-        proc = self._remote.claim_local(name, pid)  # the local checks raise here
+        proc = self._local.claim_local(name, pid)  # the local checks raise here
         return self._loop.create_task(self._claim(name, proc))
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}.{token(name)}"
 
     def _value(self, name: str, proc: Mailbox) -> bytes:
         c = self._cluster
-        return self._codec.pack([name, c.name, c.creation, self._remote.ident(proc).id])
+        return self._codec.pack([name, c.name, c.creation, self._local.ident(proc).id])
 
     async def _claim(self, name: str, proc: Mailbox) -> None:
-        key = f"name.{token(name)}"
+        key = self._key(name)
         value = self._value(name, proc)
         try:
             rev = await self._take_stale(key, name, value)
         except BaseException:
-            self._remote.unclaim(name, proc)
+            self._local.unclaim(name, proc)
             raise
         if rev is None:
             held = self.view.get(name)
-            self._remote.unclaim(name, proc)
+            self._local.unclaim(name, proc)
             raise NameTaken(name, held[0] if held else None)
-        if not self._remote.holds(proc, name):
+        if not self._local.holds(proc, name):
             await self._release_key(name, rev)  # it ended, or dropped the name, meanwhile
             return
         self.owned[name] = (proc, rev)
-        self.view[name] = (self._remote.ident(proc), rev)
+        self.view[name] = (self._local.ident(proc), rev)
 
     async def _take_stale(self, key: str, name: str, value: bytes) -> int | None:
         """Create ``key``, or take it over from a holder whose node is not up;
@@ -130,7 +161,7 @@ class Names:
 
     async def _reclaim(self, name: str, proc: Mailbox) -> None:
         c = self._cluster
-        key = f"name.{token(name)}"
+        key = self._key(name)
         value = self._value(name, proc)
         try:
             entry = await c._kv.get(key)
@@ -144,9 +175,9 @@ class Names:
             # claimant that creates it first.
             rev = await self._take_stale(key, name, value)
         if rev is None:
-            c._log.warning("cluster name %r is held elsewhere now; dropping it here", name)
+            c._log.warning("%s %r is held elsewhere now; dropping it here", self._kind, name)
             self.owned.pop(name, None)
-            self._remote.unclaim(name, proc)
+            self._local.unclaim(name, proc)
         else:
             self.owned[name] = (proc, rev)
 
@@ -171,15 +202,15 @@ class Names:
 
     async def _release_key(self, name: str, rev: int) -> None:
         with contextlib.suppress(Exception):
-            await self._cluster._kv.delete(f"name.{token(name)}", last=rev)
+            await self._cluster._kv.delete(self._key(name), last=rev)
 
     # -- the watch ------------------------------------------------------------------------
 
     async def watch(self) -> None:
         """(Re)start the watch: load the current names, then follow the changes."""
-        self.view = await self._watch.start(self._cluster._kv, "name.>", {})
+        self.view = await self._watch.start(self._cluster._kv, f"{self._prefix}.>", {})
         for name, (proc, rev) in self.owned.items():
-            self.view.setdefault(name, (self._remote.ident(proc), rev))
+            self.view.setdefault(name, (self._local.ident(proc), rev))
 
     def _apply(self, view: dict[str, tuple[PID, int]], entry: Any) -> None:
         if entry.operation in ("DEL", "PURGE"):
@@ -191,7 +222,9 @@ class Names:
             name, node, _creation, ident = self._cluster._unpack(entry.value)
             view[name] = (PID(node, ident), entry.revision)
         except Exception as exc:
-            self._cluster._log_limited("name", "a cluster name entry does not decode: %r", exc)
+            self._cluster._log_limited(
+                self._prefix, "a %s entry does not decode: %r", self._kind, exc
+            )
             return
         self._keys[entry.key] = name
 

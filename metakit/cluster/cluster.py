@@ -22,8 +22,11 @@ an unencodable message raises ``TypeError`` there and nothing is queued) or
 * :mod:`._inbound`: the batches that arrive here, decoded and handed to the core;
 * :mod:`._liveness`: heartbeats, the node key (unique node names), the
   view of live peers (``Cluster._peers``) and who is judged down when;
-* :mod:`._names`: cluster names, keys of the namespace's KV bucket
-  ``mk-<ns>``, and the watch that keeps a local view of them;
+* :mod:`._names`: cluster names (of processes, and of events), keys of
+  the namespace's KV bucket ``mk-<ns>``, and the watch that keeps a local
+  view of them;
+* :mod:`._groups`: process groups, one key per group and node;
+* :mod:`._singleton`: singletons under a KV lease;
 * :mod:`._peer`: what is kept per peer, and node names as subject tokens.
 
 The connection's moods live here. While this node's connection is down,
@@ -241,7 +244,8 @@ class Cluster:
         self._remote = Remote(node, self)
         self._peers = self._remote.peers
         self._liveness = Liveness(self, self._peers)
-        self._names = Names(self)
+        self._names = Names(self, self._remote)
+        self._event_names = Names(self, self._remote.event_claims, "e", "cluster event")
         self._groups = ClusterGroups(self)
         self._out = Outbound(self)
         self._inbound = Inbound(self)
@@ -265,6 +269,7 @@ class Cluster:
             await self._liveness.load_peers()
             await self._liveness.beat(HELLO)
             await self._names.watch()
+            await self._event_names.watch()
             await self._groups.watch()
         except BaseException:
             await self._close_connection()
@@ -317,6 +322,7 @@ class Cluster:
 
     async def _close_connection(self) -> None:
         await self._names.close()
+        await self._event_names.close()
         await self._groups.close()
         for task in list(self._background):
             task.cancel()
@@ -367,6 +373,8 @@ class Cluster:
             await self._liveness.claim_key()
             await self._names.reclaim()
             await self._names.watch()
+            await self._event_names.reclaim()
+            await self._event_names.watch()
             await self._groups.reassert()
             await self._groups.watch()
         except Exception as exc:
@@ -427,6 +435,10 @@ class Cluster:
         """The holder of cluster name ``name`` in this node's view, or None."""
         return self._names.holder(name)
 
+    def event_producer(self, name: str) -> PID | None:
+        """The producer of cluster event ``name`` in this node's view, or None."""
+        return self._event_names.holder(name)
+
     # -- names and nodes ------------------------------------------------------------------
 
     def register_name(self, name: str, pid: PID) -> Awaitable[None]:
@@ -439,6 +451,20 @@ class Cluster:
     def released(self, name: str) -> None:
         """The local holder of ``name`` dropped it or ended: free the key."""
         self._names.released(name)
+
+    def register_event(self, name: str, pid: PID) -> Awaitable[None]:
+        """Make local process ``pid`` the producer of event ``name`` across the
+        namespace (``Process.register_event(name, cluster=True)``).
+
+        Raises:
+            NameTaken: this node has the event (here), or another (when awaited).
+            ValueError: ``name`` is not one NATS subject token.
+        """
+        return self._event_names.register(name, pid)
+
+    def event_released(self, name: str) -> None:
+        """The local cluster event ``name`` ended: free its key."""
+        self._event_names.released(name)
 
     async def spawn_singleton(
         self, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str

@@ -102,6 +102,8 @@ class Watcher(metakit.Process):
                 self.demonitor(ref)
             case ("monitor_node", name):
                 self.monitor_node(name)
+            case ("monitor_event", name):
+                return self.monitor_event(name)
             case ("send", target, value):
                 self.send(target, value)
             case "got":

@@ -30,6 +30,14 @@ async def _keys(url: str, namespace: str) -> list[str]:
         await nc.close()
 
 
+class Feed(metakit.Process):
+    async def init(self) -> None:
+        await self.register_event("feed", cluster=True)
+
+    def handle_call(self, sender: metakit.Caller, request: object) -> object:
+        return self.send_event("feed", request)
+
+
 def _got(node: metakit.Node, pid: metakit.PID) -> list[object]:
     proc = node._registry.table.get(pid.id)
     return list(proc.got) if proc is not None else []  # type: ignore[attr-defined]
@@ -53,8 +61,14 @@ async def test_a_server_restart_loses_nothing_and_fires_no_down(namespace: str) 
             await a.call(watcher, ("link", pong))
             await until(lambda: a.whereis("pong") == pong)
             assert await a.call("pong", "ping") == "pong"
+            feed = await b.spawn(Feed)
+            await until(lambda: a.cluster.event_producer("feed") == feed)  # type: ignore[union-attr]
+            await a.call(watcher, ("monitor_event", "feed"))
+            await until(lambda: "a@test" in b._events.by_name["feed"].nodes)
             before = await _keys(server.url, namespace)  # type: ignore[arg-type]
-            assert before == sorted(["n.a=40test", "n.b=40test", f"name.{token('pong')}"])
+            assert before == sorted(
+                ["n.a=40test", "n.b=40test", f"name.{token('pong')}", f"e.{token('feed')}"]
+            )
 
             await server.stop()
             await until(lambda: not a.cluster.statistics().connected)  # type: ignore[union-attr]
@@ -86,7 +100,8 @@ async def test_a_server_restart_loses_nothing_and_fires_no_down(namespace: str) 
                 assert loop.time() < deadline, "the keys were not re-asserted"
                 await asyncio.sleep(0.05)
             assert a.nodes() == b.nodes() == ["a@test", "b@test"]
-            assert _got(a, watcher) == []  # no Down, no Exit
+            assert await b.call(feed, "after") == 1  # the subscription outlived the outage
+            await until(lambda: _got(a, watcher) == [metakit.EventMessage("feed", "after")])
             assert a.cluster.statistics().reconnects == 1  # type: ignore[union-attr]
     finally:
         await server.stop()
