@@ -213,6 +213,11 @@ class Remote:
         """The PID of a process handle."""
         return proc._mk_ident  # type: ignore[return-value]
 
+    def alive(self, ident: int) -> bool:
+        """Whether the local actor of id ``ident`` is alive."""
+        actor = self._table.get(ident)
+        return actor is not None and actor._mk_state < EXITING
+
     def unclaim(self, name: str, proc: Mailbox) -> None:
         """Undo :meth:`claim_local` (the cluster refused the name), telling no one."""
         registry = self.node._registry
@@ -509,6 +514,11 @@ class EventClaims:
     def ident(proc: Mailbox) -> PID:
         """The PID of a process handle."""
         return proc._mk_ident  # type: ignore[return-value]
+
+    def alive(self, ident: int) -> bool:
+        """Whether the local actor of id ``ident`` is alive."""
+        actor = self._node._registry.table.get(ident)
+        return actor is not None and actor._mk_state < EXITING
 
     def unclaim(self, name: str, proc: Mailbox) -> None:
         """The namespace refused the name: the event ends here with ``"noproc"``."""

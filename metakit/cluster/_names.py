@@ -65,6 +65,9 @@ class Local(Protocol):
     def unclaim(self, name: str, proc: Mailbox) -> None:
         """Give ``name`` up here (the cluster refused it)."""
 
+    def alive(self, ident: int) -> bool:
+        """Whether the local actor of id ``ident`` is alive."""
+
 
 class Names:
     """The cluster names of one kind of one node: the view of all, and those held here.
@@ -137,12 +140,12 @@ class Names:
                 entry = await c._kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 continue  # released meanwhile: create it
-            holder, creation = self._cluster._unpack(entry.value)[1:3]
+            _, holder, creation, ident = self._cluster._unpack(entry.value)
             peer = c._peers.get(holder)
-            if (peer is not None and peer.creation == creation) or (
-                holder == c.name and creation == c.creation
-            ):
+            if peer is not None and peer.creation == creation:
                 return None
+            if holder == c.name and creation == c.creation and self._local.alive(ident):
+                return None  # a live holder here (one that ended is being released)
             try:
                 return int(await c._kv.update(key, value, last=entry.revision))
             except nats.js.errors.KeyWrongLastSequenceError:

@@ -13,6 +13,7 @@ from conftest import cluster, until
 import metakit
 from metakit import CallTimeout, Down, Exit, NoProcess, ProcessExited
 from metakit.cluster import LocalServer, RemoteError
+from metakit.cluster._peer import token
 from metakit.testing import TIMEOUT
 
 
@@ -235,6 +236,29 @@ async def test_cluster_names_are_unique_found_and_released(
         third = await loser.spawn(Pong)
         await loser.register_name("leader", third, cluster=True)
         await until(lambda: p.a.whereis("leader") == p.b.whereis("leader") == third)
+
+
+async def test_a_key_left_by_a_dead_holder_here_does_not_block_the_name(
+    server: LocalServer, namespace: str
+) -> None:
+    async with Pair(server, namespace) as p:
+        c = p.a.cluster
+        assert c is not None
+        # What a holder here that ended leaves when deleting its key failed
+        # (the connection dropped meanwhile): its node is up, so no other
+        # node takes it over, and this one must.
+        dead = await p.a.spawn(Pong)
+        p.a.kill(dead)
+        await p.a.wait_exit(dead)
+        stale = c._codec.pack(["stuck", c.name, c.creation, dead.id])
+        await c._kv.put(f"name.{token('stuck')}", stale)
+        holder = await p.a.spawn(Pong)
+        await p.a.register_name("stuck", holder, cluster=True)
+        await until(lambda: p.b.whereis("stuck") == holder)
+        # A live holder here still wins.
+        other = await p.a.spawn(Pong)
+        with pytest.raises(metakit.NameTaken):
+            await p.a.register_name("stuck", other, cluster=True)
 
 
 async def test_stop_is_down_at_once_with_noconnection(server: LocalServer, namespace: str) -> None:
