@@ -113,27 +113,28 @@ class Names:
         key = self._key(name)
         value = self._value(name, proc)
         try:
-            rev = await self._take_stale(key, name, value)
+            rev, holder = await self._take_stale(key, name, value)
         except BaseException:
             self._local.unclaim(name, proc)
             raise
         if rev is None:
             held = self.view.get(name)
             self._local.unclaim(name, proc)
-            raise NameTaken(name, held[0] if held else None)
+            raise NameTaken(name, held[0] if held else holder)
         if not self._local.holds(proc, name):
             await self._release_key(name, rev)  # it ended, or dropped the name, meanwhile
             return
         self.owned[name] = (proc, rev)
         self.view[name] = (self._local.ident(proc), rev)
 
-    async def _take_stale(self, key: str, name: str, value: bytes) -> int | None:
-        """Create ``key``, or take it over from a holder whose node is not up;
-        None if its holder is up. Retries the races with a concurrent release."""
+    async def _take_stale(self, key: str, name: str, value: bytes) -> tuple[int | None, PID | None]:
+        """Create ``key``, or take it over from a holder whose node is not up:
+        the revision, or None and the live holder met (the view may lag).
+        Retries the races with a concurrent release."""
         c = self._cluster
         for _ in range(5):
             try:
-                return int(await c._kv.create(key, value))
+                return int(await c._kv.create(key, value)), None
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
             try:
@@ -142,15 +143,15 @@ class Names:
                 continue  # released meanwhile: create it
             _, holder, creation, ident = self._cluster._unpack(entry.value)
             peer = c._peers.get(holder)
-            if peer is not None and peer.creation == creation:
-                return None
-            if holder == c.name and creation == c.creation and self._local.alive(ident):
-                return None  # a live holder here (one that ended is being released)
+            if (peer is not None and peer.creation == creation) or (
+                holder == c.name and creation == c.creation and self._local.alive(ident)
+            ):  # a live holder (a holder here that ended is being released)
+                return None, PID(holder, ident)
             try:
-                return int(await c._kv.update(key, value, last=entry.revision))
+                return int(await c._kv.update(key, value, last=entry.revision)), None
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
-        return None
+        return None, None
 
     def holder(self, name: str) -> PID | None:
         """The holder of ``name`` in the view, or None."""
@@ -172,11 +173,11 @@ class Names:
             if holder == c.name and creation == c.creation:
                 self.owned[name] = (proc, entry.revision)
                 return
-            rev = await self._take_stale(key, name, value)
+            rev, _ = await self._take_stale(key, name, value)
         except nats.js.errors.KeyNotFoundError:
             # Gone (a server that lost its state): create it again, minding a
             # claimant that creates it first.
-            rev = await self._take_stale(key, name, value)
+            rev, _ = await self._take_stale(key, name, value)
         if rev is None:
             c._log.warning("%s %r is held elsewhere now; dropping it here", self._kind, name)
             self.owned.pop(name, None)

@@ -20,7 +20,7 @@ import pytest
 import metakit
 from metakit.testing import TIMEOUT, LeakCheck, wait_until
 
-CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat" / "__main__.py"
+CHAT = Path(__file__).resolve().parents[2] / "examples" / "chat" / "chat.py"
 
 
 def load_chat() -> ModuleType:

@@ -32,7 +32,7 @@ function receive(msg) {
       if (inRoom) notice("reconnected", "good");
       joined = true;
       retries = 0;
-      showRoom(msg.room, msg.nick);
+      showRoom(msg.room, msg.nick, msg.node);
       setStatus("");
       members.clear();
       msg.members.forEach((nick) => members.add(nick));
@@ -58,6 +58,11 @@ function receive(msg) {
     case "error":
       if (joined) {
         notice(msg.text, "error");
+      } else if (inRoom && socket && retries < 8) {
+        // Rejoining after a lost connection: our old seat may still be held
+        // (its server is gone, and the room has not heard yet), or the room
+        // restarting. Try again, as after any lost connection.
+        socket.close(1000);
       } else {
         leave(msg.text); // the join was refused: back to the form, saying why
       }
@@ -98,10 +103,11 @@ function leave(error = "") {
   $("nick").focus();
 }
 
-function showRoom(room, nick) {
+function showRoom(room, nick, node) {
   inRoom = true;
   $("room-title").textContent = `#${room}`;
   $("me").textContent = `as ${nick}`;
+  $("node").textContent = node ? `on ${node}` : "";
   $("join-view").hidden = true;
   $("room-view").hidden = false;
   $("text").focus();
