@@ -23,11 +23,13 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
 
+import nats
 import pytest
 from chromium import CHROMIUM, launch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from metakit.cluster import local_server
 from metakit.testing import TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,10 +45,10 @@ pytestmark = pytest.mark.timeout(120)
 class Workers:
     """The chat with ``--workers 2``, its output lines read in a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *flags: str) -> None:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, str(CHAT), "0", "--workers", "2"],
+            [sys.executable, str(CHAT), "0", "--workers", "2", *flags],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -97,10 +99,10 @@ class Workers:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         return [int(pid) for pid in children.read_text().split()]
 
-    def stop(self) -> None:
+    def stop(self, own_server: bool = True) -> None:
         """SIGTERM: every worker stops, then the parent, with 0; nothing is left."""
         children = self.children()
-        assert len(children) >= 3  # two workers and the nats-server
+        assert len(children) >= 2 + own_server  # two workers (and the nats-server)
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(timeout=TIMEOUT * 3) == 0, "".join(self.err)
         for thread in self._threads:
@@ -255,6 +257,27 @@ def test_a_killed_worker_is_restarted_and_its_members_come_back(chat: Workers) -
         assert sorted(said) == ["back", "welcome"]
     for client in (back, stayed):
         client.close()
+
+
+async def test_workers_join_a_given_nats_server() -> None:
+    async with local_server() as server:
+        chat = Workers("--cluster", server.url)
+        try:
+            (a, _), (b, _) = one_on_each(chat.url, "tea").values()
+            a.send(type="say", text="over the given server")
+            assert b.until(lambda m: m["type"] == "message")["text"] == "over the given server"
+            nc = await nats.connect(server.url)
+            try:
+                kv = await nc.jetstream().key_value("mk-chat")  # namespace "chat"
+                keys = await kv.keys()
+            finally:
+                await nc.close()
+            assert {"n.chat-1=40localhost", "n.chat-2=40localhost"} <= set(keys), keys
+            for client in (a, b):
+                client.close()
+            chat.stop(own_server=False)
+        finally:
+            chat.close()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")
