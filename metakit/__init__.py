@@ -2,7 +2,7 @@
 
 The core lives here: :class:`Node`, :class:`Process`, :class:`Meta`,
 :class:`Supervisor`, the ids, the system messages and the exceptions, and
-the seam every network meta stands on (:class:`Connection`,
+the seam every network meta stands on (:class:`Connection`, :class:`StreamConnection`,
 :class:`ConnectionSet`, :class:`Pool`, :func:`broadcast`). The network metas
 are in the subpackages ``metakit.tcp``, ``metakit.udp``, ``metakit.web`` and
 ``metakit.websocket`` (this module never imports aiohttp).
@@ -11,7 +11,7 @@ are in the subpackages ``metakit.tcp``, ``metakit.udp``, ``metakit.web`` and
 from __future__ import annotations
 
 from ._run import loop_factory, run
-from .connection import Connection, ConnectionStatistics, ConnState
+from .connection import Connection, ConnectionStatistics, ConnState, StreamConnection
 from .connections import ConnectionSet, broadcast
 from .errors import (
     CallTimeout,
@@ -30,7 +30,7 @@ from .errors import (
     UnknownEvent,
 )
 from .ids import PID, Alias, Ref, Target
-from .info import MetaInfo, ProcessInfo
+from .info import EventInfo, MetaInfo, ProcessInfo
 from .messages import NO_REPLY, Caller, Down, EventMessage, Exit, NodeDown
 from .meta import Meta
 from .node import Node
@@ -52,6 +52,7 @@ __all__ = [
     "ConnectionSet",
     "ConnectionStatistics",
     "Down",
+    "EventInfo",
     "EventMessage",
     "Exit",
     "FrameDecodeError",
@@ -74,6 +75,7 @@ __all__ = [
     "RemoteError",
     "StartChild",
     "Stop",
+    "StreamConnection",
     "Supervisor",
     "Target",
     "TooManyRestarts",

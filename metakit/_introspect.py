@@ -33,6 +33,7 @@ def process_info(proc: Process) -> ProcessInfo:
         metas=tuple(m._mk_alias for m in proc._mk_metas or ()),
         events=tuple(sorted(proc._mk_events or ())),
         inspect=MappingProxyType(dict(proc.handle_inspect())),
+        behavior=type(proc).__name__,
     )
 
 

@@ -88,16 +88,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ._envelope import IGNORE, Signal
 from ._state import DEAD, RUNNING
 from .errors import FramingError, MailboxFull
+from .framing import Framer, Raw
 from .ids import PID, Alias, Ref
 from .mailbox import connection_feed_one, connection_read
 from .messages import Down
 from .meta import Meta
 
 if TYPE_CHECKING:
-    from .framing import Framer
     from .mailbox import Mailbox
 
-__all__ = ["ConnState", "Connection", "ConnectionStatistics"]
+__all__ = ["ConnState", "Connection", "ConnectionStatistics", "StreamConnection"]
 
 
 class ConnState(IntEnum):
@@ -425,6 +425,11 @@ class Connection(Meta):
         return self._mk_cstate
 
     @property
+    def idle_timeout(self) -> float | None:
+        """The ``idle_timeout`` it was made with (None: never idle)."""
+        return self._mk_idle
+
+    @property
     def worker(self) -> PID | None:
         """The process that receives this connection's messages."""
         return self._mk_worker._mk_ident if self._mk_worker is not None else None  # type: ignore[return-value]
@@ -658,3 +663,36 @@ class Connection(Meta):
         self._mk_cstate = _CLOSED
         if self._mk_on_end is not None:
             self._mk_on_end(self)
+
+
+class StreamConnection(Connection):
+    """A :class:`Connection` over a byte stream (TCP, an SSH channel...): its
+    framer is a clone of ``framing`` (``Raw()`` by default), and
+    :attr:`encode` is the framer's ``encode``, or None for ``Raw`` (whose
+    frames go out as they are: a copy less per write).
+
+    Args:
+        framing: a framer used as a template (cloned); default ``Raw()``.
+        idle_timeout, high_watermark, low_watermark: as for :class:`Connection`.
+    """
+
+    __slots__ = ("encode",)
+
+    def __init__(
+        self,
+        framing: Framer[Any] | None = None,
+        *,
+        idle_timeout: float | None = None,
+        high_watermark: int = 64,
+        low_watermark: int = 16,
+    ) -> None:
+        framer = (framing or Raw()).clone()
+        super().__init__(
+            framing=framer,
+            idle_timeout=idle_timeout,
+            high_watermark=high_watermark,
+            low_watermark=low_watermark,
+        )
+        self.encode: Callable[[Any], bytes] | None = (
+            None if isinstance(framer, Raw) else framer.encode
+        )

@@ -8,7 +8,7 @@ from typing import Any
 
 from .ids import PID, Alias, Ref
 
-__all__ = ["MetaInfo", "ProcessInfo"]
+__all__ = ["EventInfo", "MetaInfo", "ProcessInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,7 @@ class ProcessInfo:
         metas: the meta-processes it owns.
         events: the events it produces.
         inspect: what its ``handle_inspect`` returned.
+        behavior: its class name.
     """
 
     pid: PID
@@ -49,6 +50,7 @@ class ProcessInfo:
     metas: tuple[Alias, ...]
     events: tuple[str, ...]
     inspect: Mapping[str, str]
+    behavior: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +88,25 @@ class MetaInfo:
     monitors: tuple[Ref, ...]
     inspect: Mapping[str, str]
     statistics: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    """An event produced on this node, as it was when the snapshot was taken
+    (``node.events()``).
+
+    Attributes:
+        name: the event's name.
+        producer: the process that produces it.
+        subscribers: its subscribers on this node.
+        nodes: the other nodes with subscribers (a cluster event).
+        cluster: registered with ``cluster=True``.
+        dropped: deliveries a full mailbox here refused so far.
+    """
+
+    name: str
+    producer: PID
+    subscribers: int
+    nodes: tuple[str, ...]
+    cluster: bool
+    dropped: int

@@ -33,7 +33,7 @@ from ._scheduler import Scheduler
 from ._shutdown import Shutdown
 from .errors import MetakitError, NodeNotRunning, NoProcess
 from .ids import PID, Alias, Target, _next_id
-from .info import MetaInfo, ProcessInfo
+from .info import EventInfo, MetaInfo, ProcessInfo
 from .mailbox import Mailbox, current_actor
 from .meta import Meta
 from .process import Process
@@ -395,6 +395,25 @@ class Node:
     def metas(self) -> list[Alias]:
         """Aliases of the live meta-processes, oldest first."""
         return self._registry.metas()
+
+    def names(self) -> dict[str, PID]:
+        """The names registered on this node, sorted, and who holds each."""
+        names = self._registry.names
+        return {name: names[name]._mk_pid for name in sorted(names)}
+
+    def events(self) -> list[EventInfo]:
+        """The events produced on this node, by name."""
+        return [
+            EventInfo(
+                name=e.name,
+                producer=e.producer._mk_pid,
+                subscribers=len(e.subs),
+                nodes=tuple(sorted(e.nodes)),
+                cluster=e.cluster,
+                dropped=e.dropped,
+            )
+            for _, e in sorted(self._events.by_name.items())
+        ]
 
     def process_info(self, pid: PID | str) -> ProcessInfo:
         """An immutable snapshot of a live process.

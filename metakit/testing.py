@@ -156,8 +156,9 @@ def open_sockets() -> set[str]:
 
 
 def _threads() -> set[threading.Thread]:
-    # The loop's default executor (getaddrinfo) lives until the loop closes.
-    return {t for t in threading.enumerate() if not t.name.startswith("asyncio_")}
+    # The loop's default executor (getaddrinfo) lives until the loop closes;
+    # uvloop names its threads uvloop_N.
+    return {t for t in threading.enumerate() if not t.name.startswith(("asyncio_", "uvloop_"))}
 
 
 class LeakCheck:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..connection import Connection
+from ..connection import StreamConnection
 from ..framing import Framer, Raw
 from ..ids import PID
 from .messages import TCPConnect, TCPDisconnect, TCPMessage
@@ -177,7 +177,7 @@ class _BeforeOpen(asyncio.Protocol):
             getattr(conn, name)(*args)
 
 
-class TCPConnection(Connection, asyncio.Protocol):
+class TCPConnection(StreamConnection, asyncio.Protocol):
     """A TCP connection as a meta-process; its Alias is the connection id.
 
     You do not create these: :class:`~metakit.tcp.TCPServer` makes one per
@@ -196,9 +196,7 @@ class TCPConnection(Connection, asyncio.Protocol):
 
     __slots__ = (
         "_accept",
-        "_encode",
         "_handshake",
-        "_idle_timeout",
         "_nbytes",
         "_nwrites",
         "_transport",
@@ -207,24 +205,8 @@ class TCPConnection(Connection, asyncio.Protocol):
 
     message_type = TCPMessage
 
-    def __init__(
-        self,
-        framing: Framer[Any] | None = None,
-        *,
-        idle_timeout: float | None = None,
-        high_watermark: int = 64,
-        low_watermark: int = 16,
-    ) -> None:
-        framer = (framing or Raw()).clone()
-        super().__init__(
-            framing=framer,
-            idle_timeout=idle_timeout,
-            high_watermark=high_watermark,
-            low_watermark=low_watermark,
-        )
-        # Raw frames go to the socket as they are: skip a copy per write.
-        self._encode = None if isinstance(framer, Raw) else framer.encode
-        self._idle_timeout = idle_timeout
+    def __init__(self, framing: Framer[Any] | None = None, **options: Any) -> None:
+        super().__init__(framing, **options)  # idle_timeout, high_watermark, low_watermark
         self._nwrites = 0  # written by handle_message below (writes_counted)
         self._nbytes = 0
         self._transport: asyncio.Transport | None = None
@@ -344,7 +326,7 @@ class TCPConnection(Connection, asyncio.Protocol):
         (``bench/tcp_echo.py``); ``broadcast`` takes the original.
         """
         if message.__class__ is TCPMessage and self.writable:
-            data = message.data if self._encode is None else self._encode(message.data)
+            data = message.data if self.encode is None else self.encode(message.data)
             self._transport.write(data)  # type: ignore[union-attr]
             self._nbytes += len(data)
             self._nwrites += 1
@@ -357,8 +339,8 @@ class TCPConnection(Connection, asyncio.Protocol):
 
     def write(self, data: Any) -> int:
         """Write one frame (encoded by the framer) to the socket."""
-        if self._encode is not None:
-            data = self._encode(data)
+        if self.encode is not None:
+            data = self.encode(data)
         self._transport.write(data)  # type: ignore[union-attr]
         return len(data)
 
@@ -367,5 +349,5 @@ class TCPConnection(Connection, asyncio.Protocol):
         info = super().handle_inspect()
         info["local"] = str(self.local)
         info["framing"] = repr(self.framer)
-        info["idle_timeout"] = str(self._idle_timeout)
+        info["idle_timeout"] = str(self.idle_timeout)
         return info
