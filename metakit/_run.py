@@ -41,7 +41,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(
-    main: type[Process] | Callable[[Node], Awaitable[T]],
+    main: type[Process] | Callable[..., Awaitable[T]],
     *args: Any,
     node_name: str = "main@localhost",
     env: Mapping[str, Any] | None = None,

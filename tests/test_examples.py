@@ -62,3 +62,48 @@ def test_cluster_ping() -> None:
     assert down == "Down: noconnection"
     assert float(after.split(" s")[0]) <= 3.0  # within 3 heartbeats of 1 s
     assert lines[7:] == ["NodeDown: pong@localhost noconnection", "nodes: ['ping@localhost']"]
+
+
+def test_ssh_console() -> None:
+    # Run as a user would; log in with the key it prints (asyncssh's client).
+    import asyncio
+    import re
+    import signal
+
+    import asyncssh
+
+    with subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "ssh_console.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HOME": "/nonexistent", "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("console host key SHA256:")
+            line = proc.stdout.readline()
+            match = re.fullmatch(r"ssh -p (\d+) -i (\S+) .* (\S+)@127\.0\.0\.1\n", line)
+            assert match, line
+            port, key_file, user = int(match[1]), match[2], match[3]
+
+            async def ps() -> str:
+                async with asyncssh.connect(
+                    "127.0.0.1", port, username=user, client_keys=[key_file],
+                    known_hosts=None, config=None,
+                ) as conn:  # fmt: skip
+                    result = await conn.run("ps --sort mailbox", timeout=TIMEOUT)
+                    assert result.exit_status == 0, result.stderr
+                    return str(result.stdout)
+
+            table = asyncio.run(ps())
+            assert table.splitlines()[0].split()[:2] == ["PID", "NAME"]
+            for name in ("ticker-1", "ticker-2", "ticker-3", "console", "tickers"):
+                assert f" {name} " in table, table
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, err
+            assert not Path(key_file).exists()  # the key made for the run is gone
+        finally:
+            if proc.poll() is None:
+                proc.kill()
