@@ -344,3 +344,69 @@ async def test_openssh_client_exec(node: Node, key: asyncssh.SSHKey, tmp_path: P
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(b"one\ntwo\nbye\n"), TIMEOUT)
     assert (proc.returncode, out) == (0, b"ONE\nTWO\n"), err
+
+
+async def test_binding_errors_raise_at_spawn_meta_and_a_key_is_made(
+    probe: Any, key: asyncssh.SSHKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker, server = await serve(probe, key)
+    assert server.fingerprint is not None
+    assert server.fingerprint.startswith("SHA256:")
+    assert f"SSH host key generated: {server.fingerprint}" in caplog.text
+    with pytest.raises(OSError, match="address already in use"):
+        await worker.spawn_meta(SSHServer(*server.address, authorized_keys=[public(key)]))
+
+
+async def test_a_client_that_never_logs_in_is_dropped(probe: Any, key: asyncssh.SSHKey) -> None:
+    _, server = await serve(probe, key, login_timeout=0.3)
+    reader, writer = await asyncio.open_connection(*server.address)
+    try:
+        # It reads the server's version line, then says nothing: closed at the timeout.
+        data = await asyncio.wait_for(reader.read(), TIMEOUT)
+        assert data.startswith(b"SSH-2.0-")
+        await wait_until(lambda: server.statistics().connections == 0)
+    finally:
+        writer.close()
+
+
+async def test_writes_are_held_while_the_client_reads_nothing(
+    probe: Any, key: asyncssh.SSHKey
+) -> None:
+    worker, server = await serve(probe, key, mailbox_size=8)
+    async with login(server, key) as conn:
+        chan, _ = await conn.create_session(asyncssh.SSHClientSession, "flood")
+        chan.pause_reading()  # the client stops reading: its window fills, then asyncssh's buffer
+        connect = await worker.receive()
+        block = b"x" * 65536
+        written, refused = 0, None
+        for _ in range(10_000):  # ~640 MiB at most; the bound trips long before
+            try:
+                worker.send(connect.conn, SSHMessage(connect.conn, block))
+            except metakit.MailboxFull as exc:
+                refused = exc
+                break
+            written += 1
+            await asyncio.sleep(0)
+        assert refused is not None
+        stats = worker.node.meta_info(connect.conn).statistics
+        assert stats.held_writes >= 1
+        assert written < 200, f"{written} writes taken while the client read nothing"
+        chan.resume_reading()
+        worker.send_exit(connect.conn, "normal")
+        assert await worker.receive() == SSHDisconnect(connect.conn, "normal")
+
+
+async def test_client_lifecycle(key: asyncssh.SSHKey) -> None:
+    async with Node("remote@localhost") as remote:
+        server = await remote.spawn(Echo, key)  # keeps a session open until told "bye"
+        host, port = await remote.call(server, "address")
+        options = {"username": "ada", "client_keys": [key], "known_hosts": None}
+
+        async def exercise(parent: Probe, meta: Any) -> None:
+            assert isinstance(await parent.receive(), SSHConnect)
+
+        await check_meta_lifecycle(
+            lambda parent: SSHClient(host, port, command="sleep", **options),  # type: ignore[arg-type]
+            exercise=exercise,
+            endings=("kill", "parent", "stop"),
+        )
