@@ -49,6 +49,7 @@ def run(
     cluster: ClusterLink | None = None,
     workers: int | None = None,
     _running: Callable[[], None] | None = None,
+    _signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
     **kwargs: Any,
 ) -> T | Any:
     """Create a loop, start a node, run ``main``, stop the node cleanly.
@@ -98,7 +99,9 @@ def run(
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_main(main, args, kwargs, node_name, env, log_level, cluster, _running))
+        return runner.run(
+            _main(main, args, kwargs, node_name, env, log_level, cluster, _running, _signals)
+        )
 
 
 async def _main(
@@ -110,6 +113,7 @@ async def _main(
     log_level: str | int,
     cluster: ClusterLink | None,
     running: Callable[[], None] | None = None,
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
 ) -> Any:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -122,7 +126,7 @@ async def _main(
 
     # The handlers stay until the loop closes (which removes them), so a
     # signal during the shutdown cannot kill the process half-way.
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         try:
             loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows

@@ -26,12 +26,14 @@ asyncio loop:
   left the parent returns.
 
 SIGINT and SIGTERM to the parent are forwarded as SIGTERM to every worker
-(each stops its node cleanly); the parent waits for them, up to 10 s, then
-kills what is left. Each worker gets SIGTERM if the parent dies first
-(Linux), so no worker outlives its parent, even one SIGTERMed during
-start-up. With ``cluster=True`` the parent starts a ``local_server`` and
-every worker joins it; a ``Cluster`` given is sent to every worker as its
-settings (each worker's node connects on its own).
+(each stops its node cleanly; a worker ignores SIGINT, which a terminal's
+Ctrl-C sends the whole process group, so it stops once, gracefully); the
+parent waits for them, up to 10 s, then kills what is left. Each worker
+gets SIGTERM if the parent dies first (Linux), so no worker outlives its
+parent, even one SIGTERMed during start-up. With ``cluster=True`` the
+parent starts a ``local_server`` and every worker joins it; a ``Cluster``
+given is sent to every worker as its settings (each worker's node connects
+on its own).
 """
 
 from __future__ import annotations
@@ -91,9 +93,13 @@ def _worker(
         ready.send(True)
         ready.close()
 
+    # A terminal's Ctrl-C reaches the whole process group, workers too, and the
+    # parent forwards it as SIGTERM: a worker that took both would count two
+    # signals and stop by force. It takes the parent's SIGTERM only.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     options = dict(options)
     options["node_name"] = worker_name(options["node_name"], index)
-    run(main, *args, _running=running, **options, **kwargs)
+    run(main, *args, _running=running, _signals=(signal.SIGTERM,), **options, **kwargs)
 
 
 class _Supervisor:

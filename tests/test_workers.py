@@ -91,6 +91,40 @@ def test_workers_share_a_port_restart_on_a_crash_and_stop_with_the_parent() -> N
         reserved.close()
 
 
+def test_ctrl_c_to_the_process_group_stops_each_worker_once_gracefully() -> None:
+    # A terminal's Ctrl-C is SIGINT to the whole foreground process group:
+    # the parent and its workers. Each worker must stop its node gracefully
+    # (its processes end with "shutdown"), not be forced by a second signal.
+    reserved = _reserve()
+    port = reserved.getsockname()[1]
+    parent = subprocess.Popen(
+        [sys.executable, str(APP), "echo", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a shell gives a job
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT * 2
+        seen: set[str] = set()
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, f"answers came from {seen} only"
+            answer = _ask(port, b"hello")
+            if answer is not None:
+                seen.add(answer[0])
+        os.killpg(parent.pid, signal.SIGINT)
+        out, _ = parent.communicate(timeout=TIMEOUT * 2)
+        assert parent.returncode == 0
+        assert sorted(out.splitlines()) == [
+            "echo-1@localhost ended: shutdown",
+            "echo-2@localhost ended: shutdown",
+        ]
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
+        reserved.close()
+
+
 def test_a_worker_failing_at_start_up_stops_them_all_with_status_1() -> None:
     parent = subprocess.Popen([sys.executable, str(APP), "fail"], stderr=subprocess.PIPE, text=True)
     try:

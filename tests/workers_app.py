@@ -4,6 +4,7 @@
   with ``node pid line``; ``crash`` crashes the worker that reads it,
   ``nodes`` answers with that node's view of the cluster.
 * ``echo-cluster PORT``: the same, on a local nats-server the parent starts.
+  Each worker prints ``<node> ended: <reason>`` when its Echo ends.
 * ``fail``: the workers fail in ``init``.
 * ``crashloop``: one worker that dies 50 ms after each start.
 """
@@ -24,6 +25,9 @@ class Echo(Process):
     async def init(self, port: int) -> None:
         server = TCPServer("127.0.0.1", port, framing=Line(max_length=4096), reuse_port=True)
         await self.spawn_meta(server)
+
+    def terminate(self, reason: Any) -> None:
+        print(f"{self.node.name} ended: {reason}", flush=True)
 
     def handle_message(self, sender: PID, message: Any) -> None:
         match message:
