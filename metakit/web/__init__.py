@@ -1,4 +1,5 @@
-"""Web meta-processes on aiohttp: :class:`WebServer` and :class:`WebHandler`.
+"""Web meta-processes on aiohttp: :class:`WebServer`, :class:`WebHandler` and
+:class:`SSEHandler` (Server-Sent Events).
 
 ``WebHandler`` mounts on any route of any aiohttp app (``WebServer``'s, or
 one you run yourself in the same loop) and turns each request into a
@@ -8,10 +9,17 @@ one you run yourself in the same loop) and turns each request into a
 from __future__ import annotations
 
 from .handler import WebHandler, WebHandlerStatistics, to_response
-from .messages import WebRequest
+from .messages import SSEConnect, SSEDisconnect, SSEEvent, WebRequest
 from .server import WebServer, WebServerStatistics
+from .sse import SSEConnection, SSEHandler, SSEHandlerStatistics
 
 __all__ = [
+    "SSEConnect",
+    "SSEConnection",
+    "SSEDisconnect",
+    "SSEEvent",
+    "SSEHandler",
+    "SSEHandlerStatistics",
     "WebHandler",
     "WebHandlerStatistics",
     "WebRequest",

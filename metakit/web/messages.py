@@ -1,15 +1,24 @@
-"""The request a WebHandler hands to its worker's ``handle_call``."""
+"""The request a WebHandler hands to its worker's ``handle_call``, and the
+messages of a Server-Sent Events stream (``SSEHandler``)::
+
+    SSEConnect(conn, request, last_event_id)    once, first
+    SSEEvent(conn, data, event, id, retry)      written by the worker, in order
+    SSEDisconnect(conn, reason)                 exactly once, last
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..ids import Alias
 
 if TYPE_CHECKING:
     from aiohttp import web
     from multidict import CIMultiDictProxy, MultiMapping
 
-__all__ = ["WebRequest"]
+__all__ = ["SSEConnect", "SSEDisconnect", "SSEEvent", "WebRequest"]
 
 
 class WebRequest:
@@ -81,3 +90,75 @@ class WebRequest:
 
     def __repr__(self) -> str:
         return f"<WebRequest {self.method} {self.request.path_qs} ({len(self.body)} bytes)>"
+
+
+@dataclass(frozen=True, slots=True)
+class SSEConnect:
+    """A client has opened an event stream.
+
+    Attributes:
+        conn: the stream's Alias; send it ``SSEEvent`` to write.
+        request: the request that opened it (do not keep it past the stream).
+        last_event_id: the ``Last-Event-ID`` a reconnecting ``EventSource``
+            sends: the ``id`` of the last event it received, or None.
+    """
+
+    conn: Alias
+    request: WebRequest
+    last_event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One event to write on a stream (the worker sends it to ``conn``).
+
+    Attributes:
+        conn: the stream's Alias.
+        data: what to send: encoded as JSON with ``codec="json"`` (a ``str``
+            too), else a ``str`` sent as it is, one ``data:`` line per line
+            (split on CR, LF and CRLF).
+        event: the event's type (``EventSource.addEventListener(event)``), or
+            None for ``message``.
+        id: the event's id, which the browser sends back as
+            ``Last-Event-ID`` when it reconnects, or None.
+        retry: milliseconds the browser waits before reconnecting, or None.
+
+    Raises:
+        ValueError: ``event`` or ``id`` holds a CR, LF or NUL (they would
+            end the field on the wire: an injected line), or ``retry`` is not
+            a whole number >= 0.
+    """
+
+    conn: Alias
+    data: Any
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("event", "id"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, str) or "\r" in value or "\n" in value or "\0" in value
+            ):
+                raise ValueError(f"an SSE {name} is a str without CR, LF or NUL, not {value!r}")
+        retry = self.retry
+        if retry is not None and (
+            isinstance(retry, bool) or not isinstance(retry, int) or retry < 0
+        ):
+            raise ValueError(f"an SSE retry is a whole number of milliseconds >= 0, not {retry!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEDisconnect:
+    """The stream has ended; writes to it are dropped (and counted).
+
+    Attributes:
+        conn: the stream's Alias.
+        reason: ``"closed"`` (the client went: seen by a heartbeat or a
+            failed write), ``"normal"`` (you sent ``send_exit(conn,
+            "normal")``), ``"shutdown"``, ``"kill"``, or an exception.
+    """
+
+    conn: Alias
+    reason: Any
