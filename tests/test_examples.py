@@ -107,3 +107,45 @@ def test_ssh_console() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_port_tail(tmp_path: Path) -> None:
+    # The example follows a file with tail -F and serves what it sees.
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    log = tmp_path / "app.log"
+    log.write_text("")
+    with subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "port_tail.py"), str(log), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            match = re.search(r"listening on (http://\S+)", proc.stdout.readline())
+            assert match
+            url = match[1]
+            events = urllib.request.urlopen(url + "/events", timeout=TIMEOUT)
+            deadline = time.monotonic() + TIMEOUT
+            seen = ""
+            while "second" not in seen:  # tail -F starts watching a moment after it starts
+                assert time.monotonic() < deadline, f"served {seen!r}"
+                with log.open("a") as f:
+                    f.write("first\nsecond\n")
+                time.sleep(0.1)  # a poll's pause, with a deadline
+                with urllib.request.urlopen(url + "/", timeout=TIMEOUT) as page:
+                    seen = page.read().decode()
+            assert seen.splitlines()[:2] == ["first", "second"]
+            assert events.readline() == b'data: "first"\n'
+            events.close()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
