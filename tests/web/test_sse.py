@@ -13,7 +13,7 @@ from aiohttp import web
 
 import metakit
 from metakit import Node, broadcast
-from metakit.testing import TIMEOUT, wait_until
+from metakit.testing import TIMEOUT, check_meta_lifecycle, wait_until
 from metakit.web import SSEConnect, SSEDisconnect, SSEEvent, SSEHandler, WebServer
 
 
@@ -196,3 +196,7 @@ async def test_max_connections_and_no_worker(node: Node) -> None:
             assert second.status == 503
         assert first.status == 200
     assert proc.sse.statistics().refused_full == 1
+
+
+async def test_handler_lifecycle() -> None:
+    await check_meta_lifecycle(lambda parent: SSEHandler(parent.pid))
