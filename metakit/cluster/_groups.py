@@ -147,6 +147,8 @@ class ClusterGroups:
                         del view[group][node]
                 if group in view and not view[group]:
                     del view[group]
+                if entry.key == self._key(group) and self._local.by_name.get(group):
+                    self.changed(group)  # freed by the others (they judged us down): again
                 return
             node, creation, ids = c._unpack(entry.value)
             if node == c.name:

@@ -150,7 +150,7 @@ class Liveness:
         """The heartbeat task: a beat and a renewal of the node key each heartbeat."""
         c = self._cluster
         value = self._codec.pack([c.name, c.creation, os.getpid()])
-        while True:
+        while not c._leaving:  # (a cancel lost in the NATS client must not keep us beating)
             await asyncio.sleep(c.heartbeat)
             if not c._connected:
                 continue
@@ -158,9 +158,10 @@ class Liveness:
                 await self.beat(BEAT)
                 self._key_rev = await self._put(self._key_subject, value, self._key_rev)
             except nats.js.errors.KeyWrongLastSequenceError:
-                self._log.warning("node key %s changed under us; claiming it again", self.key)
-                with contextlib.suppress(Exception):
-                    await self.claim_key()
+                # The others judged us down (a stall past the limit) and freed our
+                # keys: claim the node key again, and our names, groups and events.
+                self._log.warning("node key %s changed under us; re-asserting this node", self.key)
+                await c._reassert()
             except Exception as exc:
                 c._log_limited("beat", "heartbeat failed: %r", exc)
 
@@ -168,7 +169,7 @@ class Liveness:
         """The judging task: down the peers silent past the limit, while our own
         connection is up; every peer once it has been down past the limit."""
         c = self._cluster
-        while True:
+        while not c._leaving:
             await asyncio.sleep(c.heartbeat / _CHECKS)
             now = self._loop.time()
             if not c._connected:

@@ -221,6 +221,14 @@ class Names:
             name = self._keys.pop(entry.key, None)
             if name is not None:
                 view.pop(name, None)
+                owned = self.owned.get(name)
+                if owned is not None and self._local.holds(owned[0], name):
+                    # Freed by the others while we hold it: they judged this node
+                    # down (it stalled past the limit). Claim it again.
+                    self._cluster._log.warning(
+                        "%s %r was freed under us; claiming it again", self._kind, name
+                    )
+                    self._cluster._spawn(self._reclaim(name, owned[0]))
             return
         try:
             name, node, _creation, ident = self._cluster._unpack(entry.value)

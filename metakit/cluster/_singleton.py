@@ -82,21 +82,57 @@ class Singleton:
         self._renewed = c._loop.time()
         node = c._node
         assert node is not None
+        # The lease can expire before the old holder's node is judged down (the
+        # lease and the heartbeats keep separate clocks): its name is then still
+        # held. Start nothing until it is free, renewing the lease meanwhile.
+        if not await self._name_free(value):
+            await self._release()
+            return
+        pid = None
         try:
             pid = await node.spawn(self._cls, *self._args, **self._kwargs)
             await node.register_name(self.name, pid, cluster=True)
         except Exception as exc:
             c._log.warning("singleton %r did not start: %r", self.name, exc)
+            if pid is not None:
+                node.kill(pid)  # never two: an instance without the name must not run
             await self._release()
             return
         self.pid = pid
         c._log.info("singleton %r runs here as %r (lease %d)", self.name, pid, rev)
 
+    async def _name_free(self, value: bytes) -> bool:
+        """Wait (up to one lease) until no live instance holds the name; False
+        if it stays held, or the lease cannot be renewed meanwhile."""
+        c = self._cluster
+        hb = c.heartbeat
+        deadline = c._loop.time() + c._ttl
+        while self._name_held():
+            if c._loop.time() > deadline:
+                return False
+            if c._loop.time() - self._renewed >= hb / 2:
+                try:
+                    put = c._liveness._put(self._subject, value, self._rev)
+                    self._rev = await asyncio.wait_for(put, hb / 4)
+                    self._renewed = c._loop.time()
+                except Exception:
+                    return False
+            await asyncio.sleep(hb / 8)
+        return True
+
+    def _name_held(self) -> bool:
+        holder = self._cluster._names.holder(self.name)
+        if holder is None:
+            return False
+        if holder.node == self._cluster.name:
+            return self._cluster._remote.alive(holder.id)
+        return holder.node in self._cluster._peers
+
     async def _run(self) -> None:
         c = self._cluster
         hb = c.heartbeat
         value = c._codec.pack([c.name, c.creation])
-        while True:
+        while not c._leaving:
             if self.pid is None:
                 await asyncio.sleep(hb / 2)
                 await self._try()

@@ -296,7 +296,9 @@ class Cluster:
             await singleton.close()  # another node may start it now
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a cancel that the NATS client swallows must not hang the stop
+        # (the loops also end on _leaving).
+        await asyncio.wait(self._tasks, timeout=2.0)
         await self._out.flushed(2.0)
         if self._connected:
             with contextlib.suppress(Exception):

@@ -171,3 +171,21 @@ async def test_a_node_cut_off_from_its_server_and_the_others_see_each_other_down
             assert b.nodes() == ["b@test"]
     finally:
         await relay.close()
+
+
+async def test_a_stalled_node_gets_its_names_back(
+    server: LocalServer, namespace: str, children: list[ChildNode]
+) -> None:
+    # SIGSTOP past the limit: the others judge it down and free its names;
+    # once it runs again it must claim them again.
+    async with metakit.Node("a@test", cluster=cluster(server, namespace)) as a:
+        child = await child_node(children, server, namespace, "b@test")
+        await until(lambda: a.whereis("pong") == child.pong)
+        assert child.proc is not None
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        try:
+            await until(lambda: a.whereis("pong") is None, what="b judged down")
+        finally:
+            os.kill(child.proc.pid, signal.SIGCONT)
+        await until(lambda: a.whereis("pong") == child.pong, what="b's name back")
+        assert await a.call("pong", "ping") == "pong"

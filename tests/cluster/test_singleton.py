@@ -72,3 +72,26 @@ async def test_one_instance_fails_over_and_never_two(server: LocalServer, namesp
         for node in reversed(nodes):
             await node.stop()
         await relay.close()
+
+
+async def test_no_instance_starts_while_its_name_is_held(
+    server: LocalServer, namespace: str
+) -> None:
+    # The lease is free but the name is still held (as when the lease expires
+    # before the old holder's node is judged down): nothing may start until
+    # the name is free, and then the instance does.
+    a = metakit.Node("a@test", cluster=cluster(server, namespace))
+    b = metakit.Node("b@test", cluster=cluster(server, namespace))
+    async with a, b:
+        await until(lambda: a.nodes() == b.nodes() == ["a@test", "b@test"])
+        squatter = await b.spawn(Leader)
+        await b.register_name("leader", squatter, cluster=True)
+        await until(lambda: a.whereis("leader") == squatter)
+        assert await a.spawn_singleton(Leader, name="leader") is None
+        assert _running([a]) == []
+        b.kill(squatter)
+        await until(lambda: _running([a]) == ["a@test"], timeout=3 * HEARTBEAT + 2)
+        await until(
+            lambda: b.whereis("leader") is not None and b.whereis("leader").node == "a@test"
+        )
+        assert _running([a, b]) == ["a@test"]
