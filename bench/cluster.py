@@ -58,6 +58,57 @@ What is measured:
    the victim is SIGKILLed; the time is from the kill to the ``Down``
    reaching the monitoring Process (target: <= 3 x heartbeat, DESIGN.md §8).
 
+4. Fan-out, ``group`` and ``event``: fan-outs/s of ``(i, b"x" * 32)`` to
+   ``--members`` (50) member processes on each of the two nodes, a fan-out
+   counting as delivered once all 100 have it (the end is the last member's
+   last receipt), and CPU per fan-out.
+
+   * ``metakit``: a Process on the sender node does ``self.send_group("fan",
+     value)`` (``group``), or, as the producer of the cluster event "tick"
+     (``register_event(..., cluster=True)``), ``self.send_event("tick",
+     value)`` (``event``). The same 100 processes are the group's members
+     (``join_group``) and the event's subscribers (``monitor_event``).
+     metakit delivers to the local 50 at once and sends the receiver node one
+     frame per fan-out, which that node fans out to its 50.
+   * ``raw``: one ``await nc.publish(subject, packb(value))`` per fan-out, and
+     the sender's 50 members handed the value directly; the receiver
+     subscribes once, unpacks and hands the value to its 50 members. The
+     members are the same counting objects (:class:`Tally`) on both sides:
+     a metakit member's ``handle_message`` does exactly what a raw member
+     does, so the difference is what delivery through the actors costs.
+
+   The program shape is the send's, in fan-outs: chunks of ``--fan-chunk``
+   (100, i.e. 5000 local deliveries) with a loop turn between, and every
+   ``--fan-window`` (500) an ask of both nodes, answered once all their
+   members have that many (metakit: a ``call`` to a Process on the
+   receiver node, ordered behind the fan-outs; raw: ``nc.request``), at most
+   two windows in flight. ``rfr/fan`` is the frames the receiver node got
+   per fan-out (``Cluster.statistics().messages_in``, less the asks): one
+   per node, not one per member, is DESIGN.md's promise for ``send_event``
+   (and is checked for ``send_group`` too).
+
+5. Singleton failover: ``--contenders`` (3) nodes call
+   ``node.spawn_singleton(Leader, name=...)`` (heartbeat 1.0 s, and 0.2 s);
+   the instance's ``init`` tells a watcher node its PID and start time;
+   after a heartbeat and a random part of one, the node running it is
+   SIGKILLed, and the time is from the kill to the new instance's ``init``
+   on another node (``name s``: to its cluster name showing at the watcher);
+   a new contender then joins, and again (``--failovers``, 3). The
+   contenders run on the receiver's CPU, the watcher on the sender's; the
+   k-th kill has the same pause for both variants, and the ratio is the
+   median over k of metakit's time / raw's. ``raw`` is a
+   hand-written lease doing the same job on its own nats-py connection in
+   the same kind of processes: a KV key created with a per-message TTL of
+   ``ceil(3 x heartbeat)`` s (metakit's; the bucket has a
+   ``limit_marker_ttl``), renewed every heartbeat on its revision, the
+   others retrying the create every half heartbeat (metakit's cadence); a
+   win is announced to the watcher the same way. nats-py's ``kv.create``
+   does not take the marker the server leaves where a TTL expired for a
+   deleted key, which would add the marker's own TTL, so the raw side
+   reads the last message and updates on its revision, as metakit does.
+   Target: <= 3 x heartbeat + 1 s (DESIGN.md §8). ``extra`` counts metakit
+   instances started on the way that did not get the cluster name.
+
 Rounds: after one unmeasured warm-up run of each variant, ``--repeat``
 rounds go through the variants, the order reversed every round; the tables
 show each variant's best run, the ratios are the median over the rounds of
@@ -73,25 +124,31 @@ each loop (``--quiet-wait``). ``fr/pub`` is frames per NATS message from
 ``Cluster.statistics()``.
 
 Targets: metakit send >= 0.8x raw msgs/s (both payloads), metakit call p50
-<= 1.3x raw p50, node down <= 3 x heartbeat. A miss prints ``MISS``; only
-errors make the exit status non-zero.
+<= 1.3x raw p50, node down <= 3 x heartbeat, one frame per node per
+``send_event`` and ``send_group`` fan-out, singleton failover <= 3 x
+heartbeat + 1 s. The fan-outs/s and failover ratios to raw are printed
+without a target (``FAN_TARGET`` sets one for the fan-outs). A miss prints
+``MISS``; only errors make the exit status non-zero.
 
 Run from the repository root (Linux; ``pip install 'metakit[cluster]'``)::
 
     python bench/cluster.py [--quick] [--verbose] [--loop asyncio|uvloop|both]
-                            [--repeat N] [--phase send|call|down ...]
+                            [--repeat N] [--phase send,call,down,group,event,singleton]
                             [--payload small|1k ...] [--profile]
 
-A full run takes 4-6 minutes on a quiet machine. ``--quick`` is a smoke
-test (small runs, one round, heartbeat 0.2 only; ~10 s). ``--verbose``
-adds every run. ``--phase`` and ``--payload`` (repeatable) run a part.
+A full run takes 7-10 minutes on a quiet machine. ``--quick`` is a smoke
+test (small runs, one round, heartbeat 0.2 only, one failover; ~40 s).
+``--verbose`` adds every run. ``--phase`` (repeatable or comma-separated)
+and ``--payload`` (repeatable) run a part: ``--phase group,event,singleton``
+only the fan-outs and the failover.
 ``--profile`` runs the sender and receiver under cProfile during the
 metakit runs only (the figures are then not comparable) and prints their
 hottest functions, tottime by package and metakit's own functions.
 Internally the two sides are this script run as ``--child
-sender|receiver``: it prints one JSON line when ready, answers JSON command
-lines on stdin, and stops when stdin closes; it dies with this script
-(``PR_SET_PDEATHSIG``). Ctrl-C stops every child and the server.
+sender|receiver`` (and ``contender`` for the failover): it prints one JSON
+line when ready, answers JSON command lines on stdin, and stops when stdin
+closes; it dies with this script (``PR_SET_PDEATHSIG``). Ctrl-C stops every
+child and the server.
 """
 
 from __future__ import annotations
@@ -101,6 +158,7 @@ import asyncio
 import contextlib
 import cProfile
 import json
+import math
 import os
 import platform
 import pstats
@@ -137,12 +195,20 @@ SEND_VARIANTS = ("metakit", "raw", "raw-batched")
 CALL_VARIANTS = ("metakit", "node.call", "raw")
 SEND_TARGET = 0.8  # metakit msgs/s / raw, at least
 CALL_TARGET = 1.3  # metakit call p50 / raw, at most
+FAN_TARGET: float | None = None  # metakit fan-outs/s / raw, at least (DESIGN.md sets none)
 DOWN_FACTOR = 3.0  # node down within this many heartbeats
 NOISY = 10.0  # a run during which other programs took more % of a core is done again
 X32 = b"x" * 32
 KIB = b"x" * 1024
 # Raw nats-py subjects (metakit's are mk.bench.*).
 RAW_SINK, RAW_BATCH, RAW_WAIT, RAW_ECHO = "raw.sink", "raw.batch", "raw.wait", "raw.echo"
+RAW_FAN, RAW_FAN_WAIT, RAW_LEADER = "raw.fan", "raw.fanwait", "raw.leader"
+GROUP, EVENT = "fan", "tick"  # the fan-out runs' process group and cluster event
+FAN_KINDS = ("group", "event")
+FAN_VARIANTS = ("metakit", "raw")
+LEASE_VARIANTS = ("metakit", "raw")
+FAILOVER_SLACK = 1.0  # a singleton runs elsewhere within 3 x heartbeat + this (s)
+PHASES = ("send", "call", "down", "group", "event", "singleton")
 
 
 def make_value(payload: str) -> Callable[[int], Any]:
@@ -159,6 +225,8 @@ class Params:
     repeat: int  # rounds
     kills: int  # per heartbeat, per loop
     heartbeats: tuple[float, ...]
+    fanouts: int  # per group or event run
+    failovers: int  # singleton kills per heartbeat, variant and loop
     retries: int
     quiet_wait: float
     timeout: float  # seconds before a run that has not finished is an error
@@ -170,6 +238,8 @@ FULL = Params(
     repeat=5,
     kills=3,
     heartbeats=(1.0, 0.2),
+    fanouts=50_000,
+    failovers=3,
     retries=1,
     quiet_wait=20.0,
     timeout=120.0,
@@ -180,6 +250,8 @@ QUICK = Params(
     repeat=1,
     kills=1,
     heartbeats=(0.2,),
+    fanouts=5_000,
+    failovers=1,
     retries=0,
     quiet_wait=2.0,
     timeout=30.0,
@@ -399,6 +471,285 @@ async def node_calls(node: metakit.Node, echo: metakit.PID, m: int, timeout: flo
     return lat
 
 
+# -- the fan-out runs (send_group, send_event) -----------------------------------------
+
+
+class Board:
+    """One node's members in a fan-out run: when the last of them got each window mark.
+
+    The marks are the multiples of ``window`` and ``n``, the counts the sender
+    asks for; a mark is done when every member of this node has reached it.
+    """
+
+    def __init__(self) -> None:
+        self.arm(0, 0, 1)
+
+    def arm(self, members: int, n: int, window: int) -> None:
+        self.members, self.n, self.window = members, n, window
+        self.reached: dict[int, int] = {}
+        self.done: dict[int, float] = {}
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+
+    def mark(self, k: int) -> None:
+        self.reached[k] = c = self.reached.get(k, 0) + 1
+        if c == self.members:
+            self.done[k] = time.monotonic()
+            waiter = self.waiters.pop(k, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def upto(self, k: int, timeout: float) -> float:
+        """The time the last member here got message ``k`` (once it has)."""
+        if k not in self.done:
+            waiter = self.waiters[k] = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(waiter, timeout)
+        return self.done[k]
+
+
+class Tally:
+    """One member's count: a metakit member and a raw member do exactly this per message."""
+
+    __slots__ = ("board", "count", "next")
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.arm()
+
+    def arm(self) -> None:
+        self.count = 0
+        self.next = min(self.board.window, self.board.n)
+
+    def add(self, value: Any) -> None:
+        self.count = c = self.count + 1
+        if c == self.next:
+            board = self.board
+            board.mark(c)
+            self.next = min(c + board.window, board.n)
+
+
+class Member(metakit.Process):
+    """A member of the fan-out group and a subscriber of its event: a :class:`Tally`."""
+
+    async def init(self, tally: Tally) -> None:
+        self.add = tally.add
+        await self.join_group(GROUP)
+
+    def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        self.add(message)
+
+    def handle_call(self, sender: metakit.Caller, request: Any) -> Any:
+        if request == "subscribe":
+            self.monitor_event(EVENT)
+            return True
+        raise ValueError(f"unknown request {request!r}")
+
+
+class Fanner(metakit.Process):
+    """The sender node's side of the metakit fan-out runs, and the event's producer."""
+
+    async def init(self, board: Board) -> None:
+        self.board = board
+        self.marks: metakit.PID | None = None
+        await self.register_event(EVENT, cluster=True)
+
+    async def handle_call(self, sender: metakit.Caller, request: Any) -> Any:
+        op, *args = request
+        if op == "ping":  # ordered behind what the caller's node sent before
+            return True
+        if op == "marks":
+            self.marks = args[0]
+            return None
+        if op == "fan":
+            return await self._fan(*args)
+        raise ValueError(f"unknown request {request!r}")
+
+    async def _fan(self, kind: str, n: int, chunk: int, window: int, timeout: float) -> Any:
+        make = make_value("small")
+        fan = self.send_group if kind == "group" else self.send_event
+        to = GROUP if kind == "group" else EVENT
+        call = self.call
+        marks = self.marks
+        assert marks is not None
+        board = self.board
+        prev: asyncio.Future[Any] | None = None
+        t0 = time.monotonic()
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            for i in range(start, end):
+                fan(to, make(i))
+            if end % window == 0 or end == n:
+                # Both nodes' members: the other's (a call ordered behind the
+                # fan-outs, answered once they all have them) and this one's.
+                ask = asyncio.gather(
+                    call(marks, ("upto", end, timeout), timeout=timeout),
+                    board.upto(end, timeout),
+                )
+                if prev is not None:
+                    await prev  # at most two windows in flight
+                prev = ask
+            await asyncio.sleep(0)
+        assert prev is not None
+        there, here = await prev
+        return t0, max(there, here)
+
+
+class Marks(metakit.Process):
+    """The receiver node's answer to "have all members here got message k?"."""
+
+    def init(self, board: Board) -> None:
+        self.board = board
+
+    async def handle_call(self, sender: metakit.Caller, request: Any) -> Any:
+        _, k, timeout = request
+        return await self.board.upto(k, timeout)
+
+
+class RawFan:
+    """The receiver's raw side of the fan-out runs: one subscription, its members fanned out."""
+
+    def __init__(self, board: Board, tallies: list[Tally]) -> None:
+        self.board = board
+        self.tallies = tallies
+
+    async def on_fan(self, msg: Any) -> None:
+        value = msgpack.unpackb(msg.data, use_list=False)
+        for tally in self.tallies:
+            tally.add(value)
+
+    async def on_wait(self, msg: Any) -> None:
+        t = await self.board.upto(msgpack.unpackb(msg.data), 60.0)
+        await msg.respond(msgpack.packb(t))
+
+
+async def raw_fan(
+    nc: Any, board: Board, tallies: list[Tally], n: int, chunk: int, window: int, timeout: float
+) -> Any:
+    """The raw fan-out sender: the same shape as :meth:`Fanner._fan`."""
+    make = make_value("small")
+    packb = msgpack.packb
+    publish = nc.publish
+    prev: asyncio.Future[Any] | None = None
+    t0 = time.monotonic()
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        for i in range(start, end):
+            value = make(i)
+            await publish(RAW_FAN, packb(value))
+            for tally in tallies:  # the members on this node, delivered directly
+                tally.add(value)
+        if end % window == 0 or end == n:
+            ask = asyncio.gather(
+                nc.request(RAW_FAN_WAIT, packb(end), timeout=timeout), board.upto(end, timeout)
+            )
+            if prev is not None:
+                await prev
+            prev = ask
+        await asyncio.sleep(0)
+    assert prev is not None
+    reply, here = await prev
+    return t0, max(msgpack.unpackb(reply.data), here)
+
+
+# -- the singleton failover ---------------------------------------------------------------
+
+
+class Leader(metakit.Process):
+    """The singleton: tells the watcher where and when it started."""
+
+    def init(self, watch: metakit.PID, name: str) -> None:
+        self.send(watch, ("metakit", name, self.pid, time.monotonic()))
+
+
+class LeaderWatch(metakit.Process):
+    """The watcher's mailbox for the singletons' announcements."""
+
+    def init(self, leaders: asyncio.Queue[tuple[Any, ...]]) -> None:
+        self.leaders = leaders
+
+    def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        variant, name, pid, t = message
+        self.leaders.put_nowait((variant, name, pid.node, t, pid))
+
+
+class RawLease:
+    """The raw side of the singleton: a lease on a nats-py KV key, by hand.
+
+    The key is created with a per-message TTL of ``ttl`` s (the bucket has a
+    ``limit_marker_ttl``, as metakit's), renewed every heartbeat on its
+    revision; the others try ``create`` every half heartbeat, which wins once
+    the server has expired the key. The same cadence and TTL as metakit's.
+    """
+
+    def __init__(self, nc: Any, kv: Any, bucket: str, key: str, ttl: int, hb: float) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.kv = kv
+        self.key = key
+        self.stream, self.subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
+        self.ttl = ttl
+        self.hb = hb
+        self.node = ""
+        self.rev = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, node: str) -> bool:
+        self.node = node
+        await self._try()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        return self.rev > 0
+
+    async def _try(self) -> None:
+        import nats.js.errors
+
+        try:
+            self.rev = await self.kv.create(self.key, self.node.encode(), msg_ttl=self.ttl)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # nats-py's create takes a delete or purge for "gone", not the marker
+            # the server leaves where a TTL expired (it would wait for the
+            # marker's own TTL): look at the last message, as metakit does.
+            try:
+                msg = await self.js.get_msg(self.stream, subject=self.subject)
+            except nats.js.errors.NotFoundError:
+                return  # gone meanwhile: the next try creates it
+            headers = msg.headers or {}
+            expired = "Nats-Marker-Reason" in headers or headers.get("KV-Operation") is not None
+            if not expired or not await self._put(msg.seq):
+                return  # held, or another contender was first
+        t = time.monotonic()
+        await self.nc.publish(RAW_LEADER, msgpack.packb(("raw", self.key, self.node, t)))
+
+    async def _put(self, last: int) -> bool:
+        """``kv.update(key, value, last=last)`` with the TTL (nats-py's update takes none)."""
+        import nats.js.errors
+
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        try:
+            ack = await self.js.publish(
+                self.subject, self.node.encode(), headers=headers, msg_ttl=self.ttl
+            )
+        except nats.js.errors.APIError as err:
+            if err.err_code in (10071, 10164):  # someone else's now
+                self.rev = 0
+                return False
+            raise
+        self.rev = ack.seq
+        return True
+
+    async def _run(self) -> None:
+        while True:  # until the child stops (cancelled) or is killed
+            try:
+                if self.rev == 0:
+                    await asyncio.sleep(self.hb / 2)
+                    await self._try()
+                else:
+                    await asyncio.sleep(self.hb)
+                    await asyncio.wait_for(self._put(self.rev), self.hb / 4)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a slow or failed renewal: the next one may land
+                pass
+
+
 def latency_summary(lat: list[int]) -> dict[str, float]:
     s = sorted(lat)
     m = len(s)
@@ -430,6 +781,12 @@ class ChildSide:
         self.downs: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
         self.blaster: metakit.PID | None = None
         self.echo: metakit.PID | None = None
+        self.board = Board()  # the fan-out runs: this node's members
+        self.mk_tallies: list[Tally] = []
+        self.raw_tallies: list[Tally] = []
+        self.fanner: metakit.PID | None = None
+        self.leaders: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.lease: RawLease | None = None
 
     async def start(self) -> dict[str, Any]:
         import nats
@@ -449,11 +806,13 @@ class ChildSide:
             await self.node.register_name("sink" + self.suffix, self.sink, cluster=True)
             echo = await self.node.spawn(Echo)
             await self.node.register_name("echo" + self.suffix, echo, cluster=True)
-        else:
+        elif opts.child == "sender":
             self.watch = await self.node.spawn(Watch, self.downs)
         return {"pid": os.getpid()}
 
     async def stop(self) -> None:
+        if self.lease is not None and self.lease.task is not None:
+            self.lease.task.cancel()
         with contextlib.suppress(Exception):
             await self.nc.close()
         await self.node.stop()
@@ -532,6 +891,144 @@ class ChildSide:
         if op == "wait_down":
             t, reason = await asyncio.wait_for(self.downs.get(), timeout)
             return {"t": t, "reason": reason}
+        if op.startswith("fan"):
+            return await self.fan_command(op, cmd, timeout)
+        if op in ("leader_watch", "wait_leader", "contend"):
+            return await self.singleton_command(op, cmd, timeout)
+        raise ValueError(f"unknown command {op!r}")
+
+    async def fan_command(self, op: str, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """The fan-out runs: set up, arm, run (sender), disarm (receiver)."""
+        node = self.node
+        if op == "fan_setup":  # both: this node's members (and the sender's producer)
+            m = cmd["members"]
+            self.mk_tallies = [Tally(self.board) for _ in range(m)]
+            self.raw_tallies = [Tally(self.board) for _ in range(m)]
+            producer = None
+            if self.opts.child == "sender":
+                self.fanner = await node.spawn(Fanner, self.board)
+            else:
+                raw = RawFan(self.board, self.raw_tallies)
+                await self.nc.subscribe(RAW_FAN, cb=raw.on_fan)
+                await self.nc.subscribe(RAW_FAN_WAIT, cb=raw.on_wait)
+                await self.nc.flush()
+                # monitor_event finds a cluster event once this node's view has it.
+                deadline = time.monotonic() + timeout
+                while (producer := self.cluster.event_producer(EVENT)) is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no event {EVENT!r} in the cluster")
+                    await asyncio.sleep(0.01)
+            members = [await node.spawn(Member, t) for t in self.mk_tallies]
+            for pid in members:
+                await node.call(pid, "subscribe")
+            if producer is not None:
+                # Behind the subscriptions: once answered, the producer's node
+                # sends this node every event (one frame each).
+                await node.call(producer, ("ping",), timeout=timeout)
+                marks = await node.spawn(Marks, self.board)
+                await node.register_name("marks" + self.suffix, marks, cluster=True)
+            return {}
+        if op == "fan_attach":  # sender: every member in the view, the receiver's Marks
+            want = 2 * cmd["members"]
+            deadline = time.monotonic() + timeout
+            while len(node.group_members(GROUP)) < want:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"group {GROUP!r}: {len(node.group_members(GROUP))}/{want}")
+                await asyncio.sleep(0.01)
+            marks = await until_found(node, "marks" + cmd["suffix"], timeout)
+            assert self.fanner is not None
+            await node.call(self.fanner, ("marks", marks))
+            return {}
+        if op == "fan_arm":  # both, before a run
+            self.board.arm(len(self.mk_tallies), cmd["n"], cmd["window"])
+            for tally in self.mk_tallies + self.raw_tallies:
+                tally.arm()
+            if self.opts.child == "receiver":
+                self.profiling(cmd["variant"] == "metakit")
+            return {"stats": self.stats()}
+        if op == "fan_disarm":  # receiver, after a run
+            self.profiling(False)
+            got = self.board.reached.get(self.board.n, 0)
+            return {"stats": self.stats(), "members_done": got}
+        if op == "fan":  # sender: one run
+            before = self.stats()
+            args = (cmd["n"], cmd["chunk"], cmd["window"], timeout)
+            if cmd["variant"] == "metakit":
+                assert self.fanner is not None
+                self.profiling(True)
+                try:
+                    request = ("fan", cmd["kind"], *args)
+                    t0, t_last = await node.call(self.fanner, request, timeout=timeout + 5.0)
+                finally:
+                    self.profiling(False)
+            else:
+                t0, t_last = await raw_fan(self.nc, self.board, self.raw_tallies, *args)
+            got = self.board.reached.get(self.board.n, 0)
+            return {
+                "t0": t0,
+                "t_last": t_last,
+                "members_done": got,
+                "before": before,
+                "after": self.stats(),
+            }
+        raise ValueError(f"unknown command {op!r}")
+
+    async def singleton_command(
+        self, op: str, cmd: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """The failover runs: the watcher's side and the contenders'."""
+        if op == "leader_watch":  # watcher: where the announcements arrive
+            import nats.js.errors
+
+            leader_watch = await self.node.spawn(LeaderWatch, self.leaders)
+            await self.node.register_name(cmd["name"], leader_watch, cluster=True)
+
+            async def on_leader(msg: Any) -> None:
+                variant, name, node, t = msgpack.unpackb(msg.data)
+                self.leaders.put_nowait((variant, name, node, t, None))
+
+            await self.nc.subscribe(RAW_LEADER, cb=on_leader)
+            js = self.nc.jetstream()
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # the bucket is there
+                await js.create_key_value(
+                    bucket=cmd["bucket"], history=1, limit_marker_ttl=cmd["ttl"]
+                )
+            await self.nc.flush()
+            return {}
+        if op == "wait_leader":  # watcher: the next instance not on node "exclude"
+            # metakit: the announced instance that gets the cluster name (one
+            # that started but could not register it counts as an extra start).
+            deadline = time.monotonic() + timeout
+            want, name = (cmd["variant"], cmd["name"]), cmd["name"]
+            starts: dict[metakit.PID, float] = {}
+            while time.monotonic() < deadline:
+                wait = 0.002 if starts else max(0.0, deadline - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    variant, name_, node, t, pid = await asyncio.wait_for(self.leaders.get(), wait)
+                    if (variant, name_) == want and node != cmd["exclude"]:
+                        if pid is None:  # raw: the lease won is the instance
+                            return {"node": node, "t": t, "t_name": None, "extra": 0}
+                        starts[pid] = t
+                holder = self.node.whereis(name) if starts else None
+                if holder is not None and holder in starts:
+                    extra = len(starts) - 1
+                    t_name = time.monotonic()
+                    t = starts[holder]
+                    return {"node": holder.node, "t": t, "t_name": t_name, "extra": extra}
+            raise RuntimeError(f"{name!r}: started {sorted(map(repr, starts))}, no name showed")
+        if op == "contend":  # contender: compete for the singleton
+            if cmd["variant"] == "metakit":
+                # The watcher's PID, not its name: a node judged down (a stalled
+                # loop) loses its cluster names for good, even once it is back.
+                watch = await until_found(self.node, cmd["watch"], timeout)
+                pid = await self.node.spawn_singleton(Leader, watch, cmd["name"], name=cmd["name"])
+                return {"holder": pid is not None}
+            js = self.nc.jetstream()
+            kv = await js.key_value(cmd["bucket"])
+            self.lease = RawLease(
+                self.nc, kv, cmd["bucket"], cmd["name"], cmd["ttl"], self.opts.heartbeat
+            )
+            return {"holder": await self.lease.start(self.opts.node)}
         raise ValueError(f"unknown command {op!r}")
 
 
@@ -765,11 +1262,39 @@ class CallRun:
 
 
 @dataclass
+class FanRun:
+    variant: str
+    kind: str  # "group" or "event"
+    n: int  # fan-outs
+    members: int  # on both nodes
+    seconds: float
+    cpu: Cpu
+    frames_in: float | None  # metakit: frames the receiver node got per fan-out
+    frames_per_pub: float | None  # metakit: frames per NATS message the sender published
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+    def us_per_fan(self, seconds: float) -> float:
+        return 1e6 * seconds / self.n
+
+
+@dataclass
+class Failover:
+    seconds: float  # from the SIGKILL to the instance starting on another node
+    name: float | None  # metakit: to its cluster name showing at the watcher
+    extra: int  # metakit: other instances started meanwhile that never got the name
+
+
+@dataclass
 class LoopResult:
     loop: str
     sends: dict[tuple[str, str], list[SendRun]] = field(default_factory=dict)
     calls: dict[str, list[CallRun]] = field(default_factory=dict)
+    fans: dict[tuple[str, str], list[FanRun]] = field(default_factory=dict)
     downs: dict[float, list[float]] = field(default_factory=dict)
+    failovers: dict[tuple[str, float], list[Failover]] = field(default_factory=dict)
     down_reasons: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     redone: int = 0
@@ -834,6 +1359,35 @@ class Bench:
         await rcv.ask(t, cmd="disarm")
         return CallRun(variant, m, res["p50"], res["p99"], res["mean"], meter.diff(a, b))
 
+    async def fan_run(
+        self, snd: Child, rcv: Child, meter: Meter, variant: str, kind: str, n: int
+    ) -> FanRun:
+        t = self.p.timeout
+        m, chunk, window = self.opts.members, self.opts.fan_chunk, self.opts.fan_window
+        armed = await rcv.ask(t, cmd="fan_arm", variant=variant, n=n, window=window)
+        await snd.ask(t, cmd="fan_arm", variant=variant, n=n, window=window)
+        a = meter.snap()
+        res = await snd.ask(
+            t, cmd="fan", variant=variant, kind=kind, n=n, chunk=chunk, window=window
+        )
+        b = meter.snap()
+        done = await rcv.ask(t, cmd="fan_disarm")
+        if res["members_done"] != m or done["members_done"] != m or res["t_last"] <= res["t0"]:
+            raise RuntimeError(
+                f"{variant}/{kind}: {res['members_done']} + {done['members_done']} "
+                f"of 2 x {m} members got all {n}"
+            )
+        frames_in = fpp = None
+        if variant == "metakit":
+            asks = -(-n // window)  # the window calls reach the receiver node too
+            got = done["stats"]["messages_in"] - armed["stats"]["messages_in"]
+            frames_in = (got - asks) / n
+            msgs = res["after"]["messages_out"] - res["before"]["messages_out"]
+            pubs = res["after"]["batches_out"] - res["before"]["batches_out"]
+            fpp = msgs / pubs if pubs else None
+        seconds = res["t_last"] - res["t0"]
+        return FanRun(variant, kind, n, 2 * m, seconds, meter.diff(a, b), frames_in, fpp)
+
     async def again(self, result: LoopResult, run: Callable[[], Any]) -> Any:
         """A run, done again (up to --retries) while other programs took > NOISY % of a core."""
         best = None
@@ -858,17 +1412,20 @@ class Bench:
             result.notes.append(f"the machine was busy ({100 * busy:.0f}% of a core) at the start")
         elif waited >= 1:
             result.notes.append(f"waited {waited:.0f} s for other programs to go idle")
-        if opts.phases & {"send", "call"}:
+        if opts.phases & {"send", "call", *FAN_KINDS}:
             await self.pair_phases(loop, result)
         if "down" in opts.phases:
             await self.node_down(loop, result)
+        if "singleton" in opts.phases:
+            await self.singleton(loop, result)
         return result
 
     async def pair_phases(self, loop: str, result: LoopResult) -> None:
-        """The send and call rounds, between one sender and one receiver process."""
+        """The send, call and fan-out rounds, between one sender and one receiver process."""
         opts, p = self.opts, self.p
         sends = "send" in opts.phases
         calls = "call" in opts.phases
+        fans = [k for k in FAN_KINDS if k in opts.phases]
         prof = {}
         if opts.profile_dir:
             prof = {r: str(Path(opts.profile_dir) / f"{r}-{loop}.prof") for r in ("snd", "rcv")}
@@ -885,6 +1442,11 @@ class Bench:
             f"pinning: sender CPU {affinity(snd.pid)}, receiver CPU {affinity(rcv.pid)}, "
             f"nats-server CPU {affinity(self.server_pid)}"
         )
+        if fans:  # the members (and the producer first: the receiver subscribes to it)
+            m = opts.members
+            await snd.ask(p.timeout, cmd="fan_setup", members=m)
+            await rcv.ask(p.timeout, cmd="fan_setup", members=m)
+            await snd.ask(p.timeout, cmd="fan_attach", members=m, suffix="")
         meter = Meter(snd.pid, rcv.pid, self.server_pid)
         print(f"  {loop}: warm-up...", file=sys.stderr, flush=True)
         for payload in opts.payloads if sends else ():
@@ -892,6 +1454,9 @@ class Bench:
                 await self.send_run(snd, rcv, meter, v, payload, max(1, p.messages[payload] // 10))
         for v in CALL_VARIANTS if calls else ():
             await self.call_run(snd, rcv, meter, v, max(1, p.calls // 10))
+        for kind in fans:
+            for v in FAN_VARIANTS:
+                await self.fan_run(snd, rcv, meter, v, kind, max(1, p.fanouts // 10))
         for i in range(p.repeat):
             print(f"  {loop}: round {i + 1} of {p.repeat}...", file=sys.stderr, flush=True)
             for payload in opts.payloads if sends else ():
@@ -910,6 +1475,13 @@ class Bench:
                     return self.call_run(snd, rcv, meter, v, p.calls)
 
                 result.calls.setdefault(v, []).append(await self.again(result, one_call))
+            for kind in fans:
+                for v in FAN_VARIANTS if i % 2 == 0 else FAN_VARIANTS[::-1]:
+
+                    def one_fan(v: str = v, kind: str = kind) -> Any:
+                        return self.fan_run(snd, rcv, meter, v, kind, p.fanouts)
+
+                    result.fans.setdefault((kind, v), []).append(await self.again(result, one_fan))
         await self.retire(snd)
         await self.retire(rcv)
 
@@ -945,6 +1517,93 @@ class Bench:
                 self.children.remove(victim)
             result.downs[hb] = took
             await self.retire(watcher)
+
+    async def singleton(self, loop: str, result: LoopResult) -> None:
+        """Singleton failover, metakit's and the raw lease's, for each heartbeat."""
+        opts, p = self.opts, self.p
+        for j, hb in enumerate(p.heartbeats):
+            tag = f"hb{hb:g}".replace(".", "_")
+            ttl = max(1, math.ceil(3 * hb))  # metakit's lease TTL (Cluster._ttl), for both
+            watch, bucket = f"lwatch-{loop}-{tag}", f"raw-lease-{tag}"
+            watcher = await self.spawn(
+                "sender", f"{watch}@bench", loop, opts.sender_cpu, heartbeat=hb
+            )
+            await watcher.ask(10.0, cmd="leader_watch", name=watch, bucket=bucket, ttl=ttl)
+            for v in LEASE_VARIANTS if j % 2 == 0 else LEASE_VARIANTS[::-1]:
+                print(
+                    f"  {loop}: singleton failover ({v}), heartbeat {hb:g} s...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                result.failovers[(v, hb)] = await self.failover_runs(
+                    watcher, loop, tag, hb, ttl, v, watch, bucket, result
+                )
+            await self.retire(watcher)
+
+    async def failover_runs(
+        self,
+        watcher: Child,
+        loop: str,
+        tag: str,
+        hb: float,
+        ttl: int,
+        variant: str,
+        watch: str,
+        bucket: str,
+        result: LoopResult,
+    ) -> list[Failover]:
+        """``--contenders`` nodes compete; SIGKILL the holder's, time the next instance
+        (announced to the watcher with its start time), start a new contender; again."""
+        opts, p = self.opts, self.p
+        rng = random.Random(f"{loop}-{tag}-singleton")  # the same pauses for both variants
+        name = f"leader-{loop}-{tag}"
+        wait = 3 * hb + FAILOVER_SLACK + 10.0
+        contenders: dict[str, Child] = {}
+        started = 0
+
+        async def contender() -> None:
+            nonlocal started
+            node = f"c{started}-{variant}-{loop}-{tag}@bench"
+            started += 1
+            child = await self.spawn("contender", node, loop, opts.receiver_cpu, heartbeat=hb)
+            contenders[node] = child
+            await child.ask(
+                10.0 + 2 * hb,
+                cmd="contend",
+                variant=variant,
+                name=name,
+                watch=watch,
+                bucket=bucket,
+                ttl=ttl,
+            )
+
+        for _ in range(opts.contenders):
+            await contender()
+        first = await watcher.ask(wait, cmd="wait_leader", variant=variant, name=name, exclude="")
+        holder = first["node"]
+        took: list[Failover] = []
+        for _ in range(p.failovers):
+            # Past a renewal, then the kill's phase against them.
+            await asyncio.sleep(hb + rng.uniform(0, hb))
+            victim = contenders.pop(holder)
+            t_kill = time.monotonic()
+            victim.kill()
+            got = await watcher.ask(
+                wait, cmd="wait_leader", variant=variant, name=name, exclude=holder
+            )
+            t_name = got["t_name"]
+            name_s = None if t_name is None else t_name - t_kill
+            took.append(Failover(got["t"] - t_kill, name_s, got["extra"]))
+            await victim.proc.wait()
+            self.children.remove(victim)
+            holder = got["node"]
+            await contender()  # as many contenders for the next kill
+        for child in contenders.values():
+            try:
+                await self.retire(child)
+            except TimeoutError:  # killed instead; the result stands
+                result.notes.append(f"{child.name} did not stop within 10 s of its stdin closing")
+        return took
 
 
 # ============================================================ reporting
@@ -987,6 +1646,19 @@ def call_row(r: CallRun, loop: str) -> str:
     )
 
 
+def fan_row(r: FanRun, loop: str) -> str:
+    c = r.cpu
+    fin = f"{r.frames_in:7.3f}" if r.frames_in is not None else f"{'-':>7}"
+    fpp = f"{r.frames_per_pub:6.0f}" if r.frames_per_pub else f"{'-':>6}"
+    return (
+        f"{r.variant:<8} {r.kind:<6} {loop:<8} {r.rate:9,.0f} {r.rate * r.members:10,.0f} "
+        f"{r.us_per_fan(c.sender):7.1f} {r.us_per_fan(c.sender_sys):5.1f} "
+        f"{r.us_per_fan(c.receiver):7.1f} {r.us_per_fan(c.receiver_sys):5.1f} "
+        f"{r.us_per_fan(c.server):6.1f} {c.pct(c.sender):5.0f} {c.pct(c.receiver):5.0f} "
+        f"{c.pct(c.server):5.0f} {c.pct(c.other):5.0f} {fin} {fpp}"
+    )
+
+
 def paired(ours: list[Any], theirs: list[Any], value: Callable[[Any], float]) -> list[float]:
     return [value(a) / value(b) for a, b in zip(ours, theirs, strict=True)]
 
@@ -996,8 +1668,12 @@ def report(results: list[LoopResult], opts: argparse.Namespace, p: Params) -> No
         send_table(results, opts, p)
     if "call" in opts.phases:
         call_table(results, p)
+    if set(FAN_KINDS) & opts.phases:
+        fan_table(results, opts, p)
     if "down" in opts.phases:
         down_table(results)
+    if "singleton" in opts.phases:
+        failover_table(results, opts)
     legend(results)
     for res in results:
         ratios(res, opts)
@@ -1043,6 +1719,29 @@ def call_table(results: list[LoopResult], p: Params) -> None:
                 print(call_row(min(runs, key=lambda r: r.p50), res.loop))
 
 
+def fan_table(results: list[LoopResult], opts: argparse.Namespace, p: Params) -> None:
+    print()
+    print(
+        f"fan-out: {p.fanouts:,} x (i, 32 B) per run, each to 2 x {opts.members} members "
+        f"(group: send_group; event: send_event to subscribers), chunks of {opts.fan_chunk} "
+        f"with a loop turn between, at most 2 x {opts.fan_window} in flight; "
+        f"best of {p.repeat} rounds; CPU per fan-out"
+    )
+    head = (
+        f"{'variant':<8} {'kind':<6} {'loop':<8} {'fan/s':>9} {'deliv/s':>10} {'snd us':>7} "
+        f"{'(sys)':>5} {'rcv us':>7} {'(sys)':>5} {'srv us':>6} {'snd%':>5} {'rcv%':>5} "
+        f"{'srv%':>5} {'oth%':>5} {'rfr/fan':>7} {'fr/pub':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        for kind in FAN_KINDS:
+            for v in FAN_VARIANTS:
+                runs = res.fans.get((kind, v))
+                if runs:
+                    print(fan_row(max(runs, key=lambda r: r.rate), res.loop))
+
+
 def down_table(results: list[LoopResult]) -> None:
     print()
     print("node down: SIGKILL of the receiver node -> Down at a monitoring Process elsewhere")
@@ -1062,6 +1761,32 @@ def down_table(results: list[LoopResult]) -> None:
             )
 
 
+def failover_table(results: list[LoopResult], opts: argparse.Namespace) -> None:
+    print()
+    print(
+        f"singleton failover: {opts.contenders} contender nodes; SIGKILL of the one running "
+        "the instance -> the instance starting on another node"
+    )
+    head = (
+        f"{'variant':<8} {'loop':<8} {'heartbeat':>9} {'ttl':>4} {'kills':>5} {'min s':>7} "
+        f"{'median s':>8} {'max s':>7} {'name s':>7} {'extra':>5}   target"
+    )
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        for (v, hb), runs in res.failovers.items():
+            took = [f.seconds for f in runs]
+            names = [f.name for f in runs if f.name is not None]
+            name = f"{median(names):7.3f}" if names else f"{'-':>7}"
+            worst, limit = max(took), 3 * hb + FAILOVER_SLACK
+            print(
+                f"{v:<8} {res.loop:<8} {hb:9.1f} {max(1, math.ceil(3 * hb)):4} {len(took):5} "
+                f"{min(took):7.3f} {median(took):8.3f} {worst:7.3f} {name} "
+                f"{sum(f.extra for f in runs):5}   "
+                f"<= 3 x hb + {FAILOVER_SLACK:g} = {limit:g} s {verdict(worst <= limit)}"
+            )
+
+
 def legend(results: list[LoopResult]) -> None:
     print()
     print(
@@ -1069,7 +1794,12 @@ def legend(results: list[LoopResult]) -> None:
         "the nats-server, (sys) its kernel part; snd%/rcv%/srv%: as % of one core over the run; "
         "oth%: other programs (> 10 means disturbed); sflt/k, rflt/k: minor page faults of the "
         "sender/receiver per 1000 messages; fr/pub: metakit frames per NATS message published. "
-        "A process near 100% is the bottleneck of that run."
+        "A process near 100% is the bottleneck of that run. Fan-out: fan/s: fan-outs per second, "
+        "each delivered when every member has it; deliv/s: deliveries (fan/s x members); CPU per "
+        "fan-out; rfr/fan: frames the receiver node got per fan-out (one per node, not per "
+        "member). Failover: the time from the SIGKILL to the new instance's start (metakit: "
+        "Leader.init; raw: the lease won), name s: to its cluster name showing at the watcher; "
+        "extra: instances that started meanwhile but never got the name (should be 0)."
     )
     for res in results:
         for note in res.notes:
@@ -1082,7 +1812,7 @@ def legend(results: list[LoopResult]) -> None:
 
 def ratios(res: LoopResult, opts: argparse.Namespace) -> None:
     """metakit / raw in the same round, median over the rounds, with PASS/MISS."""
-    if not (res.sends or res.calls):
+    if not (res.sends or res.calls or res.fans or res.failovers):
         return
     print()
     print(f"metakit vs raw nats-py on {res.loop} (median of per-round ratios):")
@@ -1104,6 +1834,33 @@ def ratios(res: LoopResult, opts: argparse.Namespace) -> None:
         print(f"  {'call p99 / raw':<30} {median(r):6.2f}x  (no target)  rounds: {spread(r)}")
         r = paired(res.calls["node.call"], res.calls["raw"], lambda r: r.p50)
         print(f"  {'node.call p50 / raw':<30} {median(r):6.2f}x  (reference)   rounds: {spread(r)}")
+    for kind in FAN_KINDS:
+        if (kind, "metakit") not in res.fans:
+            continue
+        fan_mk, fan_raw = res.fans[(kind, "metakit")], res.fans[(kind, "raw")]
+        r = paired(fan_mk, fan_raw, lambda r: r.rate)
+        if FAN_TARGET is not None:
+            print(ratio_line(f"{kind} fan-outs/s / raw", r, FAN_TARGET, False))
+        else:
+            print(
+                f"  {kind + ' fan-outs/s / raw':<30} {median(r):6.2f}x  (no target)  "
+                f"rounds: {spread(r)}"
+            )
+        frames = [f.frames_in or 0.0 for f in fan_mk]
+        fin = median(frames)
+        print(
+            f"  {kind + ' frames in/fan-out':<30} {fin:6.3f}   (target 1, one per node: "
+            f"{verdict(abs(fin - 1) < 0.005)})  rounds: {spread(frames)}"
+        )
+    for (v, hb), runs in res.failovers.items():
+        raw_runs = res.failovers.get(("raw", hb))
+        if v != "metakit" or not raw_runs:
+            continue
+        r = paired(runs, raw_runs, lambda f: f.seconds)
+        print(
+            f"  {f'failover hb {hb:g} / raw':<30} {median(r):6.2f}x  (no target)  "
+            f"kills: {spread(r)}"
+        )
 
 
 def every_run(results: list[LoopResult], opts: argparse.Namespace) -> None:
@@ -1117,8 +1874,17 @@ def every_run(results: list[LoopResult], opts: argparse.Namespace) -> None:
         for v in CALL_VARIANTS:
             for c in res.calls.get(v, []):
                 print("  " + call_row(c, res.loop) + f"  {c.cpu.wall:.3f} s")
+        for kind in FAN_KINDS:
+            for v in FAN_VARIANTS:
+                for f in res.fans.get((kind, v), []):
+                    print("  " + fan_row(f, res.loop) + f"  {f.seconds:.3f} s")
         for hb, took in res.downs.items():
             print(f"  down {res.loop} heartbeat {hb:g}: " + " ".join(f"{t:.3f}" for t in took))
+        for (v, hb), runs in res.failovers.items():
+            print(
+                f"  failover {v} {res.loop} heartbeat {hb:g}: "
+                + " ".join(f"{f.seconds:.3f}" for f in runs)
+            )
 
 
 def _package(filename: str, func: str) -> str:
@@ -1254,6 +2020,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, help="messages per small-payload send run")
     parser.add_argument("--calls", type=int, help="calls per call run (10000)")
     parser.add_argument("--kills", type=int, help="node kills per heartbeat and loop (3)")
+    parser.add_argument("--fanouts", type=int, help="fan-outs per group/event run (50000)")
+    parser.add_argument("--members", type=int, default=50, help="fan-out members per node (50)")
+    parser.add_argument("--fan-chunk", type=int, default=100, help="fan-outs between loop turns")
+    parser.add_argument("--fan-window", type=int, default=500, help="fan-outs per members' ack")
+    parser.add_argument(
+        "--failovers", type=int, help="singleton kills per heartbeat, variant and loop (3)"
+    )
+    parser.add_argument("--contenders", type=int, default=3, help="singleton contender nodes (3)")
     parser.add_argument(
         "--heartbeat", type=float, action="append", help="repeatable; default 1.0 and 0.2"
     )
@@ -1266,11 +2040,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", help="pin the nats-server, e.g. 0,1 (default: as is)")
     parser.add_argument("--profile", action="store_true", help="cProfile the metakit runs")
     parser.add_argument(
-        "--phase", action="append", choices=("send", "call", "down"), help="repeatable; default all"
+        "--phase",
+        action="append",
+        metavar="PHASE[,PHASE...]",
+        help=f"repeatable or comma-separated, of {', '.join(PHASES)}; default all",
     )
     parser.add_argument("--payload", action="append", choices=PAYLOADS, help="repeatable")
     # internal: the child processes
-    parser.add_argument("--child", choices=("sender", "receiver"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=("sender", "receiver", "contender"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--node", help=argparse.SUPPRESS)
     parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)
@@ -1292,6 +2071,10 @@ def main(argv: list[str] | None = None) -> int:
         changes["calls"] = max(1, opts.calls)
     if opts.kills:
         changes["kills"] = max(1, opts.kills)
+    if opts.fanouts:
+        changes["fanouts"] = max(1, opts.fanouts)
+    if opts.failovers:
+        changes["failovers"] = max(1, opts.failovers)
     if opts.heartbeat:
         changes["heartbeats"] = tuple(opts.heartbeat)
     if opts.retries is not None:
@@ -1301,6 +2084,10 @@ def main(argv: list[str] | None = None) -> int:
     p = Params(**{**p.__dict__, **changes})
     if opts.chunk < 1 or opts.window < opts.chunk or opts.window % opts.chunk:
         parser.error("--window must be a multiple of --chunk")
+    if opts.fan_chunk < 1 or opts.fan_window < opts.fan_chunk or opts.fan_window % opts.fan_chunk:
+        parser.error("--fan-window must be a multiple of --fan-chunk")
+    if opts.members < 1 or opts.contenders < 2:
+        parser.error("--members must be >= 1 and --contenders >= 2")
 
     cpus = os.sched_getaffinity(0)
     if len(cpus) < 2:
@@ -1310,7 +2097,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.server_cpus is not None:
         opts.server_cpus = {int(c) for c in opts.server_cpus.split(",")}
     opts.loops = LOOPS if opts.loop == "both" else (opts.loop,)
-    opts.phases = set(opts.phase or ("send", "call", "down"))
+    opts.phases = {x.strip() for arg in opts.phase or PHASES for x in arg.split(",") if x.strip()}
+    if opts.phases - set(PHASES):
+        parser.error(f"unknown --phase {sorted(opts.phases - set(PHASES))}; of {', '.join(PHASES)}")
     opts.payloads = tuple(x for x in PAYLOADS if x in (opts.payload or PAYLOADS))
     with contextlib.ExitStack() as stack:
         opts.profile_dir = None
