@@ -410,3 +410,24 @@ async def test_client_lifecycle(key: asyncssh.SSHKey) -> None:
             exercise=exercise,
             endings=("kill", "parent", "stop"),
         )
+
+
+async def test_authorized_keys_from_a_file_or_text_and_a_plain_password_check(
+    probe: Any, key: asyncssh.SSHKey, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "authorized_keys"
+    keys_file.write_text(f"# ours\n{public(key)}\n")
+    for given in (keys_file, str(keys_file), f"# ours\n{public(key)}\n"):
+        worker, server = await serve(probe, key, authorized_keys=given)
+        async with login(server, key) as conn:
+            await conn.create_session(asyncssh.SSHClientSession, "x")
+            assert (await worker.receive()).user == "ada"
+        worker.node.send_exit(server.id, "normal")
+    worker, server = await serve(
+        probe, key, authorized_keys=None, password=lambda user, pw: pw == "plain"
+    )
+    host, port = server.address
+    options = {"known_hosts": None, "config": None, "client_keys": None, "username": "bo"}
+    async with asyncssh.connect(host, port, password="plain", **options) as conn:
+        await conn.create_session(asyncssh.SSHClientSession, "y")
+        assert (await worker.receive()).user == "bo"
