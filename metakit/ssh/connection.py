@@ -17,8 +17,9 @@ What is SSH's own:
   (``pause_writing``), as a socket's are;
 * an EOF (``^D``, or the end of a piped stdin) keeps the channel open for
   writing until the worker has answered what it read, as TCP's half-close;
-* a server session ended with ``"normal"`` sends exit status 0 (any other
-  reason, 1) and closes after the queued writes; ``"kill"`` aborts the
+* a server session ended with ``"normal"``, or by the client's EOF once the
+  worker has answered, sends exit status 0 (any other reason, 1) and closes
+  after the queued writes; ``"kill"`` aborts the
   channel; a client session's end is the remote command's exit status.
 * with a line editor (a pty session on a server made with
   ``line_editor=True``) asyncssh echoes and edits the input and hands over

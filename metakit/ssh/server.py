@@ -167,7 +167,9 @@ class _ServerSession(SSHConnection, asyncssh.SSHServerSession[bytes]):
         self.open(worker, SSHConnect(self.id, self.user or "", self.command, self.term, self.peer))
 
     def _close_channel(self, chan: Any, reason: Any) -> None:
-        chan.exit(0 if reason == "normal" else 1)  # after the queued writes
+        # After the queued writes. Status 0 when the worker ended it, or when the
+        # client sent EOF and had its answers (``ssh host cmd < file``); else 1.
+        chan.exit(0 if reason in ("normal", "closed") else 1)
 
 
 class SSHServer(Meta):

@@ -112,6 +112,8 @@ async def test_a_shell_with_a_pty_and_eof(probe: Any, key: asyncssh.SSHKey) -> N
         worker.send(connect.conn, SSHMessage(connect.conn, b"after eof"))
         assert await asyncio.wait_for(stdout.read(), TIMEOUT) == b"after eof"
         assert await worker.receive() == SSHDisconnect(connect.conn, "closed")
+        await asyncio.wait_for(stdout.channel.wait_closed(), TIMEOUT)
+        assert stdout.channel.get_exit_status() == 0  # answered, then closed on its EOF
 
 
 async def test_a_wrong_key_or_password_is_refused(probe: Any, key: asyncssh.SSHKey) -> None:
