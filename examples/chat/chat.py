@@ -398,7 +398,7 @@ class Lobby(Process):
                 self.seats.pop(conn, None)  # and its room gets an Exit
             case RoomEmpty(name, pid):
                 room = self.rooms.get(name)
-                if room is not None and await self.room_pid(room, missing=None) == pid:
+                if room is not None and await self.room_pid(room) == pid:
                     await self.close_room(room)
             case Down(_, watch, reason) if watch in self.watches:
                 self.room_ended(self.watches.pop(watch), reason)
@@ -482,9 +482,7 @@ class Lobby(Process):
             return found
         room = self.rooms.get(name)
         if room is not None:
-            # Ours, between a crash and its restart: ask its supervisor.
-            pid: PID = await self.room_pid(room)
-            return pid
+            return await self.room_of(room)  # ours, between a crash and its restart
         spec = ChildSpec(
             Room,
             args=(name, self.pid, self.settings.crash_demo, self.cluster),
@@ -501,21 +499,23 @@ class Lobby(Process):
         # Watched, not linked: a room's supervisor giving up ends that room, not the lobby.
         room = OpenRoom(name, supervisor, self.monitor(supervisor))
         self.rooms[name] = self.watches[room.watch] = room
+        return await self.room_of(room)
+
+    async def room_of(self, room: OpenRoom) -> PID:
+        """:meth:`room_pid`, or ``NoProcess`` if it has none."""
         pid = await self.room_pid(room)
+        if pid is None:
+            raise metakit.NoProcess(room.name)
         return pid
 
-    async def room_pid(self, room: OpenRoom, missing: Any = metakit.NoProcess) -> Any:
+    async def room_pid(self, room: OpenRoom) -> PID | None:
         """The room's process now (asked of its supervisor: it may have restarted
-        it); ``missing`` if it has none (raised if an exception class)."""
+        it), or None."""
         try:
             [(_, pid)] = await self.call(room.supervisor, "which_children")
         except (metakit.NoProcess, metakit.ProcessExited):
-            pid = None  # its supervisor has given up: its Down is on the way
-        if pid is None:
-            if isinstance(missing, type) and issubclass(missing, Exception):
-                raise missing(room.name)
-            return missing
-        return pid
+            return None  # its supervisor has given up: its Down is on the way
+        return pid  # type: ignore[no-any-return]
 
     async def close_room(self, room: OpenRoom) -> None:
         """Stop an empty room: its supervisor, which stops the room process."""

@@ -112,13 +112,19 @@ class Singleton:
                 return False
             if c._loop.time() - self._renewed >= hb / 2:
                 try:
-                    put = c._liveness._put(self._subject, value, self._rev)
-                    self._rev = await asyncio.wait_for(put, hb / 4)
-                    self._renewed = c._loop.time()
+                    await self._renew(value)
                 except Exception:
                     return False
             await asyncio.sleep(hb / 8)
         return True
+
+    async def _renew(self, value: bytes) -> None:
+        """Renew the lease on its revision; one that does not come back within a
+        quarter heartbeat counts as failed (the lease clock does not wait)."""
+        c = self._cluster
+        put = c._liveness._put(self._subject, value, self._rev)
+        self._rev = await asyncio.wait_for(put, c.heartbeat / 4)
+        self._renewed = c._loop.time()
 
     def _name_held(self) -> bool:
         holder = self._cluster._names.holder(self.name)
@@ -147,9 +153,7 @@ class Singleton:
                     await self._release()
                     continue
                 try:
-                    put = c._liveness._put(self._subject, value, self._rev)
-                    self._rev = await asyncio.wait_for(put, hb / 4)
-                    self._renewed = c._loop.time()
+                    await self._renew(value)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     # A renewal given up on may still have landed: adopt it if it is
                     # ours; anyone else's means the lease is gone (the clock decides).

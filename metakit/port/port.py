@@ -213,15 +213,19 @@ class Port(StreamConnection, asyncio.SubprocessProtocol):
         self._exited = True
         self._returncode = self._transport.get_returncode()
         self._mark_done()
-        if self._stdout_open and self._stopping is None and self._early is None:
-            # Its group still holds stdout: give it kill_grace, then stop it.
-            self._stopping = self.create_task(self._stop_group(), name=f"metakit port {self.id!r}")
+        if self._stdout_open and self._early is None:
+            self._stop()  # its group still holds stdout: give it kill_grace, then stop it
         self._check_done()
 
     def _exited_early(self) -> None:
-        if self._stdout_open and self._stopping is None:
-            self._stopping = self.create_task(self._stop_group(), name=f"metakit port {self.id!r}")
+        if self._stdout_open:
+            self._stop()
         self._check_done()
+
+    def _stop(self) -> None:
+        """Start the stop sequence (:meth:`_stop_group`), once."""
+        if self._stopping is None:
+            self._stopping = self.create_task(self._stop_group(), name=f"metakit port {self.id!r}")
 
     def _mark_done(self) -> None:
         # The program has exited and its output is read to the end.
@@ -268,7 +272,7 @@ class Port(StreamConnection, asyncio.SubprocessProtocol):
             return
         self._stop_reason = reason
         self.writable = False  # later writes are dropped and counted
-        self._stopping = self.create_task(self._stop_group(), name=f"metakit port {self.id!r}")
+        self._stop()
 
     async def _stop_group(self) -> None:
         """Close stdin; SIGTERM the group after ``kill_grace``, SIGKILL after another."""
@@ -324,8 +328,8 @@ class Port(StreamConnection, asyncio.SubprocessProtocol):
             return
         if abort:
             self._signal_group(signal.SIGKILL)
-        elif self._stopping is None:
-            self._stopping = self.create_task(self._stop_group(), name=f"metakit port {self.id!r}")
+        else:
+            self._stop()
         self.create_task(self._close_when_exited(), name=f"metakit port close {self.id!r}")
 
     async def _close_when_exited(self) -> None:

@@ -219,7 +219,9 @@ class Console(Process):
                 return 1, f"refused: {argv[0]} is an action, and actions are off"
             return 1, f"unknown command: {argv[0]}; try help"
         try:
-            result = await command(*argv[1:]) if _is_async(command) else command(*argv[1:])
+            result = command(*argv[1:])
+            if inspect.isawaitable(result):
+                result = await result
         except _Refused as exc:
             return 1, f"error: {exc}"
         except TypeError:
@@ -244,8 +246,9 @@ class Console(Process):
     def target(self, text: str) -> PID | Alias:
         """A live process or meta of this node: a name, or an id as ``ps`` prints it."""
         ident = text.removeprefix("<PID ").removeprefix("<Alias ").removesuffix(">")
-        if ident in self.node.names():
-            return self.node.names()[ident]
+        names = self.node.names()
+        if ident in names:
+            return names[ident]
         node, dot, low = ident.rpartition(".")
         if dot and low.isdigit():
             live: list[PID | Alias] = [*self.node.processes(), *self.node.metas()]
@@ -493,10 +496,6 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise _Refused(f"not JSON: {exc}") from None
-
-
-def _is_async(func: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(func)
 
 
 def _rss_kib() -> int | None:
