@@ -60,7 +60,10 @@ byte streams): the meta takes no more writes from its mailbox, whose bound
 then raises ``MailboxFull`` at the writer, and it stops *reading* too — a
 peer that does not read its answers sends no more requests, so an echo's
 memory stays bounded by the transport's buffer, not by the peer.
-:meth:`Connection.resume_writing` undoes both.
+:meth:`Connection.resume_writing` takes writes again at once, and reads
+again once the writes held meanwhile are written (a transport that pauses
+again after a few writes, as an SSH channel's window does, would otherwise
+take reads faster than it writes their answers).
 
 Hooks an adapter implements (all plain, non-blocking):
 
@@ -211,6 +214,7 @@ class Connection(Meta):
         "_mk_sender",
         "_mk_timer",
         "_mk_wblocked",
+        "_mk_wdrain",
         "_mk_worker",
         "_mk_worker_ref",
         "_mk_writes",
@@ -254,6 +258,7 @@ class Connection(Meta):
         self._mk_pending_end: Any = None
         self._mk_paused = False  # the worker is behind
         self._mk_wblocked = False  # the transport's write buffer is full
+        self._mk_wdrain = False  # writes held meanwhile are still queued: read later
         self._mk_reading = True  # what the transport was last told
         self._mk_eof = False
         self._mk_closed = False  # the transport is closed or closing
@@ -411,11 +416,22 @@ class Connection(Meta):
             self._mk_update_reading()
 
     def resume_writing(self) -> None:
-        """The write buffer has drained: take writes and read again."""
+        """The write buffer has drained: take writes, and read again once the
+        writes held meanwhile are written."""
         if self._mk_worker is not None:
             self._mk_wblocked = False
             self._mk_update_hold()
+            # Reading at once would let a transport that pauses again after a
+            # few writes (an SSH channel's window) take reads faster than it
+            # writes their answers, until the held writes overflow the mailbox.
+            if self._mk_q and not self._mk_wdrain:
+                self._mk_wdrain = True
+                self._mk_notify(self._mk_writes_drained)
             self._mk_update_reading()
+
+    def _mk_writes_drained(self) -> None:
+        self._mk_wdrain = False
+        self._mk_update_reading()
 
     # -- what the worker and others see ----------------------------------------------
 
@@ -564,7 +580,13 @@ class Connection(Meta):
         return True
 
     def _mk_update_reading(self) -> None:
-        want = not (self._mk_paused or self._mk_wblocked or self._mk_eof or self._mk_closed)
+        want = not (
+            self._mk_paused
+            or self._mk_wblocked
+            or self._mk_wdrain
+            or self._mk_eof
+            or self._mk_closed
+        )
         if want != self._mk_reading:
             self._mk_reading = want
             if not self._mk_closed and not self._mk_eof:

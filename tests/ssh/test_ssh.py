@@ -433,3 +433,65 @@ async def test_authorized_keys_from_a_file_or_text_and_a_plain_password_check(
     async with asyncssh.connect(host, port, password="plain", **options) as conn:
         await conn.create_session(asyncssh.SSHClientSession, "y")
         assert (await worker.receive()).user == "bo"
+
+
+class RawEcho(metakit.Process):
+    """Echoes every chunk as it is (``Raw`` framing), counting refused writes."""
+
+    async def init(self, key: asyncssh.SSHKey) -> None:
+        self.server = SSHServer("127.0.0.1", 0, authorized_keys=[public(key)])
+        await self.spawn_meta(self.server)
+        self.refused = 0
+
+    def handle_call(self, sender: metakit.Caller, request: Any) -> Any:
+        return self.server.address if request == "address" else self.refused
+
+    def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        if isinstance(message, SSHMessage):
+            try:
+                self.send(message.conn, message)
+            except metakit.MailboxFull:
+                self.refused += 1
+
+
+class Stop(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    """Counts what it reads; ``more`` is set by every read."""
+
+    def __init__(self) -> None:
+        self.got = 0
+        self.more = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self.got += len(data)
+        self.more.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended.set()
+
+
+async def test_held_writes_drain_before_reading_resumes(node: Node, key: asyncssh.SSHKey) -> None:
+    """A client that reads its echo in bursts: the channel's window pauses the
+    server's writes after a few, while the client's data waits in the
+    channel. Reading resumes only once the held writes are written, so the
+    echo's writes never overflow the session's mailbox; all comes back."""
+    pid = await node.spawn(RawEcho, key)
+    host, port = await node.call(pid, "address")
+    async with asyncssh.connect(
+        host, port, username="ada", client_keys=[key], known_hosts=None, config=None
+    ) as conn:
+        chan, session = await conn.create_session(Stop, "echo", encoding=None, window=65536)
+        block, sent = os.urandom(32768), 0
+        for _ in range(100):  # 50 MiB in bursts of 512 KiB
+            chan.pause_reading()
+            for _ in range(16):
+                chan.write(block)
+                sent += len(block)
+            await asyncio.sleep(0)  # let the server take some in while its writes are stuck
+            chan.resume_reading()
+            session.more.clear()
+            await asyncio.wait_for(session.more.wait(), TIMEOUT)
+        chan.write_eof()  # the echo exits once it has answered everything
+        await asyncio.wait_for(session.ended.wait(), 60)
+        assert (session.got, chan.get_exit_status()) == (sent, 0)
+    assert await node.call(pid, "refused") == 0
