@@ -13,11 +13,15 @@ What is SSE's own:
   goes away is seen when a write fails or, between events, by the
   heartbeat: a comment line (``:``) every ``heartbeat`` seconds that also
   keeps proxies from timing the stream out;
-* a write is aiohttp's ``StreamResponse.write`` coroutine, driven by hand
-  (:mod:`metakit._eager`): it completes at once unless the socket must
-  drain, and then the stream holds its writes (``pause_writing``) until it
+* aiohttp sends the headers in ``prepare``; after that an event on a
+  chunked response (HTTP/1.1, uncompressed: always, here) is its chunk
+  written straight to the transport, framed as aiohttp frames it (a
+  ``broadcast`` frames it once for every stream). Past aiohttp's own drain
+  threshold the stream drains through aiohttp's writer (``request.writer.drain``), driven by hand
+  (:mod:`metakit._eager`), and holds its writes (``pause_writing``) until it
   has, so the stream's bounded mailbox pushes back on the worker with
-  ``MailboxFull`` and a ``broadcast`` skips (and counts) a frozen client;
+  ``MailboxFull`` and a ``broadcast`` skips (and counts) a frozen client.
+  Any other response (HTTP/1.0) writes with ``StreamResponse.write``;
 * the response says ``Cache-Control: no-cache`` and ``X-Accel-Buffering:
   no`` (no proxy holds events back) and is never compressed (a compressor
   buffers);
@@ -51,6 +55,7 @@ __all__ = ["SSEConnection", "SSEHandler", "SSEHandlerStatistics", "encode_event"
 
 _LINES = re.compile(r"\r\n|\r|\n")  # what ends a line in an event stream (and nothing else)
 _HEARTBEAT = b":\n\n"
+_DRAIN_AT = 0x10000  # buffered bytes past which aiohttp's own writer drains
 _HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache, no-transform",
@@ -98,6 +103,7 @@ class SSEConnection(Connection):
 
     __slots__ = (
         "_beat",
+        "_direct",
         "_done",
         "_heartbeat",
         "_json",
@@ -134,6 +140,15 @@ class SSEConnection(Connection):
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._nevents = 0  # written by handle_message below (writes_counted)
         self._nbytes = 0
+        # The headers are out (prepare sent them): a chunked response's events can
+        # go straight to the transport, framed as aiohttp would.
+        transport = request.transport
+        direct = (
+            response.prepared
+            and response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+            and "Content-Encoding" not in response.headers
+        )
+        self._direct: asyncio.Transport | None = transport if direct else None
 
     # -- the handler's side ----------------------------------------------------------
 
@@ -224,16 +239,23 @@ class SSEConnection(Connection):
         payload = self._encode(data, None, None, None)
         return 0 if payload is None else self._send(payload)
 
-    def prepare(self, data: Any) -> bytes | None:
-        """For a broadcast: the event, encoded once for every stream of this codec."""
+    def prepare(self, data: Any) -> tuple[bytes, bytes] | None:
+        """For a broadcast: the event, encoded (and chunk-framed) once for every
+        stream of this codec."""
         try:
-            return encode_event(data, json=self._json)
+            payload = encode_event(data, json=self._json)
         except TypeError:
             return None  # each stream says so, and ends, in write()
+        return payload, b"%x\r\n%s\r\n" % (len(payload), payload)
 
     def write_prepared(self, data: Any, prepared: Any) -> int:
         """For a broadcast: write the event ``prepare`` encoded."""
-        return self.write(data) if prepared is None else self._send(prepared)
+        if prepared is None:
+            return self.write(data)
+        transport = self._direct
+        if transport is not None and self._writing is None:
+            return self._send_chunk(transport, prepared[1], len(prepared[0]))
+        return self._send(prepared[0])
 
     def _encode(self, data: Any, event: Any, id_: Any, retry: Any) -> bytes | None:
         try:
@@ -246,8 +268,28 @@ class SSEConnection(Connection):
 
     def _send(self, payload: bytes) -> int:
         """Write encoded bytes; how many."""
+        transport = self._direct
+        if transport is not None and self._writing is None:
+            return self._send_chunk(
+                transport, b"%x\r\n%s\r\n" % (len(payload), payload), len(payload)
+            )
+        return self._drive(self._response.write(payload), len(payload))
+
+    def _send_chunk(self, transport: asyncio.Transport, chunk: bytes, size: int) -> int:
+        """Write one framed chunk of ``size`` event bytes to the transport; ``size``."""
+        if transport.is_closing():
+            self._gone("closed")
+            return 0
+        transport.write(chunk)
+        if transport.get_write_buffer_size() > _DRAIN_AT:
+            self._drive(self._request.writer.drain(), size)
+        return size
+
+    def _drive(self, write: Coroutine[Any, Any, None], size: int) -> int:
+        """Run aiohttp's ``write`` or ``drain`` by hand; if the socket must drain,
+        hold writes until it has. ``size``, or 0 if the client has gone."""
         try:
-            pending = self._pump.run(self._write(payload))
+            pending = self._pump.run(write)
         except Exception:  # the client has gone
             self._gone("closed")
             return 0
@@ -255,10 +297,7 @@ class SSEConnection(Connection):
             self._writing = pending
             self.pause_writing()  # until the socket has drained
             pending.add_done_callback(self._written)
-        return len(payload)
-
-    def _write(self, payload: bytes) -> Coroutine[Any, Any, None]:
-        return self._response.write(payload)
+        return size
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._writing = None

@@ -200,3 +200,31 @@ async def test_max_connections_and_no_worker(node: Node) -> None:
 
 async def test_handler_lifecycle() -> None:
     await check_meta_lifecycle(lambda parent: SSEHandler(parent.pid))
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_the_bytes_on_the_wire(node: Node, version: str) -> None:
+    """HTTP/1.1: each event is one chunk, framed as aiohttp frames it (events go
+    straight to the transport); HTTP/1.0: no chunks, the body until the close."""
+    proc, url = await feed(node, heartbeat=None)
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET /events HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        conn = (await next_message(proc)).conn
+        proc.send(conn, SSEEvent(conn, {"n": 1}, id="7"))
+        assert await node.call(proc.pid, ("broadcast", "two\nlines")) == 1
+        proc.send_exit(conn, "normal")
+        body = await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    one, two = b'id: 7\ndata: {"n":1}\n\n', b'data: "two\\nlines"\n\n'
+    if version == "1.1":
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert body == b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(one), one, len(two), two)
+    else:
+        assert b"transfer-encoding" not in head.lower()
+        assert body == one + two
+    assert isinstance(await next_message(proc), SSEDisconnect)
