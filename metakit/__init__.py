@@ -30,7 +30,7 @@ from .errors import (
     UnknownEvent,
 )
 from .ids import PID, Alias, Ref, Target
-from .info import EventInfo, MetaInfo, ProcessInfo
+from .info import EventInfo, MetaInfo, ProcessCounters, ProcessInfo
 from .messages import NO_REPLY, Caller, Down, EventMessage, Exit, NodeDown
 from .meta import Meta
 from .node import Node
@@ -69,6 +69,7 @@ __all__ = [
     "NodeNotRunning",
     "Pool",
     "Process",
+    "ProcessCounters",
     "ProcessExited",
     "ProcessInfo",
     "Ref",

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .info import MetaInfo, ProcessInfo
+from .ids import PID
+from .info import MetaInfo, ProcessCounters, ProcessInfo
 
 if TYPE_CHECKING:
+    from .mailbox import Mailbox
     from .meta import Meta
     from .process import Process
 
-__all__ = ["meta_info", "process_info"]
+__all__ = ["meta_info", "open_fds", "process_counters", "process_info", "rss_kib"]
 
 
 def process_info(proc: Process) -> ProcessInfo:
@@ -55,3 +59,51 @@ def meta_info(meta: Meta) -> MetaInfo:
         inspect=MappingProxyType(dict(meta.handle_inspect())),
         statistics=meta.statistics(),
     )
+
+
+def process_counters(actors: Iterable[Mailbox]) -> list[ProcessCounters]:
+    """The counters of the processes among ``actors`` (metas are skipped), in order."""
+    rows: list[ProcessCounters] = []
+    append = rows.append
+    # tuple.__new__ skips the NamedTuple's Python-level __new__: a third of the cost.
+    make = tuple.__new__
+    for actor in actors:
+        pid = actor._mk_ident
+        if pid.__class__ is not PID:
+            continue
+        proc: Process = actor  # type: ignore[assignment]
+        pending = len(proc._mk_q) >> 1  # as _mk_pending, without the property call
+        append(
+            make(
+                ProcessCounters,
+                (
+                    pid,
+                    proc._mk_parent,
+                    proc._mk_name,
+                    proc.__class__,
+                    proc._mk_state_name,
+                    pending,
+                    proc._mk_size,
+                    proc._mk_in + pending,
+                    proc._mk_out,
+                ),
+            )
+        )
+    return rows
+
+
+def rss_kib() -> int | None:
+    """This OS process's resident memory in KiB (None where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        return None
+
+
+def open_fds() -> int | None:
+    """How many file descriptors this OS process has open (None without /proc)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .ids import PID, Alias, Ref
 
-__all__ = ["EventInfo", "MetaInfo", "ProcessInfo"]
+__all__ = ["EventInfo", "MetaInfo", "ProcessCounters", "ProcessInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,36 @@ class ProcessInfo:
     events: tuple[str, ...]
     inspect: Mapping[str, str]
     behavior: str = ""
+
+
+class ProcessCounters(NamedTuple):
+    """A process's counters as they were, one row of ``node.process_counters()``.
+
+    A plain tuple, without ``handle_inspect`` or copies of links and
+    monitors: cheap enough to take for ten thousand processes once a second
+    (the observer's page, DESIGN.md §11). :class:`ProcessInfo` has the rest.
+
+    Attributes:
+        pid: the process.
+        parent: who spawned it.
+        name: its registered name, or None.
+        cls: its class (``cls.__name__`` is ``ProcessInfo.behavior``).
+        state: as in :class:`ProcessInfo`.
+        mailbox: messages waiting.
+        mailbox_size: the mailbox bound (0: unbounded).
+        messages_in: messages delivered to it so far (calls included).
+        messages_out: messages and calls it has sent.
+    """
+
+    pid: PID
+    parent: PID
+    name: str | None
+    cls: type
+    state: str
+    mailbox: int
+    mailbox_size: int
+    messages_in: int
+    messages_out: int
 
 
 @dataclass(frozen=True, slots=True)

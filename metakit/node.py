@@ -33,7 +33,7 @@ from ._scheduler import Scheduler
 from ._shutdown import Shutdown
 from .errors import MetakitError, NodeNotRunning, NoProcess
 from .ids import PID, Alias, Target, _next_id
-from .info import EventInfo, MetaInfo, ProcessInfo
+from .info import EventInfo, MetaInfo, ProcessCounters, ProcessInfo
 from .mailbox import Mailbox, current_actor
 from .meta import Meta
 from .process import Process
@@ -425,6 +425,15 @@ class Node:
         if not isinstance(proc, Process):
             raise NoProcess(pid)
         return _introspect.process_info(proc)
+
+    def process_counters(self) -> list[ProcessCounters]:
+        """The counters of every live process, oldest first (DESIGN.md §11).
+
+        What a page that redraws every process once a second needs, and no
+        more: no ``handle_inspect``, nothing copied. :meth:`process_info`
+        gives one process in full.
+        """
+        return _introspect.process_counters(self._registry.table.values())
 
     def meta_info(self, alias: Alias) -> MetaInfo:
         """An immutable snapshot of a live meta-process (its ``statistics()`` included).

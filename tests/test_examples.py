@@ -149,3 +149,53 @@ def test_port_tail(tmp_path: Path) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_observer_demo() -> None:
+    # Run as a user would; read one sample over the stream with aiohttp's client.
+    import asyncio
+    import re
+    import signal
+    from typing import Any
+
+    import aiohttp
+
+    with subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "observer_demo.py"), "--port", "0", "--processes", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.fullmatch(r"observer at (http://127\.0\.0\.1:\d+/)\?token=(\S+)\n", line)
+            assert match, line
+            page, token = match[1], match[2]
+
+            async def sample() -> Any:
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(page) as refused:
+                        assert refused.status == 401  # no token
+                    async with http.get(f"{page}?token={token}") as ok:
+                        assert ok.status == 200
+                    stream = f"{page}stream?token={token}".replace("http", "ws", 1)
+                    async with http.ws_connect(stream) as ws:
+                        while True:  # the hello, then samples: until the traffic shows
+                            got = (await ws.receive_json(timeout=TIMEOUT)).get("sample")
+                            metas = got["metas"]["rows"] if got else []
+                            if any(m[2] == "TCPClient" and m[11] > 0 for m in metas):
+                                return got
+
+            got = asyncio.run(asyncio.wait_for(sample(), TIMEOUT * 2))
+            names = {row[2] for row in got["processes"]["rows"]}
+            for name in ("workers", "worker-1", "pinger", "echo", "backlog", "observer"):
+                assert name in names, names
+            assert [e[0] for e in got["events"]] == ["tick"]
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()

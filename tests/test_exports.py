@@ -57,7 +57,16 @@ def test_py_typed_is_shipped() -> None:
     assert files("metakit").joinpath("py.typed").is_file()
 
 
-SUBPACKAGES = ["metakit.framing", "metakit.tcp", "metakit.udp", "metakit.web", "metakit.websocket"]
+SUBPACKAGES = [
+    "metakit.framing",
+    "metakit.observer",
+    "metakit.port",
+    "metakit.ssh",
+    "metakit.tcp",
+    "metakit.udp",
+    "metakit.web",
+    "metakit.websocket",
+]
 
 
 @pytest.mark.parametrize("module_name", SUBPACKAGES)

@@ -253,6 +253,35 @@ async def test_process_info_snapshot(node: Node, probe: Any) -> None:
         node.process_info(metakit.PID("test@localhost", 10**9))
 
 
+async def test_process_counters_agree_with_process_info(node: Node, probe: Any) -> None:
+    """``node.process_counters()``: every process (no metas), the same counters as
+    ``process_info``, without calling ``handle_inspect``."""
+
+    class Loud(Process):
+        def handle_inspect(self) -> dict[str, str]:
+            raise AssertionError("process_counters called handle_inspect")
+
+    p: Probe = await probe()
+    pid = await node.spawn(Loud, name="loud", mailbox_size=10)
+    server = TCPServer("127.0.0.1", 0)
+    await p.spawn_meta(server)
+    for i in range(3):
+        p.send(pid, i)
+    await wait_until(lambda: node.process_info(p.pid).messages_out == 3)
+    rows = {row.pid: row for row in node.process_counters()}
+    assert set(rows) == set(node.processes())
+    row = rows[pid]
+    assert (row.name, row.cls, row.parent, row.mailbox_size) == ("loud", Loud, node.pid, 10)
+    want = node.process_info(p.pid)
+    got = rows[p.pid]
+    assert (got.state, got.mailbox, got.messages_in, got.messages_out) == (
+        want.state,
+        want.mailbox,
+        want.messages_in,
+        want.messages_out,
+    )
+
+
 async def test_meta_info_snapshot(node: Node, probe: Any) -> None:
     class Quiet(metakit.Meta):
         def handle_message(self, sender: metakit.PID, message: Any) -> None:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shlex
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+from .._introspect import open_fds, rss_kib
 from ..errors import MetakitError, NoProcess
 from ..ids import PID, Alias
 from ..messages import Caller
@@ -183,6 +183,7 @@ class Console(Process):
         return True
 
     def write(self, conn: Alias, data: bytes) -> None:
+        """Write ``data`` to a session (a session that is gone or full misses it)."""
         try:
             self.send(conn, SSHMessage(conn, data))
         except MetakitError:  # gone, or its client reads nothing: its Disconnect is coming
@@ -260,6 +261,7 @@ class Console(Process):
     # -- the commands ---------------------------------------------------------------------
 
     def ps(self, *args: str) -> Any:
+        """``ps [--sort KEY]``: the processes, sorted by ``KEY`` (``mailbox``: fullest first)."""
         sort = _option(list(args), "--sort") or "pid"
         if sort not in _SORTS:
             raise _Refused(f"--sort takes {', '.join(_SORTS)}")
@@ -294,6 +296,7 @@ class Console(Process):
         )
 
     def info(self, target: str) -> Any:
+        """``info PID|NAME``: a process's or a meta's snapshot, ``handle_inspect`` included."""
         ident = self.target(target)
         info = (
             self.node.process_info(ident) if isinstance(ident, PID) else self.node.meta_info(ident)
@@ -301,6 +304,7 @@ class Console(Process):
         return _plain(info)
 
     async def tree(self) -> Any:
+        """``tree``: the supervisors and their children, with restarts."""
         sups = {}
         for pid in self.node.processes():
             try:
@@ -339,11 +343,13 @@ class Console(Process):
         return "\n".join(lines) if lines else "no supervisors"
 
     def names(self) -> Any:
+        """``names``: the registered names and their processes."""
         return _Table(
             [{"name": n, "pid": _id(p)} for n, p in self.node.names().items()], ["name", "pid"]
         )
 
     def metas(self) -> Any:
+        """``metas``: the meta-processes, their owners and their counters."""
         rows = []
         for alias in self.node.metas():
             try:
@@ -366,6 +372,7 @@ class Console(Process):
         return _Table(rows, ["alias", "class", "parent", "state", "mailbox", "in", "out", "stats"])
 
     def events(self) -> Any:
+        """``events``: the events, their producers and subscribers."""
         rows = [
             {
                 "event": e.name,
@@ -379,14 +386,15 @@ class Console(Process):
         return _Table(rows, ["event", "producer", "subscribers", "nodes", "cluster"])
 
     def stats(self) -> Any:
+        """``stats``: the node: uptime, counts, memory, and the cluster's figures."""
         node = self.node
         found: dict[str, Any] = {
             "node": node.name,
             "uptime_s": round(node.uptime, 1),
             "processes": len(node.processes()),
             "metas": len(node.metas()),
-            "rss_kib": _rss_kib(),
-            "fds": _fds(),
+            "rss_kib": rss_kib(),
+            "fds": open_fds(),
         }
         if node.cluster is not None:
             stats = node.cluster.statistics()  # type: ignore[attr-defined]
@@ -394,23 +402,29 @@ class Console(Process):
         return found
 
     def nodes(self) -> Any:
+        """``nodes``: the nodes of the cluster (this one alone otherwise)."""
         return self.node.nodes() if self.node.cluster is not None else [self.node.name]
 
     def help(self) -> Any:
+        """``help``: the commands (and the actions, when they are allowed)."""
         return HELP + ("\n" + ACTIONS if self.allow_actions else "\n(actions are off)")
 
     def act_send(self, target: str, value: str) -> Any:
+        """``send TARGET JSON``: send the JSON value as a message."""
         self.node.send(self.target(target), _json(value))
         return "sent"
 
     async def act_call(self, target: str, value: str) -> Any:
+        """``call TARGET JSON``: call with the JSON value; its answer."""
         return await self.call(self.target(target), _json(value), timeout=5.0)
 
     def act_exit(self, target: str, reason: str) -> Any:
+        """``exit TARGET REASON``: send an exit signal."""
         self.node.send_exit(self.target(target), reason)
         return "exit sent"
 
     def act_kill(self, target: str) -> Any:
+        """``kill TARGET``: kill it (untrappable)."""
         self.node.kill(self.target(target))
         return "killed"
 
@@ -496,18 +510,3 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise _Refused(f"not JSON: {exc}") from None
-
-
-def _rss_kib() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    except OSError:
-        return None
-
-
-def _fds() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
