@@ -65,6 +65,14 @@ class Pinger(Process):
         await self.spawn_meta(Every(0.05, "ping"))
         self.pongs = 0
         self.refused = 0
+        self.waiting: list[metakit.Caller] = []
+
+    def handle_call(self, sender: metakit.Caller, request: Any) -> Any:
+        """``"ready"``: answered once the first pong is back (traffic flows)."""
+        if self.pongs:
+            return True
+        self.waiting.append(sender)
+        return metakit.NO_REPLY
 
     def handle_message(self, sender: PID, message: Any) -> None:
         match message:
@@ -76,6 +84,9 @@ class Pinger(Process):
                     self.refused += 1  # it is behind: the observer shows it full
             case TCPMessage():
                 self.pongs += 1
+                for caller in self.waiting:
+                    self.reply(caller, True)
+                self.waiting.clear()
 
     def handle_inspect(self) -> dict[str, str]:
         return {"pongs": str(self.pongs), "refused by backlog": str(self.refused)}
@@ -149,12 +160,14 @@ async def main(node: metakit.Node, port: int, processes: int, actions: bool) -> 
         await node.spawn(Listener, name=f"listener-{n}")
     echo = await node.spawn(Echo, name="echo")
     host, echo_port = await node.call(echo, "address")
-    await node.spawn(Pinger, host, echo_port, name="pinger")
+    pinger = await node.spawn(Pinger, host, echo_port, name="pinger")
     for _ in range(processes):
         await node.spawn(Idle)
     observer = await node.spawn(
         Observer, port=port, token=secrets.token_urlsafe(16), allow_actions=actions, name="observer"
     )
+    # The URL once traffic flows: a page's first frame (the whole one) shows it.
+    await node.call(pinger, "ready", timeout=10.0)
     print(f"observer at {await node.call(observer, 'url')}", flush=True)
     await asyncio.Event().wait()  # until Ctrl-C (metakit.run stops the node)
 

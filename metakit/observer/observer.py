@@ -14,6 +14,36 @@ process) and gets a sample once a second. The ticks are a timer armed
 while at least one page is connected: with none, no timer, task or message
 runs, and the last page closing cancels the timer at once.
 
+The frames a page gets (JSON text messages), in order:
+
+* ``{"hello": {"node", "interval", "actions", "max_rows"}}`` once, at connect;
+* ``{"sample": S}``, a full frame: at connect, after each (valid) view the
+  page sends, after an error, and after a frame the page missed (its
+  connection's mailbox was full). ``S`` holds ``stats`` (the node's
+  figures), ``processes`` (``{"total", "matched", "rows"}``, a row being
+  ``[id, pid, name, class, state, mailbox, bound, in/s, out/s]``),
+  ``metas`` (``{"total", "rows"}``, a row ``[id, alias, class, parent,
+  state, mailbox, bound, bytes in/s, bytes out/s, messages in/s, messages
+  out/s, bytes in, bytes out, paused reads, held writes, drops, more]``),
+  ``events`` (rows ``[name, producer, subscribers, nodes, cluster,
+  drops]``), ``tree``, ``details`` (the selected process, or null),
+  ``view``, ``actions``, ``nodes`` and ``observed``; or just ``{"error":
+  text}``;
+* ``{"delta": D}`` for every later sample, against what the page has: ``D``
+  holds ``stats`` whole, always; each of ``tree``, ``details``, ``view``,
+  ``actions``, ``nodes``, ``observed`` whole, only when it changed; and for
+  each row table (``processes``, ``metas``, ``events``) with anything
+  changed, an object with only what did: ``changed`` (the rows that are
+  new or not as they were), ``gone`` (the keys of rows that left), ``order`` (every
+  key, in order, when that is not the old order less the ``gone`` ones),
+  and ``total``/``matched`` when they changed. A row's key is its first
+  cell (an id as a string; an event's name);
+* ``{"error": text}`` for a view the observer could not read (what the page
+  has stays as it was).
+
+The diffing (:mod:`metakit.observer._delta`) is per page, here, after the
+agent's answer: the agent renders rows, it knows nothing of pages.
+
 The sampling is done by the observer's :class:`~metakit.observer._agent.Agent`,
 which on a cluster is in the group ``metakit-observer``: to show another
 node, the observer calls that node's agent, so the sample is taken there
@@ -45,6 +75,7 @@ from ..process import Process
 from ..web import WebHandler, WebRequest, WebServer
 from ..websocket import WebSocketHandler, WSConnect, WSDisconnect, WSMessage
 from ._agent import GROUP, Agent
+from ._delta import Sent
 from ._guard import guard, is_loopback, secure_headers
 from ._view import View
 
@@ -115,6 +146,7 @@ class Observer(Process):
         self.interval = interval
         self.max_rows = max_rows
         self.views: dict[Alias, View] = {}  # page -> what it shows
+        self.sent: dict[Alias, Sent] = {}  # page -> what it has (no entry: send it all)
         self.timer: asyncio.TimerHandle | None = None
         self.ticks = 0
         self.files = {
@@ -257,9 +289,11 @@ class Observer(Process):
                     self.write(conn, {"error": f"bad view: {exc}"})
                     return
                 self.views[conn] = view
+                self.sent.pop(conn, None)  # a full frame: a view is also how a page resyncs
                 await self.push([conn])  # at once: a click shows its answer without a wait
             case WSDisconnect(conn, _, _):
                 self.views.pop(conn, None)
+                self.sent.pop(conn, None)
                 if not self.views and self.timer is not None:
                     self.timer.cancel()  # quiet at once: nobody is watching
                     self.timer = None
@@ -286,7 +320,8 @@ class Observer(Process):
             self.timer = None
 
     async def push(self, conns: list[Alias]) -> None:
-        """Send each of ``conns`` a sample of the node it shows, each node sampled once."""
+        """Send each of ``conns`` a sample of the node it shows, each node sampled
+        once: as a delta from the last one it got, or whole (see the module)."""
         by_node: dict[str, list[Alias]] = {}
         for conn in conns:
             view = self.views.get(conn)
@@ -307,7 +342,8 @@ class Observer(Process):
                 sample["observed"] = observed
                 if "actions" in sample:  # both this observer and the node's own allow them
                     sample["actions"] = bool(sample["actions"]) and self.allow_actions
-                self.write(conn, {"sample": sample})
+                if conn in self.views:  # (not gone while the samples were taken)
+                    self.write(conn, self.sent.setdefault(conn, Sent()).frame(sample))
 
     async def sample_on(self, node: str, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Samples of ``node`` for ``views`` from its agent (an error per view if none)."""
@@ -327,9 +363,12 @@ class Observer(Process):
         try:
             self.send(conn, WSMessage(conn, data))
         except MailboxFull:
-            pass  # a page that reads nothing misses samples, and gets the next one
+            # A page that reads nothing misses frames; the next one is full, as
+            # a delta from a frame it never got would not add up.
+            self.sent.pop(conn, None)
         except MetakitError:
             self.views.pop(conn, None)  # gone: its WSDisconnect is on the way
+            self.sent.pop(conn, None)
 
     def terminate(self, reason: Any) -> None:
         """Cancel the timer (the metas close the server and the pages)."""

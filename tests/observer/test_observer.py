@@ -5,6 +5,7 @@ checks, the actions, and silence while nobody watches (DESIGN.md §11)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -14,10 +15,13 @@ import pytest
 from observing import (
     INTERVAL,
     Idle,
+    Mirror,
     Stuck,
     agent,
     base,
+    delta_rows,
     inspect,
+    next_frame,
     next_sample,
     observe,
     rows_by_name,
@@ -26,6 +30,7 @@ from observing import (
 )
 
 from metakit import ChildSpec, Node, Supervisor
+from metakit.observer._delta import Sent
 from metakit.testing import TIMEOUT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -115,9 +120,7 @@ async def test_the_stream_samples_the_node(node: Node) -> None:
             assert sample["processes"]["rows"][0][2] == "late-comer"  # the newest first
 
             await ws.send_json({"view": {"sort": "bogus"}})
-            error = await ws.receive_json(timeout=TIMEOUT)
-            while "error" not in error:  # a sample may be on its way first
-                error = await ws.receive_json(timeout=TIMEOUT)
+            error = await next_frame(ws, lambda m: "error" in m)  # a sample may come first
             assert error["error"].startswith("bad view: sort is one of")
     finally:
         gate.set()
@@ -136,6 +139,131 @@ async def test_rates_are_deltas_not_totals(node: Node) -> None:
         # The next samples: no more messages, so 0 a second; the total stays in the details.
         quiet = await next_sample(ws, lambda s: rows_by_name(s)["busy"][7] == 0)
         assert quiet["details"]["messages_in"] == 100
+
+
+async def test_deltas_on_the_wire(node: Node) -> None:
+    for _ in range(100):
+        await node.spawn(Idle)
+    gate = asyncio.Event()
+    stuck = await node.spawn(Stuck, gate, name="stuck")
+    leaver = await node.spawn(Idle, name="leaver")
+    _, url = await observe(node)
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(stream_url(url)) as ws:
+            assert "hello" in await next_frame(ws)
+            first = await next_frame(ws)
+            assert set(first) == {"sample"}  # whole: every row of the view
+            rows = first["sample"]["processes"]["rows"]
+            assert len(rows) == len(node.processes()) > 100  # (under the 200 rows' cap)
+
+            # Idle: the next frame has the figures and the few rows that changed
+            # (the observer's and its agent's rates), no order, a fraction of the bytes.
+            idle = await next_frame(ws)
+            assert set(idle) == {"delta"}  # (the mirror checks no unchanged row came)
+            assert {"stats"} <= set(idle["delta"]) <= {"stats", "processes", "metas"}
+            assert len(delta_rows(idle)) <= 3
+            assert delta_rows(idle, "order") == delta_rows(idle, "gone") == []
+            assert len(orjson.dumps(idle)) * 5 < len(orjson.dumps(first))
+            behaviors = {r[3] for r in delta_rows(idle)}
+            assert behaviors <= {"Observer", "Agent"}, behaviors
+
+            # A mailbox that fills: a changed row, and a new order (the fullest first).
+            key = str(stuck.id)
+            for n in range(10):
+                node.send(stuck, n)
+            frame = await next_frame(ws, lambda m: key in [r[0] for r in delta_rows(m)])
+            (row,) = [r for r in delta_rows(frame) if r[0] == key]
+            assert row[5] in (9, 10)  # (one in its handler, once it has run)
+            assert delta_rows(frame, "order")[0] == key
+
+            # A process that ends: its key is gone, and the total follows.
+            gone = node.wait_exit(leaver, TIMEOUT)
+            node.kill(leaver)
+            await gone
+            frame = await next_frame(ws, lambda m: str(leaver.id) in delta_rows(m, "gone"))
+            assert frame["delta"]["processes"]["total"] == len(node.processes())
+
+            # A process spawned now: a changed row, placed by a new order (the
+            # newest of the empty mailboxes: the last).
+            late = await node.spawn(Idle, name="late")
+            frame = await next_frame(ws, lambda m: "late" in [r[2] for r in delta_rows(m)])
+            assert delta_rows(frame, "order")[-1] == str(late.id)
+            assert delta_rows(frame, "order")[0] == key
+
+            # What the deltas added up to is what a whole frame says: a view
+            # (the same one, sent again) gets a whole frame.
+            mirrored = await next_sample(ws)
+            await ws.send_json({"view": {}})
+            whole = await next_frame(ws, lambda m: "sample" in m)
+            again = whole["sample"]["processes"]["rows"]
+            assert [r[0] for r in again] == [r[0] for r in mirrored["processes"]["rows"]]
+            quiet = [r for r in again if r[3] not in ("Observer", "Agent")]
+            assert quiet == [
+                r for r in mirrored["processes"]["rows"] if r[3] not in ("Observer", "Agent")
+            ]
+            assert set(await next_frame(ws)) == {"delta"}  # and deltas again
+    finally:
+        gate.set()
+
+
+async def test_a_new_view_or_page_gets_a_whole_frame(node: Node) -> None:
+    await node.spawn(Idle, name="named")
+    _, url = await observe(node)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):  # a page, then another (a reconnect): whole first, then deltas
+            async with http.ws_connect(stream_url(url)) as ws:
+                assert "sample" in await next_frame(ws, lambda m: "hello" not in m)
+                assert "delta" in await next_frame(ws)
+                for view in ({"sort": "name"}, {"filter": "named"}, {"limit": 5}):
+                    await ws.send_json({"view": view})
+                    frame = await next_frame(ws, lambda m, v=view: _shows(m, v))
+                    assert "sample" in frame
+                    assert "delta" in await next_frame(ws)
+
+
+def _shows(frame: dict[str, Any], view: dict[str, Any]) -> bool:
+    """A frame for ``view`` (a delta leaves the view out: it has not changed)."""
+    shown = frame.get("sample", frame.get("delta", {})).get("view", {})
+    return all(shown.get(k) == v for k, v in view.items())
+
+
+def test_sent_frames_add_up() -> None:
+    """:class:`Sent` against the page's mirror over random samples: every
+    frame, added to what the page has, is the sample; an error or rows the
+    page could not key make a whole frame."""
+    rng = random.Random(17)
+    sent, mirror = Sent(), Mirror()
+
+    def sample(keys: list[str]) -> dict[str, Any]:
+        rows = [[k, rng.choice("ab"), rng.randrange(3)] for k in keys]
+        return {
+            "stats": {"uptime": rng.random()},
+            "processes": {"total": len(keys) + 5, "matched": len(keys), "rows": rows},
+            "metas": {"total": 2, "rows": [["m1", rng.randrange(2)], ["m2", 0]]},
+            "events": [["tick", rng.randrange(2)]] if rng.random() < 0.5 else [],
+            "tree": [{"id": "1", "restarts": rng.randrange(2)}],
+            "details": None,
+        }
+
+    keys = [str(n) for n in range(30)]
+    kinds = []
+    for _ in range(300):
+        if rng.random() < 0.3:
+            rng.shuffle(keys)
+        shown = [k for k in keys if rng.random() < 0.9]
+        if rng.random() < 0.2:
+            shown.append(str(rng.randrange(100, 200)))
+        expected = sample(shown)
+        frame = sent.frame(expected)
+        kinds.append(next(iter(frame)))
+        assert mirror.apply(orjson.loads(orjson.dumps(frame))) == expected
+    assert kinds[0] == "sample"
+    assert set(kinds[1:]) == {"delta"}
+    assert sent.frame({"error": "no observer"}) == {"sample": {"error": "no observer"}}
+    assert "sample" in sent.frame(sample(keys))  # whole again after an error
+    twice = sample(["1", "1"])
+    assert sent.frame(twice) == {"sample": twice}  # a key twice: not as a delta
+    assert "sample" in sent.frame(sample(keys))
 
 
 async def test_silent_while_no_page_is_open(node: Node) -> None:

@@ -65,6 +65,8 @@ async def test_the_page_shows_the_node(node: Node) -> None:
     stuck = await node.spawn(Stuck, gate, name="stuck")
     for n in range(250):
         node.send(stuck, n)  # one in its handler, 249 waiting
+    later = await node.spawn(Stuck, gate, name="stuffed-later")
+    leaver = await node.spawn(Idle, name="leaver")
     echo = await node.spawn(Echo, name="echo")
     host, port = await node.call(echo, "address")
     reader, writer = await asyncio.open_connection(host, port)  # a plain socket client
@@ -99,9 +101,26 @@ async def test_the_page_shows_the_node(node: Node) -> None:
                 await expect(conn.locator("td.bytes-in")).to_have_text("400 B", timeout=WAIT)
                 await expect(conn.locator("td.bytes-out")).to_have_text("400 B")
                 await expect(page.locator("#s-loop")).to_have_text("uvloop")
+                # After the first frame come deltas: the page applies them.
                 # Spawned after the page loaded: it shows up, no reload.
                 await node.spawn(Idle, name="late-comer")
                 await expect(row_of(page, "late-comer")).to_have_count(1, timeout=WAIT)
+                # A mailbox stuffed after load: its row changes, and moves up.
+                mailbox = row_of(page, "stuffed-later").locator("td.mailbox")
+                await expect(mailbox).to_have_text("0/∞")
+                for n in range(120):
+                    node.send(later, n)
+                await expect(mailbox).to_have_text("119/∞", timeout=WAIT)
+                await expect(mailbox).to_have_class("num mailbox hot")
+                second = page.locator("#processes tbody tr").nth(1).locator("td.name")
+                await expect(second).to_have_text("stuffed-later")
+                # A process that ends: its row goes.
+                await expect(row_of(page, "leaver")).to_have_count(1)
+                node.kill(leaver)
+                await expect(row_of(page, "leaver")).to_have_count(0, timeout=WAIT)
+                await expect(first.locator("td.name")).to_have_text("stuck")
+                count = await page.locator("#processes tbody tr").count()
+                assert count == len(node.processes())  # every row once (fewer than 200)
                 # The filter and the sort run on the server.
                 await page.fill("#filter", "worker-")
                 names = page.locator("#processes tbody td.name")
@@ -120,6 +139,10 @@ async def test_the_page_shows_the_node(node: Node) -> None:
                 # Actions are off: no controls for them.
                 await expect(page.locator("#actions button")).to_have_count(0)
                 assert errors == []  # a CSP violation, say, would be logged here
+                # Whole frames for the views sent only; every delta added up.
+                frames = await page.evaluate("state.frames")
+                assert frames["resyncs"] == 0, frames
+                assert frames["delta"] > 5, frames
                 await page.close()
                 # The page has gone: the observer is quiet within 2 s.
                 await wait_until(

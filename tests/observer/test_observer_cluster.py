@@ -10,7 +10,18 @@ import os
 import aiohttp
 import orjson
 import pytest
-from observing import Idle, agent, base, inspect, next_sample, observe, rows_by_name, stream_url
+from observing import (
+    Idle,
+    agent,
+    base,
+    delta_rows,
+    inspect,
+    next_frame,
+    next_sample,
+    observe,
+    rows_by_name,
+    stream_url,
+)
 
 import metakit
 from metakit.cluster import Cluster, local_server
@@ -45,6 +56,13 @@ async def test_a_page_on_one_node_shows_another() -> None:
                 assert set(rows_by_name(there)) == {"only-on-b", "victim-on-b"}
                 assert there["stats"]["processes"] == len(b.processes())
                 assert there["actions"] is True
+                # Then deltas, made here for this page from what b's agent rendered.
+                late = await b.spawn(Idle, name="late-on-b")
+                frame = await next_frame(
+                    ws, lambda m: str(late.id) in [r[0] for r in delta_rows(m)]
+                )
+                assert str(late.id) in delta_rows(frame, "order")
+                assert "late-on-b" in rows_by_name(await next_sample(ws))
                 # The sampling ran on b, by b's agent; a's took no sample of b.
                 assert int(inspect(b, agent(b, observer_b))["samples"]) >= 1
                 victim_id = rows_by_name(there)["victim-on-b"][0]
@@ -52,10 +70,8 @@ async def test_a_page_on_one_node_shows_another() -> None:
                 shown = await next_sample(ws, lambda s: (s["details"] or {}).get("id") == victim_id)
                 assert shown["details"]["name"] == "victim-on-b"
                 await ws.send_json({"view": {"node": "c@test"}})
-                nobody = await ws.receive_json(timeout=TIMEOUT)
-                while "error" not in nobody.get("sample", {}):
-                    nobody = await ws.receive_json(timeout=TIMEOUT)
-                assert nobody["sample"]["error"] == "no observer on node c@test"
+                nobody = await next_sample(ws, lambda s: "error" in s)
+                assert nobody["error"] == "no observer on node c@test"
 
                 # An action on b, through a's page, under b's rules.
                 gone = b.wait_exit(victim, TIMEOUT)

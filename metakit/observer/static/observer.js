@@ -3,6 +3,12 @@
 // sort, filter, row cap, selected process); sorting, filtering and the row
 // cap are done by the server. Everything shown is set as text (never as
 // HTML), so a process's name or inspect value cannot inject markup.
+//
+// The first frame after a connect or a view is whole ({sample}); the next
+// ones are deltas ({delta}, the format is in observer.py): the row tables
+// touch only the rows that changed, left or moved. A delta that does not
+// add up to what the page has (it should not happen) makes the page send
+// its view again, which the observer answers with a whole frame.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -12,6 +18,10 @@ const state = {
   actionsAllowed: false, // what the observer said in its hello: no controls otherwise
   socket: null,
   retry: 500,
+  synced: false, // a whole frame came on this socket and the deltas since added up
+  parts: {}, // the last tree, details, actions, nodes and observed (a delta may omit them)
+  counts: { total: 0, matched: 0 },
+  frames: { whole: 0, delta: 0, resyncs: 0 }, // what came, for a look from the console
 };
 
 // -- the stream ---------------------------------------------------------------------
@@ -20,6 +30,7 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${scheme}//${location.host}/stream${location.search}`);
   state.socket = socket;
+  state.synced = false;
   socket.addEventListener("open", () => {
     state.retry = 500;
     setStatus("live", "live");
@@ -29,6 +40,7 @@ function connect() {
     const message = JSON.parse(event.data);
     if (message.hello) onHello(message.hello);
     else if (message.sample) onSample(message.sample);
+    else if (message.delta) onDelta(message.delta);
     else if (message.error) showError(message.error);
   });
   socket.addEventListener("close", () => {
@@ -109,15 +121,115 @@ function nameLink(id, pid, name) {
 }
 
 function onSample(sample) {
-  if (sample.error) { showError(sample.error); return; }
+  if (sample.error) { state.synced = false; showError(sample.error); return; }
   showError("");
-  renderNodes(sample.nodes || [], sample.observed || []);
+  state.synced = true;
+  state.frames.whole += 1;
+  state.parts = {
+    nodes: sample.nodes || [], observed: sample.observed || [], tree: sample.tree,
+    details: sample.details, actions: sample.actions,
+  };
+  renderNodes(state.parts.nodes, state.parts.observed);
   renderStats(sample.stats);
-  renderProcesses(sample.processes);
+  state.counts = { total: sample.processes.total, matched: sample.processes.matched };
+  tables.processes.whole(sample.processes.rows);
+  renderProcessCount();
   renderTree(sample.tree);
-  renderMetas(sample.metas);
-  renderEvents(sample.events);
+  tables.metas.whole(sample.metas.rows);
+  renderMetaCount(sample.metas.total);
+  tables.events.whole(sample.events);
   renderDetails(sample.details, Boolean(sample.actions) && state.actionsAllowed);
+}
+
+function onDelta(delta) {
+  if (!state.synced) return; // a whole frame is on its way
+  showError("");
+  state.frames.delta += 1;
+  const parts = state.parts;
+  for (const key of ["nodes", "observed", "tree", "details", "actions"]) {
+    if (key in delta) parts[key] = delta[key];
+  }
+  renderNodes(parts.nodes || [], parts.observed || []);
+  renderStats(delta.stats);
+  for (const name of ["processes", "metas", "events"]) {
+    if (name in delta && !tables[name].apply(delta[name])) { resync(); return; }
+  }
+  if (delta.processes) {
+    for (const key of ["total", "matched"]) {
+      if (key in delta.processes) state.counts[key] = delta.processes[key];
+    }
+    renderProcessCount();
+  }
+  if (delta.metas && "total" in delta.metas) renderMetaCount(delta.metas.total);
+  if ("tree" in delta) renderTree(parts.tree);
+  if ("details" in delta || "actions" in delta) {
+    renderDetails(parts.details, Boolean(parts.actions) && state.actionsAllowed);
+  }
+}
+
+function resync() {
+  state.synced = false;
+  state.frames.resyncs += 1;
+  sendView(); // answered with a whole frame
+}
+
+// A table whose rows are keyed by their first cell: it keeps each row and its
+// <tr>, so a delta replaces the rows that changed, removes the ones that left
+// and, only when the order changed, moves rows (the ones out of place).
+class Keyed {
+  constructor(selector, build) {
+    this.selector = selector;
+    this.build = build; // row -> <tr>
+    this.rows = new Map(); // key -> row
+    this.trs = new Map(); // key -> <tr>
+    this.order = [];
+  }
+
+  get tbody() { return $(this.selector); }
+
+  whole(rows) {
+    this.rows = new Map(rows.map((r) => [r[0], r]));
+    this.trs = new Map(rows.map((r) => [r[0], this.build(r)]));
+    this.order = [...this.rows.keys()];
+    this.tbody.replaceChildren(...this.order.map((key) => this.trs.get(key)));
+  }
+
+  // Apply a delta; false if it does not add up (the page then asks for a whole frame).
+  apply(delta) {
+    const gone = delta.gone || [];
+    for (const key of gone) {
+      const tr = this.trs.get(key);
+      if (tr) tr.remove();
+      this.trs.delete(key);
+      this.rows.delete(key);
+    }
+    if (gone.length) this.order = this.order.filter((key) => this.rows.has(key));
+    for (const r of delta.changed || []) {
+      const tr = this.build(r);
+      const old = this.trs.get(r[0]);
+      if (old) old.replaceWith(tr);
+      this.rows.set(r[0], r);
+      this.trs.set(r[0], tr);
+    }
+    if (delta.order) {
+      const keys = new Set(delta.order);
+      if (keys.size !== delta.order.length) return false;
+      this.order = delta.order;
+    }
+    if (this.order.length !== this.rows.size || !this.order.every((key) => this.rows.has(key))) {
+      return false;
+    }
+    if (delta.order) {
+      const tbody = this.tbody;
+      let at = tbody.firstChild;
+      for (const key of this.order) {
+        const tr = this.trs.get(key);
+        if (tr === at) at = at.nextSibling;
+        else tbody.insertBefore(tr, at); // a new row, or one that moved
+      }
+    }
+    return true;
+  }
 }
 
 function renderNodes(nodes, observed) {
@@ -148,22 +260,23 @@ function renderStats(s) {
   document.title = `${s.name} · metakit observer`;
 }
 
-function renderProcesses(table) {
-  const rows = table.rows.map(([id, pid, name, cls, st, depth, bound, rin, rout]) => {
-    const mailbox = num(`${depth}/${bound || "∞"}`, "mailbox");
-    if (depth > 0 && (depth >= 100 || (bound && depth >= bound * 0.8))) mailbox.classList.add("hot");
-    const nameCell = el("td", null, "name");
-    nameCell.append(nameLink(id, pid, name));
-    const tr = row([el("td", pid, "pid"), nameCell, el("td", cls), el("td", st, `state ${st}`),
-      mailbox, num(rin), num(rout)]);
-    tr.dataset.id = id;
-    if (id === state.view.selected) tr.classList.add("selected");
-    return tr;
-  });
-  $("#processes tbody").replaceChildren(...rows);
-  const shown = table.rows.length;
-  $("#proc-count").textContent = table.matched === table.total
-    ? `${shown} of ${table.total}` : `${shown} of ${table.matched} matching (${table.total} in all)`;
+function processRow([id, pid, name, cls, st, depth, bound, rin, rout]) {
+  const mailbox = num(`${depth}/${bound || "∞"}`, "mailbox");
+  if (depth > 0 && (depth >= 100 || (bound && depth >= bound * 0.8))) mailbox.classList.add("hot");
+  const nameCell = el("td", null, "name");
+  nameCell.append(nameLink(id, pid, name));
+  const tr = row([el("td", pid, "pid"), nameCell, el("td", cls), el("td", st, `state ${st}`),
+    mailbox, num(rin), num(rout)]);
+  tr.dataset.id = id;
+  if (id === state.view.selected) tr.classList.add("selected");
+  return tr;
+}
+
+function renderProcessCount() {
+  const shown = tables.processes.rows.size;
+  const { total, matched } = state.counts;
+  $("#proc-count").textContent = matched === total
+    ? `${shown} of ${total}` : `${shown} of ${matched} matching (${total} in all)`;
   for (const th of document.querySelectorAll("#processes th")) {
     th.classList.toggle("sorted", th.dataset.sort === state.view.sort);
     th.classList.toggle("desc", th.dataset.sort === state.view.sort && state.view.desc);
@@ -195,23 +308,31 @@ function renderTree(tree) {
   box.replaceChildren(build(tree));
 }
 
-function renderMetas(metas) {
-  const rows = metas.rows.map((m) => row([
+function metaRow(m) {
+  return row([
     el("td", m[1], "pid"), el("td", m[2]), el("td", m[3], "pid"), el("td", m[4]),
     num(`${m[5]}/${m[6] || "∞"}`), num(bytes(m[7])), num(bytes(m[8])), num(m[9]), num(m[10]),
     num(bytes(m[11]), "bytes-in"), num(bytes(m[12]), "bytes-out"),
     num(m[13]), num(m[14]), num(m[15]), el("td", m[16], "extra"),
-  ]));
-  $("#metas tbody").replaceChildren(...rows);
-  $("#meta-count").textContent = `${metas.rows.length} of ${metas.total}, the busiest first`;
+  ]);
 }
 
-function renderEvents(events) {
-  $("#events tbody").replaceChildren(...events.map((e) => row([
+function renderMetaCount(total) {
+  $("#meta-count").textContent = `${tables.metas.rows.size} of ${total}, the busiest first`;
+}
+
+function eventRow(e) {
+  return row([
     el("td", e[0]), el("td", e[1], "pid"), num(e[2]), el("td", e[3]), el("td", e[4] ? "yes" : "no"),
     num(e[5]),
-  ])));
+  ]);
 }
+
+const tables = {
+  processes: new Keyed("#processes tbody", processRow),
+  metas: new Keyed("#metas tbody", metaRow),
+  events: new Keyed("#events tbody", eventRow),
+};
 
 function kv(tbody, entries, perRow = 1) {
   const rows = [];
