@@ -1,7 +1,7 @@
 """Sampling a node for the observer's page: snapshots, taken only when asked.
 
 A :class:`Sampler` reads its node through the public introspection only
-(``process_counters`` where the node has it, else ``process_info``;
+(``process_counters``, ``process_info`` for a supervisor's restarts,
 ``metas``/``meta_info``, ``events``, ``uptime``), on demand: nothing here
 runs unless a page asks. The per-second rates are the deltas of the
 counters between two snapshots, not totals.
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Sampler", "Snapshot", "Table", "display"]
 
 _LOW = 0xFFFFFFFF  # a PID prints the low 32 bits of its id
-_CHUNK = 500  # records read per loop turn on the slow paths: the loop never stalls long
+_CHUNK = 500  # metas read per loop turn: the loop never stalls long
 _MAX_SUPERVISORS = 200
 _MAX_CHILDREN = 100
 _MAX_METAS = 200
@@ -46,7 +46,7 @@ _META_FIELDS = frozenset(
     {"bytes_in", "bytes_out", "messages_in", "messages_out"}
     | {"paused_reads", "held_writes", "dropped", "state"}
 )
-_pid, _id, _parent, _cls, _behavior = map(attrgetter, ("pid", "id", "parent", "cls", "behavior"))
+_pid, _id, _parent, _cls = map(attrgetter, ("pid", "id", "parent", "cls"))
 _name, _state, _mailbox, _bound = map(attrgetter, ("name", "state", "mailbox", "mailbox_size"))
 _in, _out = attrgetter("messages_in"), attrgetter("messages_out")
 
@@ -175,31 +175,13 @@ class Sampler:
     async def _processes(self, dt: float) -> tuple[Table, list[dict[str, Any]]]:
         """The process table, and the supervision tree."""
         node = self.node
-        counters = getattr(node, "process_counters", None)
-        inspects: dict[int, dict[str, str]] = {}  # row -> a supervisor's handle_inspect
-        records: list[Any]
-        if counters is not None:
-            # One tuple per process, no handle_inspect: the cheap path.
-            records = counters()
-            raw = list(map(_cls, records))
-            kinds = {c: (c.__name__, issubclass(c, Supervisor)) for c in set(raw)}
-            classes = [kinds[c][0] for c in raw]
-            sup_classes = {c for c, (_, sup) in kinds.items() if sup}
-            sups = [i for i, c in enumerate(raw) if c in sup_classes] if sup_classes else []
-        else:
-            records = []
-            pids = node.processes()
-            for start in range(0, len(pids), _CHUNK):
-                if start:
-                    await self._pause()
-                for pid in pids[start : start + _CHUNK]:
-                    try:
-                        records.append(node.process_info(pid))
-                    except NoProcess:
-                        continue  # ended between the list and now
-            classes = list(map(_behavior, records))
-            sups = [i for i, r in enumerate(records) if "strategy" in r.inspect]
-            inspects = {i: dict(records[i].inspect) for i in sups}
+        # One tuple per process, no handle_inspect: cheap at ten thousand.
+        records: list[Any] = node.process_counters()
+        raw = list(map(_cls, records))
+        kinds = {c: (c.__name__, issubclass(c, Supervisor)) for c in set(raw)}
+        classes = [kinds[c][0] for c in raw]
+        sup_classes = {c for c, (_, sup) in kinds.items() if sup}
+        sups = [i for i, c in enumerate(raw) if c in sup_classes] if sup_classes else []
         pids = list(map(_pid, records))
         ids = list(map(_id, pids))
         ins, outs = list(map(_in, records)), list(map(_out, records))
@@ -223,7 +205,7 @@ class Sampler:
         if not sups:
             return table, []
         parents = list(map(_id, map(_parent, records)))
-        return table, self._tree(table, ids, parents, sups, inspects)
+        return table, self._tree(table, ids, parents, sups)
 
     def _tree(
         self,
@@ -231,7 +213,6 @@ class Sampler:
         ids: list[int],
         parents: list[int],
         sups: list[int],
-        inspects: dict[int, dict[str, str]],
     ) -> list[dict[str, Any]]:
         """The supervisors and their children (a supervisor's children are the
         processes it spawned), with restarts; at most ``_MAX_SUPERVISORS``."""
@@ -243,9 +224,7 @@ class Sampler:
 
         def walk(row: int) -> dict[str, Any]:
             budget[0] -= 1
-            inspect = inspects.get(row)
-            if inspect is None:
-                inspect = self._inspect(table.pids[row])
+            inspect = self._inspect(table.pids[row])
             kids = children[ids[row]]
             shown = []
             for kid in kids[:_MAX_CHILDREN]:
