@@ -9,6 +9,10 @@ uvloop, in one run):
 * ``raw-buffered``: an ``asyncio.BufferedProtocol`` that ``recv_into``\\ s a
   reused 64 KiB buffer per connection and writes back ``bytes`` of what it
   read (the reference for the targets);
+* ``raw-tuned`` (control): ``raw-buffered`` in a process that first calls
+  ``metakit._malloc.warm_allocator()``, the malloc tuning ``Node.start``
+  applies: metakit / raw-tuned is metakit's own cost, raw-tuned /
+  raw-buffered the tuning's share;
 * ``metakit``: a node with one worker Process and two ``TCPServer`` metas:
   ``Line(max_length=4096)`` framing for the ping-pong, ``Raw()`` for the
   stream. Each read goes connection meta → worker (``TCPMessage``) → the
@@ -114,7 +118,7 @@ from _harness import ServeProcess, build_loadgen, run_loadgen, wait_quiet
 R = TypeVar("R", "PingPong", "Stream")
 HERE = Path(__file__).resolve().parent
 LOADGEN_SRC = HERE / "tcp_loadgen.c"
-VARIANTS = ("raw-protocol", "raw-buffered", "metakit")
+VARIANTS = ("raw-protocol", "raw-buffered", "raw-tuned", "metakit")
 LOOPS = ("asyncio", "uvloop")
 READ_SIZE = 65536  # the raw-buffered read buffer
 MAX_LINE = 4096
@@ -194,7 +198,11 @@ async def _serve(variant: str) -> None:
     loop = asyncio.get_running_loop()
     if variant == "raw-protocol":
         line_port, raw_port, owner = await _serve_raw(EchoProtocol)
-    elif variant == "raw-buffered":
+    elif variant in ("raw-buffered", "raw-tuned"):
+        if variant == "raw-tuned":  # the control: the node's malloc tuning, no node
+            from metakit._malloc import warm_allocator
+
+            warm_allocator()
         line_port, raw_port, owner = await _serve_raw(EchoBuffered)
     else:
         line_port, raw_port, owner = await _serve_metakit()
@@ -579,6 +587,26 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
             best = mk.stream.mbps / ref.stream.mbps
             print(f"  {'':<34} rounds: {spread(mbps)}; best vs best {best:.2f}x")
             print(f"  {'rt/s / raw-buffered':<34} {median(rps):6.2f}x  rounds: {spread(rps)}")
+        tuned = by_key.get(("raw-tuned", loop))
+        if tuned is not None:
+            # The control: the same malloc tuning as the node, so this is metakit alone.
+            cpu_t = paired(mk.warm, tuned.warm, lambda r: r.cpu_per_rt)
+            mbps_t = paired(mk.streams, tuned.streams, lambda r: r.mbps)
+            print(
+                f"  {'server CPU per rt / raw-tuned':<34} {median(cpu_t):6.2f}x  "
+                f"rounds: {spread(cpu_t)}"
+            )
+            print(
+                f"  {'stream MB/s / raw-tuned':<34} {median(mbps_t):6.2f}x  "
+                f"rounds: {spread(mbps_t)}"
+            )
+            if ref is not None:
+                share = paired(tuned.warm, ref.warm, lambda r: r.cpu_per_rt)
+                share_s = paired(tuned.streams, ref.streams, lambda r: r.mbps)
+                print(
+                    f"  {'raw-tuned / raw-buffered':<34} CPU per rt {median(share):.2f}x, "
+                    f"MB/s {median(share_s):.2f}x (the tuning alone)"
+                )
         proto = by_key.get(("raw-protocol", loop))
         if proto is not None:
             print(
