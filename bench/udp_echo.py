@@ -5,6 +5,9 @@ uvloop, in one run):
 
 * ``raw``: an ``asyncio.DatagramProtocol`` whose ``datagram_received`` calls
   ``transport.sendto(data, addr)`` — the code a user would otherwise write;
+* ``raw-tuned`` (control): ``raw`` in a process that first calls
+  ``metakit._malloc.warm_allocator()``, the malloc tuning ``Node.start``
+  applies, so metakit / raw-tuned is metakit's own cost;
 * ``metakit``: a node with one worker Process owning a ``UDPServer`` meta.
   Each datagram goes UDPServer → worker (``UDPPacket``) → the worker's
   ``send(server, UDPPacket(server, addr, data))`` → UDPServer →
@@ -103,7 +106,7 @@ from _harness import ServeProcess, build_loadgen, parse_kv, pinned, quiet_note, 
 
 HERE = Path(__file__).resolve().parent
 LOADGEN_SRC = HERE / "udp_loadgen.c"
-VARIANTS = ("raw", "metakit")
+VARIANTS = ("raw", "raw-tuned", "metakit")
 LOOPS = ("asyncio", "uvloop")
 
 # Targets (the issue that asked for this benchmark).
@@ -191,7 +194,11 @@ async def _serve_metakit(recv_buffer: int | None) -> tuple[int, Any, Any]:
 
 async def _serve(variant: str, recv_buffer: int | None) -> None:
     loop = asyncio.get_running_loop()
-    if variant == "raw":
+    if variant in ("raw", "raw-tuned"):
+        if variant == "raw-tuned":  # the control: the node's malloc tuning, no node
+            from metakit._malloc import warm_allocator
+
+            warm_allocator()
         port, stats, owner = await _serve_raw(recv_buffer)
     else:
         port, stats, owner = await _serve_metakit(recv_buffer)
@@ -504,7 +511,7 @@ def judge(name: str, mk: Result, ref: Result, target: float) -> None:
 def report(results: list[Result], opts: argparse.Namespace) -> None:
     print()
     head = (
-        f"{'variant':<8} {'loop':<8} {'pkts/s':>8} {'p50 us':>7} {'p99 us':>7} {'loss':>7} "
+        f"{'variant':<9} {'loop':<8} {'pkts/s':>8} {'p50 us':>7} {'p99 us':>7} {'loss':>7} "
         f"{'srv us/dg':>9} {'(user)':>6} {'srv%':>5} {'cli us/dg':>9} {'cli%':>5} {'oth%':>5} "
         f"| {'drops srv/mk/cli':>16}"
     )
@@ -512,10 +519,10 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
     print("-" * len(head))
     for r in results:
         b = r.best
-        mk = "-" if r.variant == "raw" else _drops(b.metakit_drops)
+        mk = "-" if r.variant != "metakit" else _drops(b.metakit_drops)
         drops = f"{_drops(b.server_drops)}/{mk}/{_drops(b.client_drops)}"
         print(
-            f"{r.variant:<8} {r.loop:<8} {b.pps:8,.0f} {b.p50:7.0f} {b.p99:7.0f} "
+            f"{r.variant:<9} {r.loop:<8} {b.pps:8,.0f} {b.p50:7.0f} {b.p99:7.0f} "
             f"{b.loss_pct:6.2f}% {b.cpu_per_dgram:9.2f} {b.user_per_dgram:6.2f} "
             f"{b.server_pct:5.0f} {b.client_per_dgram:9.2f} {b.client_pct:5.0f} "
             f"{b.other_pct:5.0f} | {drops:>16}"
@@ -553,6 +560,9 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
         mk, raw = by_key.get(("metakit", loop)), by_key.get(("raw", loop))
         if mk is not None and raw is not None:
             judge(f"metakit / raw on {loop}", mk, raw, SAME_LOOP_TARGET)
+        tuned = by_key.get(("raw-tuned", loop))
+        if mk is not None and tuned is not None:
+            judge(f"metakit / raw-tuned on {loop}", mk, tuned, SAME_LOOP_TARGET)
     mk_uv, raw_std = by_key.get(("metakit", "uvloop")), by_key.get(("raw", "asyncio"))
     if mk_uv is not None and raw_std is not None:
         judge("metakit on uvloop / raw on asyncio", mk_uv, raw_std, VS_STDLIB_TARGET)
