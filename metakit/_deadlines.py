@@ -5,6 +5,8 @@ rest of a round trip on the stdlib loop (a TimerHandle, a heap push, a
 cancelled-handle cleanup). Instead each distinct timeout value gets a FIFO
 of ``(deadline, future, target)``: calls with the same timeout expire in the
 order they were made, so one timer at the oldest pending deadline suffices.
+A queue holds each entry as three consecutive items, deadline, future and
+target, as the mailbox does: no tuple per call for the cyclic GC to count.
 
 The sweep also runs every ``_SWEEP`` seconds while calls are in flight, to
 drop the answered ones from the front, so the queues hold about that much
@@ -15,6 +17,7 @@ is handled by compacting the queue when it grows past ``_COMPACT``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -29,25 +32,34 @@ _COMPACT = 4096
 class Deadlines:
     """The pending calls' deadlines on one loop."""
 
-    __slots__ = ("_mk_loop", "_queues", "_timer")
+    __slots__ = ("_mk_loop", "_queues", "_time", "_timer", "_wake")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._mk_loop = loop
-        self._queues: dict[float, deque[tuple[float, asyncio.Future[Any], Any]]] = {}
+        # The stdlib loop's time() is a Python method around time.monotonic:
+        # call that directly (one frame less per call). Other loops keep their own.
+        plain = getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
+        self._time = time.monotonic if plain else loop.time
+        self._queues: dict[float, deque[Any]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._wake = 0.0  # when the timer fires (its when(), without the call)
 
     def add(self, future: asyncio.Future[Any], timeout: float, target: Any) -> None:
         """Fail ``future`` with CallTimeout(target, timeout) unless it is done in time."""
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        deadline = self._mk_loop.time() + timeout
-        queue.append((deadline, future, target))
-        wake = min(deadline, deadline - timeout + _SWEEP)
+        now = self._time()
+        deadline = now + timeout
+        queue.append(deadline)
+        queue.append(future)
+        queue.append(target)
+        wake = deadline if timeout < _SWEEP else now + _SWEEP
         timer = self._timer
-        if timer is None or wake < timer.when():
+        if timer is None or wake < self._wake:
             if timer is not None:
                 timer.cancel()  # a shorter timeout than any pending one
+            self._wake = wake
             self._timer = self._mk_loop.call_at(wake, self._sweep)
 
     def _sweep(self) -> None:
@@ -56,10 +68,16 @@ class Deadlines:
         wake = now + _SWEEP
         for timeout, queue in list(self._queues.items()):
             while queue:
-                deadline, future, target = queue[0]
+                deadline = queue[0]
+                future = queue[1]
                 if future.done():
+                    del queue[0]
+                    queue.popleft()
                     queue.popleft()
                 elif deadline <= now:
+                    target = queue[2]
+                    del queue[0]
+                    queue.popleft()
                     queue.popleft()
                     future.set_exception(CallTimeout(target, timeout))
                 else:
@@ -67,9 +85,14 @@ class Deadlines:
                     break
             if not queue:
                 del self._queues[timeout]
-            elif len(queue) > _COMPACT:
-                self._queues[timeout] = deque(e for e in queue if not e[1].done())
+            elif len(queue) > 3 * _COMPACT:
+                kept: deque[Any] = deque()
+                for i in range(0, len(queue), 3):
+                    if not queue[i + 1].done():
+                        kept.extend((queue[i], queue[i + 1], queue[i + 2]))
+                self._queues[timeout] = kept
         if self._queues:
+            self._wake = wake
             self._timer = self._mk_loop.call_at(wake, self._sweep)
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ wake-up.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .mailbox import Mailbox
@@ -26,13 +27,16 @@ class Scheduler:
     Attributes:
         loop: the node's event loop.
         ready: the actors whose drain is due (read by ``Mailbox._mk_kick``).
+        spare: empty queues of actors gone idle, for the next to wake up
+            (``mailbox.py``: an idle actor holds no queue of its own).
     """
 
-    __slots__ = ("loop", "ready")
+    __slots__ = ("loop", "ready", "spare")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.ready: list[Mailbox] = []
+        self.spare: list[deque[Any]] = []
 
     def schedule(self, actor: Mailbox) -> None:
         """Drain ``actor`` on the next loop turn (one ``call_soon`` per batch)."""

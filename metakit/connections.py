@@ -49,7 +49,7 @@ class ConnectionSet:
 
     def add(self, conn: Connection) -> None:
         """Hold ``conn`` until it ends."""
-        conn._mk_on_end = self.discard
+        conn._mk_on_end = self
         self._conns.add(conn)
 
     def discard(self, conn: Connection) -> None:

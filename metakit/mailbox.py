@@ -23,6 +23,12 @@ envelope is, so the common case costs one identity test:
 * :class:`Notify` — a marker: run a callback when the drain gets there;
 * ``HOLD`` — the drain stops here while the actor is held.
 
+An idle actor holds no queue: an empty ``deque`` is 760 bytes, two thirds of
+an idle process, so the drain that empties one hands it to the node's spares
+and points the actor at :data:`IDLE`, one shared, always-empty queue that
+refuses writes; the delivery that finds ``IDLE`` takes a spare. That is one
+identity test per delivery and a list pop and append per wake-up.
+
 Delivery (DESIGN.md §6) is a bound check, a ``deque.append`` and, only when
 the actor is idle, one append to the scheduler's ready list: a burst costs
 one scheduling. Actors whose handlers are all plain functions drain in that
@@ -77,10 +83,42 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
     from .node import Node
 
-__all__ = ["Mailbox", "connection_feed_one", "connection_read", "current_actor", "process_send"]
+__all__ = [
+    "IDLE",
+    "Mailbox",
+    "connection_feed_one",
+    "connection_read",
+    "current_actor",
+    "node_send",
+    "process_send",
+]
 
 # Messages one drain handles before it yields the loop to other actors.
 _BUDGET = 256
+
+# Empty queues a node keeps for actors waking up (see _Idle).
+_SPARE_MAX = 256
+
+
+class _Idle(deque):  # type: ignore[type-arg]
+    """The one queue every idle actor shares: always empty.
+
+    A ``deque`` costs 760 bytes even when empty, two thirds of an idle
+    process. So an actor whose drain empties its queue gives it to the
+    node's spares (``Scheduler.spare``) and points at this one; a delivery
+    that finds it takes a spare first. Writing to it would mix two actors'
+    mail, so it refuses.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any) -> None:
+        raise RuntimeError("metakit: a delivery wrote to the shared idle queue")
+
+    append = appendleft = extend = extendleft = insert = _refuse
+
+
+IDLE: deque[Any] = _Idle()
 
 # The actor whose coroutine drain is running in the current task: lets
 # Node.stop() notice it was awaited from inside a handler (it would wait for
@@ -185,7 +223,7 @@ class Mailbox:
         self._mk_loop = node._loop
         self._mk_sched: Scheduler = node._scheduler
         self._mk_table = node._registry.table
-        self._mk_q: deque[Any] = deque()
+        self._mk_q: deque[Any] = IDLE
         self._mk_size = mailbox_size
         self._mk_cap = 2 * mailbox_size
         self._mk_limit = self._mk_cap or sys.maxsize
@@ -212,6 +250,8 @@ class Mailbox:
         q = self._mk_q
         if len(q) >= self._mk_limit:
             self._mk_refuse()
+        if q is IDLE:
+            q = self._mk_queue()
         q.append(sender)
         q.append(message)
         if not self._mk_scheduled:
@@ -230,8 +270,9 @@ class Mailbox:
         """Deliver past the bound: Down, trapped exits, a Connect/Disconnect must never be lost."""
         if self._mk_state == DEAD:
             return
-        self._mk_q.append(sender)
-        self._mk_q.append(message)
+        q = self._mk_queue()
+        q.append(sender)
+        q.append(message)
         if not self._mk_scheduled:
             self._mk_scheduled = True
             self._mk_kick()
@@ -241,6 +282,8 @@ class Mailbox:
         q = self._mk_q
         if len(q) >= 2 * max_pending or len(q) >= self._mk_limit:
             return False
+        if q is IDLE:
+            q = self._mk_queue()
         q.append(sender)
         q.append(message)
         if not self._mk_scheduled:
@@ -258,6 +301,8 @@ class Mailbox:
         pause: the mailbox is past ``high`` or could not take them all.
         """
         q = self._mk_q
+        if q is IDLE:
+            q = self._mk_queue()
         limit = self._mk_limit
         high2 = 2 * high
         if len(frames) == 1:  # the common case: one frame per read
@@ -293,12 +338,30 @@ class Mailbox:
             self._mk_refuse()
         if future is None:
             future = self._mk_loop.create_future()
+        if q is IDLE:
+            q = self._mk_queue()
         q.append(Caller(pid, future))
         q.append(request)
         if not self._mk_scheduled:
             self._mk_scheduled = True
             self._mk_kick()
         return future
+
+    def _mk_queue(self) -> deque[Any]:
+        """This actor's own queue: a spare one if it had none (it was idle)."""
+        q = self._mk_q
+        if q is IDLE:
+            spare = self._mk_sched.spare
+            q = self._mk_q = spare.pop() if spare else deque()
+        return q
+
+    def _mk_spare(self, q: deque[Any]) -> None:
+        """The drain emptied ``q``: give it to the node's spares (see :class:`_Idle`)."""
+        if q is not IDLE:
+            self._mk_q = IDLE
+            spare = self._mk_sched.spare
+            if len(spare) < _SPARE_MAX:
+                spare.append(q)
 
     def _mk_refuse(self) -> None:
         if self._mk_state == DEAD:
@@ -325,14 +388,15 @@ class Mailbox:
         if sig.reason == "kill":
             self._mk_kill()
             return
+        q = self._mk_queue()
         if self._mk_signals_first:
             at = 2 * self._mk_nurgent
-            self._mk_q.insert(at, None)
-            self._mk_q.insert(at, sig)
+            q.insert(at, None)
+            q.insert(at, sig)
             self._mk_nurgent += 1
         else:
-            self._mk_q.append(sig)
-            self._mk_q.append(None)
+            q.append(sig)
+            q.append(None)
         if not self._mk_scheduled:
             self._mk_scheduled = True
             self._mk_kick()
@@ -354,7 +418,7 @@ class Mailbox:
         """
         if self._mk_state == DEAD:
             return False
-        q = self._mk_q
+        q = self._mk_queue()
         at = max(len(q) - 2 * behind, 2 * self._mk_nurgent)
         q.insert(at, None)
         q.insert(at, Notify(callback))
@@ -372,8 +436,9 @@ class Mailbox:
             return
         self._mk_held = True
         self._mk_scheduled = True
-        self._mk_q.appendleft(None)
-        self._mk_q.appendleft(HOLD)
+        q = self._mk_queue()
+        q.appendleft(None)
+        q.appendleft(HOLD)
         if self._mk_cap:  # the marker must not take a bounded mailbox's place
             self._mk_cap += 2
             self._mk_limit += 2
@@ -449,10 +514,19 @@ class Mailbox:
             self._mk_in += handled
         if self._mk_held:
             return  # _mk_scheduled stays True: nothing restarts the drain but _mk_unhold
-        if q and self._mk_state == RUNNING:
-            self._mk_sched.schedule(self)  # over budget: again after the others
+        if q:
+            if self._mk_state == RUNNING:
+                self._mk_sched.schedule(self)  # over budget: again after the others
+            else:
+                self._mk_scheduled = False
         else:
             self._mk_scheduled = False
+            # _mk_spare, inlined: this runs whenever an actor goes idle.
+            if q is not IDLE:
+                self._mk_q = IDLE
+                spare = self._mk_sched.spare
+                if len(spare) < _SPARE_MAX:
+                    spare.append(q)
 
     def _mk_run_now(self, handler: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
         """Run ``handler(a, b)`` (``handle_message`` or a write) at once: a send
@@ -471,10 +545,13 @@ class Mailbox:
             return None
         if self._mk_held:
             return result  # it stays scheduled until _mk_unhold
-        if self._mk_q and self._mk_state == RUNNING:
+        q = self._mk_q
+        if q and self._mk_state == RUNNING:
             self._mk_sched.schedule(self)  # something arrived meanwhile (a Down...)
         else:
             self._mk_scheduled = False
+            if not q:
+                self._mk_spare(q)
         return result
 
     def _mk_special(self, sender: Any, message: Any) -> bool:
@@ -559,6 +636,8 @@ class Mailbox:
                 await asyncio.sleep(0)
         if not self._mk_held:
             self._mk_scheduled = False
+            if not q:
+                self._mk_spare(q)
 
     async def _mk_special_async(self, sender: Any, message: Any) -> bool:
         if sender.__class__ is Notify:
@@ -737,8 +816,41 @@ def process_send(self: Any, to: Any, message: Any) -> None:
     # Whatever is in the table is alive: only a bounded mailbox needs a check.
     if target._mk_cap and len(q) >= target._mk_cap:
         target._mk_refuse()
+    if q is IDLE:  # Mailbox._mk_queue, inlined
+        spare = target._mk_sched.spare
+        q = target._mk_q = spare.pop() if spare else deque()
     self._mk_out += 1
     q.append(self._mk_pid)
+    q.append(message)
+    if not target._mk_scheduled:
+        target._mk_scheduled = True
+        target._mk_kick()
+
+
+def node_send(self: Any, to: Any, message: Any) -> None:
+    """Send from outside any process (the sender is :attr:`~metakit.Node.pid`).
+
+    Raises:
+        NoProcess: nothing answers to ``to``.
+        MailboxFull: the target's bounded mailbox is full.
+    """
+    # Node.send: the routing lookup and Mailbox._mk_deliver inlined, as in
+    # process_send, so a send from outside costs what a process's does. Unlike
+    # Process.send it always queues: an idle eager meta runs on the next turn.
+    try:
+        target = self._registry.table[to.id]
+    except (KeyError, AttributeError):
+        target = self._registry.route(to)
+        if target._mk_remote:  # another node's: the stand-in encodes and queues it
+            target._mk_deliver(self._pid, message)
+            return
+    q = target._mk_q
+    if len(q) >= target._mk_limit:
+        target._mk_refuse()
+    if q is IDLE:  # Mailbox._mk_queue, inlined
+        spare = target._mk_sched.spare
+        q = target._mk_q = spare.pop() if spare else deque()
+    q.append(self._pid)
     q.append(message)
     if not target._mk_scheduled:
         target._mk_scheduled = True
@@ -764,6 +876,8 @@ def connection_read(self: Any, data: bytes) -> None:
     if len(frames) == 1 and not self._mk_backlog:
         q = worker._mk_q
         if len(q) < worker._mk_limit:
+            if q is IDLE:
+                q = worker._mk_queue()
             q.append(self._mk_sender)
             q.append(self._mk_make(self._mk_alias, frames[0]))
             self._mk_out += 1
@@ -788,6 +902,8 @@ def connection_feed_one(self: Any, frame: Any, nbytes: int = 0) -> None:
     if worker is not None and not self._mk_backlog:
         q = worker._mk_q
         if len(q) < worker._mk_limit:
+            if q is IDLE:
+                q = worker._mk_queue()
             q.append(self._mk_sender)
             q.append(self._mk_make(self._mk_alias, frame))
             self._mk_out += 1

@@ -34,7 +34,7 @@ from ._shutdown import Shutdown
 from .errors import MetakitError, NodeNotRunning, NoProcess
 from .ids import PID, Alias, Target, _next_id
 from .info import EventInfo, MetaInfo, ProcessCounters, ProcessInfo
-from .mailbox import Mailbox, current_actor
+from .mailbox import Mailbox, current_actor, node_send
 from .meta import Meta
 from .process import Process
 
@@ -260,14 +260,9 @@ class Node:
 
     # -- messaging from outside any process ----------------------------------------
 
-    def send(self, to: Target, message: Any) -> None:
-        """Send from outside any process (the sender is :attr:`pid`).
-
-        Raises:
-            NoProcess: nothing answers to ``to``.
-            MailboxFull: the target's bounded mailbox is full.
-        """
-        self._registry.route(to)._mk_deliver(self._pid, message)
+    # The hop from outside any process, inlined beside the envelope it fills
+    # (mailbox.py), as Process.send is; it always queues.
+    send = node_send
 
     def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
         """Call ``to``'s ``handle_call`` from outside any process; await it for the reply.

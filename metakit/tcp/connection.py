@@ -38,12 +38,15 @@ import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..connection import StreamConnection
 from ..framing import Framer, Raw
 from ..ids import PID
 from .messages import TCPConnect, TCPDisconnect, TCPMessage
+
+if TYPE_CHECKING:
+    from .server import TCPServer
 
 __all__ = ["TCPConnection"]
 
@@ -195,10 +198,10 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
     """
 
     __slots__ = (
-        "_accept",
         "_handshake",
         "_nbytes",
         "_nwrites",
+        "_server",
         "_transport",
         "local",
     )
@@ -212,7 +215,7 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # A server's: who serves the connection (None: not now; the server has
         # closed it, or opens it once its TLS handshake is done).
-        self._accept: Callable[[TCPConnection], PID | None] | None = None
+        self._server: TCPServer | None = None  # the server that accepted it
         self._handshake: asyncio.Task[None] | None = None  # a TLS handshake under way
         self.local: Any = None
 
@@ -231,9 +234,13 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
             # rather than read 256 KiB and cut it into copies.
             transport.max_size = framer.read_size
         worker = None
-        if self._accept is not None:
-            worker = self._accept(self)
-            if worker is None:  # refused and closed, or opened after its TLS handshake
+        server = self._server
+        if server is not None:
+            if server._tls is not None:
+                server._accept_tls(self)  # opened after its TLS handshake, or refused
+                return
+            worker = server._accept(self)
+            if worker is None:  # refused and closed
                 return
         self.open(worker, TCPConnect(self.id, self.peer, self.local))
 

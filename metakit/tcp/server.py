@@ -187,7 +187,7 @@ class TCPServer(Meta):
         conn = TCPConnection(
             self._framing, idle_timeout=self._idle, high_watermark=high, low_watermark=low
         )
-        conn._accept = self._accept if self._tls is None else self._accept_tls
+        conn._server = self  # the server itself, not a bound method: 64 bytes less each
         return conn
 
     def _accept(self, conn: TCPConnection) -> PID | None:
