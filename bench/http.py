@@ -14,7 +14,13 @@ uvloop, in one run):
   World!"}), content_type="application/json")`` (what ``web.json_response``
   does, with orjson as metakit uses);
 * ``metakit-json``: the worker returns the dict ``{"message": "Hello,
-  World!"}``; ``WebHandler`` encodes it with orjson.
+  World!"}``; ``WebHandler`` encodes it with orjson;
+* ``aiohttp-text-tuned``, ``aiohttp-json-tuned`` (controls): exactly the
+  ``aiohttp-text`` / ``aiohttp-json`` servers, in a process that first calls
+  ``metakit._malloc.warm_allocator()``, the glibc malloc tuning a metakit
+  ``Node`` applies to its OS process at start. The targets stay metakit vs
+  plain aiohttp; metakit / tuned is metakit's own cost, tuned / plain
+  aiohttp the tuning's share ("the tuning alone").
 
 Only with ``--variant`` (not in the default run): ``hop-text`` and
 ``hop-json``, a plain aiohttp handler that awaits a bare one-hop reply (a
@@ -44,37 +50,60 @@ request is the measure. The report says which generator was used.
 The servers run pinned to CPU 0, the load generator to CPU 1 (``taskset``;
 this script runs on CPU 1 and sleeps meanwhile). All the servers of a loop
 are started at once (idle ones cost nothing), each is warmed up with an
-unmeasured run, then the measured runs go round the variants (order
-reversed every round), and the best run of each (by req/s) is reported.
-Server CPU is utime + stime from ``/proc/PID/stat`` (10 ms ticks) at the
-start and end of each run; the generator's from ``getrusage``; "other" is
-the rest of the machine's busy time (``/proc/stat``), and a run during which
-other programs used more than 10 % of a core is done again (while time
-allows).
+unmeasured run, then the measured runs go round the variants (order reversed
+every round, so that a round's runs of a kind are back to back). The table
+shows the best run of each variant (by req/s); every ratio is the MEDIAN
+over the rounds of the ratio of the two variants' runs in the same round
+(paired rounds: a shared machine drifts, and the pairs cancel it), every
+round's ratio printed beside. Server CPU is utime + stime from
+``/proc/PID/stat`` (10 ms ticks) at the start and end of each run; the
+generator's from ``getrusage``; "other" is the rest of the machine's busy
+time (``/proc/stat``), and a run during which other programs used more than
+10 % of a core is done again (while time allows).
 
 Target: metakit >= 0.85x plain aiohttp on the same loop, for text and for
-JSON. With the server saturated (one Python core against wrk, srv% near
-100) the req/s ratio is the measure; otherwise the server-CPU-per-request
-ratio (aiohttp's / metakit's) is. Both ratios are printed. A miss prints
-``MISS``; only errors make the exit status non-zero.
+JSON (medians of paired rounds). With the server saturated in every round
+(one Python core against wrk, srv% near 100) the req/s ratio is the
+measure; otherwise the server-CPU-per-request ratio (aiohttp's / metakit's,
+the "efficiency") is. Both ratios are printed, and beside them metakit vs
+the tuned control and the tuning alone (tuned / plain aiohttp). A miss
+prints ``MISS``; only errors make the exit status non-zero.
+
+``--json PATH`` writes, at the end, ``{"bench": "http", "command": "python
+bench/http.py <args as given>", "rows": {KEY: {"asyncio": x, "uvloop": x}}}``,
+each ``x`` a float, or null for a loop not run (or a variant missing). Every
+value is a median of paired rounds:
+
+* ``hello_rps``, ``json_rps``: metakit-KIND / aiohttp-KIND req/s;
+* ``hello_rps_tuned``, ``json_rps_tuned``: metakit-KIND / aiohttp-KIND-tuned
+  req/s;
+* ``hello_cpu``, ``json_cpu``: aiohttp-KIND's server CPU per request /
+  metakit-KIND's (the efficiency: > 1 means metakit is cheaper);
+  ``hello_cpu_tuned``, ``json_cpu_tuned``: the same against the tuned control;
+* ``tuning_alone_text``, ``tuning_alone_json``: aiohttp-KIND-tuned /
+  aiohttp-KIND req/s; ``tuning_alone_text_cpu``, ``tuning_alone_json_cpu``:
+  aiohttp-KIND's server CPU per request / aiohttp-KIND-tuned's.
+
+(``hello`` is the text kind.) The req/s ratios are the measure only with
+saturated servers; with the aiohttp fallback generator, read the ``_cpu`` ones.
 
 Run from the repository root (Linux, two or more CPUs; ``apt-get install
 wrk``)::
 
     python bench/http.py [--quick] [--loop asyncio|uvloop|both] [--variant NAME ...]
                          [--loadgen auto|wrk|aiohttp] [--seconds S] [--repeat N]
-                         [--profile [--profile-dir DIR]]
+                         [--profile [--profile-dir DIR]] [--json PATH]
 
-``--quick`` is a smoke test (1 s runs, under 30 s); a full run takes about
-two and a half minutes. ``--profile`` runs the servers (by default
-``aiohttp-text`` and ``metakit-text``) under cProfile, switched on (by
-SIGUSR1/SIGUSR2) for the measured runs only, so their figures are then not
-comparable; it prints each one's top 25 functions by tottime, its tottime by
-package per request, its function calls per request and metakit's own
-functions. Internally the servers are this script run as ``--serve VARIANT
---loop LOOP``: it prints ``READY <port> <loop class> <access log>`` and
-serves until its stdin closes or it gets SIGTERM/SIGINT; the fallback
-generator is ``--client URL ...``.
+``--quick`` is a smoke test (1 s runs, one round, under a minute); a full
+run (three rounds) takes about three and a half minutes. ``--profile`` runs
+the servers (by default ``aiohttp-text`` and ``metakit-text``) under
+cProfile, switched on (by SIGUSR1/SIGUSR2) for the measured runs only, so
+their figures are then not comparable; it prints each one's top 25 functions
+by tottime, its tottime by package per request, its function calls per
+request and metakit's own functions. Internally the servers are this script
+run as ``--serve VARIANT --loop LOOP``: it prints ``READY <port> <loop
+class> <access log>`` and serves until its stdin closes or it gets
+SIGTERM/SIGINT; the fallback generator is ``--client URL ...``.
 """
 
 from __future__ import annotations
@@ -94,26 +123,38 @@ import cProfile
 import http.client
 import json
 import logging
+import math
 import platform
 import pstats
 import re
 import resource
+import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from _harness import ServeProcess, host_busy, pinned, proc_cpu, quiet_note, verdict
 
-VARIANTS = ("aiohttp-text", "metakit-text", "aiohttp-json", "metakit-json")
+VARIANTS = (
+    "aiohttp-text",
+    "aiohttp-text-tuned",  # the control: aiohttp-text with the node's malloc tuning
+    "metakit-text",
+    "aiohttp-json",
+    "aiohttp-json-tuned",
+    "metakit-json",
+)
 EXTRA_VARIANTS = ("hop-text", "hop-json")  # only with --variant: see the docstring
 PROFILE_VARIANTS = ["aiohttp-text", "metakit-text"]
 LOOPS = ("asyncio", "uvloop")
 KINDS = ("text", "json")
+ROW_NAMES = {"text": "hello", "json": "json"}  # --json row names by kind
 TEXT = "Hello, World!"
 MESSAGE = {"message": TEXT}
 
@@ -220,10 +261,19 @@ async def _serve_metakit(kind: str) -> tuple[int, Any]:
     return server.address[1], node
 
 
+def kind_of(variant: str) -> str:
+    """``text`` or ``json``: ``aiohttp-text-tuned`` -> ``text``."""
+    return variant.split("-")[1]
+
+
 async def _serve(variant: str, profiler: cProfile.Profile | None) -> None:
     loop = asyncio.get_running_loop()
-    framework, kind = variant.split("-")
+    framework, kind = variant.split("-")[0], kind_of(variant)
     if framework == "aiohttp":
+        if variant.endswith("-tuned"):  # the control: the node's malloc tuning, no node
+            from metakit._malloc import warm_allocator
+
+            warm_allocator()
         port, owner = await _serve_aiohttp(kind)
     elif framework == "hop":
         port, owner = await _serve_hop(kind)
@@ -617,19 +667,83 @@ class Result:
         return max(self.runs, key=lambda r: r.rps)
 
 
+def _ratio(x: float, y: float) -> float:
+    return x / y if y else float("nan")
+
+
+def _median(values: list[float]) -> float:
+    """The median of the finite values (a round with no CPU tick gives no ratio), or NaN."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else float("nan")
+
+
+class Paired:
+    """Ratios of ``num``'s runs to ``den``'s, round by round; medians over the rounds.
+
+    Round i's run of each was measured in the same pass round the variants
+    (so close in time): the machine's drifts cancel in each pair.
+    """
+
+    def __init__(self, num: Result, den: Result) -> None:
+        self.pairs = list(zip(num.runs, den.runs, strict=False))
+        self.rounds_rps = self.each(lambda r: r.rps)
+        self.rounds_efficiency = [_ratio(d.cpu_per_req, n.cpu_per_req) for n, d in self.pairs]
+        self.rps = _median(self.rounds_rps)
+        self.efficiency = _median(self.rounds_efficiency)  # den's CPU/req / num's
+        self.cpu = _median(self.each(lambda r: r.cpu_per_req))  # num's / den's
+        self.p50 = _median(self.each(lambda r: r.p50))
+        self.p99 = _median(self.each(lambda r: r.p99))
+        self.saturated = all(min(n.server_pct, d.server_pct) >= SATURATED for n, d in self.pairs)
+
+    def each(self, value: Callable[[Run], float]) -> list[float]:
+        return [_ratio(value(n), value(d)) for n, d in self.pairs]
+
+    def spread(self) -> str:
+        """Every round's req/s and efficiency ratios."""
+        rps = " ".join(f"{x:.2f}" for x in self.rounds_rps)
+        eff = " ".join(f"{x:.2f}" for x in self.rounds_efficiency)
+        return f"req/s {rps}; efficiency {eff}"
+
+
+def json_rows(results: list[Result]) -> dict[str, dict[str, float | None]]:
+    """The ``--json`` rows (see the module docstring): None where a loop or variant is missing."""
+    by_key = {(r.variant, r.loop): r for r in results}
+    rows: dict[str, dict[str, float | None]] = {}
+
+    def put(key: str, loop: str, value: float | None) -> None:
+        finite = round(value, 4) if value is not None and math.isfinite(value) else None
+        rows.setdefault(key, dict.fromkeys(LOOPS))[loop] = finite
+
+    for loop in LOOPS:
+        for kind in KINDS:
+            name = ROW_NAMES[kind]
+            a = by_key.get((f"aiohttp-{kind}", loop))
+            t = by_key.get((f"aiohttp-{kind}-tuned", loop))
+            m = by_key.get((f"metakit-{kind}", loop))
+            for rps_key, cpu_key, num, den in (
+                (f"{name}_rps", f"{name}_cpu", m, a),
+                (f"{name}_rps_tuned", f"{name}_cpu_tuned", m, t),
+                (f"tuning_alone_{kind}", f"tuning_alone_{kind}_cpu", t, a),
+            ):
+                p = Paired(num, den) if num is not None and den is not None else None
+                put(rps_key, loop, p.rps if p else None)
+                put(cpu_key, loop, p.efficiency if p else None)
+    return rows
+
+
 def check_responses(servers: dict[str, Server]) -> list[str]:
     """Fetch one response from each server; check it and compare the variants of a kind."""
     lines = []
     got = {name: fetch(s.url) for name, s in servers.items()}
     for name, (status, body, _) in got.items():
-        kind = name.split("-")[1]
+        kind = kind_of(name)
         want = TEXT.encode() if kind == "text" else json.dumps(MESSAGE, separators=(",", ":"))
         if isinstance(want, str):
             want = want.encode()
         if status != 200 or body != want:
             raise RuntimeError(f"{name} answered {status} {body!r}, expected 200 {want!r}")
     for kind in KINDS:
-        answers = [(name, got[name]) for name in got if name.endswith(f"-{kind}")]
+        answers = [(name, got[name]) for name in got if kind_of(name) == kind]
         if len(answers) < 2:
             continue
         first, (_, body, headers) = answers[0]
@@ -708,7 +822,7 @@ def report(
     """Print the table and the ratios; return the pass/miss per (loop, kind)."""
     print()
     head = (
-        f"{'variant':<13} {'loop':<8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'variant':<18} {'loop':<8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'srv us/req':>10} {'srv%':>5} {'gen%':>5} {'oth%':>5} {'errors':>6}"
     )
     print(head)
@@ -716,7 +830,7 @@ def report(
     for r in results:
         b = r.best
         print(
-            f"{r.variant:<13} {r.loop:<8} {b.rps:8,.0f} {b.p50 / 1e3:7.2f} {b.p99 / 1e3:7.2f} "
+            f"{r.variant:<18} {r.loop:<8} {b.rps:8,.0f} {b.p50 / 1e3:7.2f} {b.p99 / 1e3:7.2f} "
             f"{b.cpu_per_req:10.1f} {b.server_pct:5.0f} {b.client_pct:5.0f} {b.other_pct:5.0f} "
             f"{b.errors:6d}"
         )
@@ -727,8 +841,9 @@ def report(
         else f"~{opts.warmup} s of unmeasured load before its first run"
     )
     print(
-        f"Best of {opts.repeat} x {opts.seconds} s per variant (by req/s), each server warmed up "
-        f"with {warm}; {opts.conns} keep-alive connections; load generator: {gen.name}."
+        f"Table: best of {opts.repeat} x {opts.seconds} s per variant (by req/s), each server "
+        f"warmed up with {warm}; {opts.conns} keep-alive connections; load generator: "
+        f"{gen.name}. Ratios below: medians of paired rounds, not of the best runs."
     )
     print(
         "srv us/req: server CPU (user+sys, /proc/PID/stat) per request; srv%/gen%: server / "
@@ -758,38 +873,52 @@ def report(
         if not pairs:
             continue
         print()
-        print(f"metakit vs plain aiohttp on {loop} (target >= {TARGET}x):")
+        print(
+            f"metakit vs plain aiohttp on {loop} (target >= {TARGET}x; every ratio the median "
+            f"of {opts.repeat} paired round(s), run / run in the same round):"
+        )
         unsaturated = False
         for kind, a, m in pairs:
-            ab, mb = a.best, m.best
-            saturated = min(ab.server_pct, mb.server_pct) >= SATURATED
+            p = Paired(m, a)
+            saturated = p.saturated
             unsaturated |= not saturated
-            rps_ratio = mb.rps / ab.rps
-            cpu_ratio = mb.cpu_per_req / ab.cpu_per_req
-            measure = rps_ratio if saturated else 1 / cpu_ratio
+            measure = p.rps if saturated else p.efficiency
             ok = measure >= TARGET
             verdicts[f"{loop} {kind}"] = ok
             what = "req/s" if saturated else "aiohttp/metakit CPU per req"
-            disturbed = max(ab.other_pct, mb.other_pct) > NOISY
+            disturbed = max(ar.other_pct for ar in a.runs + m.runs) > NOISY
             print(
-                f"  {kind:<5} req/s {rps_ratio:5.2f}x   server CPU/req {cpu_ratio:5.2f}x "
-                f"(efficiency {1 / cpu_ratio:4.2f}x)   p50 {mb.p50 / ab.p50:5.2f}x   "
-                f"p99 {mb.p99 / ab.p99:5.2f}x   -> {what} {measure:5.3f}x  {verdict(ok)}"
+                f"  {kind:<5} req/s {p.rps:5.2f}x   server CPU/req {p.cpu:5.2f}x "
+                f"(efficiency {p.efficiency:4.2f}x)   p50 {p.p50:5.2f}x   "
+                f"p99 {p.p99:5.2f}x   -> {what} {measure:5.3f}x  {verdict(ok)}"
                 + ("  (disturbed: run again on an idle machine)" if disturbed else "")
             )
+            print(f"  {'':<5} rounds: {p.spread()}")
+            t = by_key.get((f"aiohttp-{kind}-tuned", loop))
+            if t is not None:
+                pt, pa = Paired(m, t), Paired(t, a)
+                print(
+                    f"  {'':<5} vs aiohttp-{kind}-tuned: req/s {pt.rps:5.2f}x, efficiency "
+                    f"{pt.efficiency:4.2f}x (metakit's own cost)   rounds: {pt.spread()}"
+                )
+                print(
+                    f"  {'':<5} tuning alone, aiohttp-{kind}-tuned / aiohttp-{kind}: req/s "
+                    f"{pa.rps:5.2f}x, efficiency {pa.efficiency:4.2f}x   rounds: {pa.spread()}"
+                )
         for kind in KINDS:
             a = by_key.get((f"aiohttp-{kind}", loop))
             h = by_key.get((f"hop-{kind}", loop))
             if a is not None and h is not None:
+                ph = Paired(h, a)
                 print(
-                    f"  (floor: hop-{kind} / aiohttp-{kind}: req/s {h.best.rps / a.best.rps:4.2f}x,"
-                    f" server CPU/req {h.best.cpu_per_req / a.best.cpu_per_req:4.2f}x)"
+                    f"  (floor: hop-{kind} / aiohttp-{kind}: req/s {ph.rps:4.2f}x,"
+                    f" server CPU/req {ph.cpu:4.2f}x)"
                 )
         if unsaturated:
             print(
-                f"  (a server below {SATURATED:.0f}% of its core, the load generator being the "
-                "limit or other programs taking that core: the CPU-per-request ratio is the "
-                "measure there)"
+                f"  (a server below {SATURATED:.0f}% of its core in some round, the load "
+                "generator being the limit or other programs taking that core: the "
+                "CPU-per-request ratio is the measure there)"
             )
     return verdicts
 
@@ -870,7 +999,7 @@ def header(opts: argparse.Namespace, gen: LoadGen) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 s runs, < 30 s")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 s runs, < 1 min")
     parser.add_argument("--loop", choices=(*LOOPS, "both"), default="both")
     parser.add_argument(
         "--variant",
@@ -886,7 +1015,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--seconds", type=int, help="seconds per measured run (whole)")
-    parser.add_argument("--repeat", type=int, help="measured runs per variant (best reported)")
+    parser.add_argument(
+        "--repeat", type=int, help="rounds: measured runs per variant (3; --quick: 1)"
+    )
     parser.add_argument(
         "--gen-procs",
         type=int,
@@ -902,6 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the ratios (medians of paired rounds) as JSON"
+    )
     # internal: the server and client subprocesses
     parser.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
@@ -982,6 +1116,15 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{k} {verdict(v)}" for k, v in verdicts.items())
         )
     print(f"load generator: {gen.describe()}")
+    if opts.json:
+        given = sys.argv[1:] if argv is None else argv
+        doc = {
+            "bench": "http",
+            "command": " ".join(["python", "bench/http.py", *map(shlex.quote, given)]),
+            "rows": json_rows(results),
+        }
+        Path(opts.json).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {opts.json}")
     print(f"total {time.monotonic() - started:.0f} s")
     return 0
 

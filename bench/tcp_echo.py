@@ -33,6 +33,32 @@ source is newer), in its own process:
   MB/s = 10^6 bytes echoed per second, from the first byte sent to the last
   one back. Best of five runs (a run takes a fraction of a second).
 
+Idle connections (memory; ``raw-protocol``, ``raw-tuned`` and ``metakit``,
+both loops): each server in a fresh process of its own; this script (plain
+blocking sockets, one connection after the other) opens ``--idle-conns``
+connections (2000; ``--quick``: 200), sends one line on each and reads its
+echo (every connection has done one round trip, as a real idle client has),
+and holds them open. The server reports its VmRSS (``/proc/self/status``,
+after a ``gc.collect()`` and glibc's ``malloc_trim(0)``, so that the
+connections' memory is not hidden in heap pages that happened to be free and
+resident) with one connection open (the baseline: the first connection's
+one-off costs do not count) and again with all of them open; the table
+shows the growth / ``--idle-conns`` in bytes per connection, the median of
+three rounds (``--idle-rounds``; a fresh server each, the order reversed
+every round), and the ratios metakit / raw-protocol and metakit / raw-tuned
+are medians of the per-round ratios. ``traced`` is the same growth seen by
+``tracemalloc``, started before the server listens, in one more server per
+variant (``--no-idle-trace`` skips it): Python's allocators only, not
+libuv's. Neither figure includes the kernel's socket memory. Memory free
+inside Python's object allocator at the baseline is still reused unseen, so
+the ``--quick`` 200 connections show about a quarter less than 2000 (in one
+check on asyncio; the ratio was the same). Note that
+``raw-tuned`` holds its 64 KiB read buffer per connection (a
+``BufferedProtocol``): its idle connections cost that much. Every connect,
+send and receive has a 10 s timeout, and each server's connections a
+deadline of 30 s + 10 ms per connection; then the connections close and the
+server stops. This section runs last, after the ping-pong and stream runs.
+
 The server is pinned to CPU 0 and the load generator to CPU 1 (``taskset``;
 this script itself runs on CPU 1 and sleeps meanwhile). The load generator
 reads the server's CPU time (utime + stime from ``/proc/PID/stat``, all
@@ -72,12 +98,33 @@ last, on the warm servers.
 Targets (metakit vs raw-buffered on the same loop, warm): server CPU per round
 trip <= 1.4x, p99 latency <= 1.5x, stream MB/s >= 0.8x; and no cold-start
 penalty: metakit's cold round trips/s >= 0.8x its warm ones. A miss prints
-``MISS``; only errors make the exit status non-zero.
+``MISS``; only errors make the exit status non-zero (an error in the idle
+connections still prints, and writes to ``--json``, what was measured). The
+idle connection memory has no target.
 
 Run from the repository root (Linux, gcc, two or more CPUs)::
 
     python bench/tcp_echo.py [--quick] [--verbose] [--loop asyncio|uvloop|both]
-                             [--variant NAME ...] [--profile]
+                             [--variant NAME ...] [--profile] [--phase echo,idle]
+                             [--idle-conns N] [--idle-rounds N] [--json PATH]
+
+``--phase`` (repeatable or comma-separated) runs a part: ``echo`` the
+ping-pong and stream runs, ``idle`` the idle connections (``--idle-conns 0``
+skips those too). ``--json PATH`` also writes the ratios, at the end::
+
+    {"bench": "tcp_echo", "command": "python bench/tcp_echo.py <args as given>",
+     "rows": {KEY: {"asyncio": float | null, "uvloop": float | null}}}
+
+null where not measured (that loop, phase or variant was not run). Keys:
+``cpu_per_rt`` (metakit / raw-buffered, server CPU per round trip, the
+median of the paired rounds as printed), ``cpu_per_rt_tuned`` (metakit /
+raw-tuned), ``tuning_alone_cpu`` (raw-tuned / raw-buffered), ``stream_mbps``
+(metakit / raw-buffered); ``idle_conn_bytes_metakit``,
+``idle_conn_bytes_raw`` (raw-protocol), ``idle_conn_bytes_tuned`` (VmRSS
+bytes per idle connection, medians), ``idle_conn_ratio`` (metakit /
+raw-protocol), ``idle_conn_ratio_tuned`` (metakit / raw-tuned; medians of the
+paired rounds), ``idle_conn_traced_metakit``, ``idle_conn_traced_raw``,
+``idle_conn_traced_tuned`` (tracemalloc bytes per idle connection).
 
 ``--rate N`` paces the warm runs at N round trips/s in all (below every
 server's maximum, e.g. 60000): each server then does the same work at the
@@ -85,13 +132,16 @@ same rhythm, and CPU per round trip compares their costs without the
 kernel's extra wake-ups that a slower server pays at saturation (the paced
 generator polls between sends, so it is never asleep to be woken).
 
-A full run takes 3-5 minutes. ``--quick`` is a smoke test (1 s runs, one
-16 MiB stream, no retries, ~30 s). ``--verbose``
+A full run takes 3-5 minutes, and the idle connections about half a minute
+more. ``--quick`` is a smoke test (1 s runs, one
+16 MiB stream, no retries, 200 idle connections, ~40 s). ``--verbose``
 adds every run and the round trips per 250 ms slice. ``--profile`` runs the
 metakit server under cProfile (its figures are then not comparable) and
 prints its hottest functions. Internally the servers are this script run as
-``--serve VARIANT --loop LOOP``: it prints ``PORTS <line> <raw>`` and serves
-until its stdin closes or it gets SIGTERM/SIGINT.
+``--serve VARIANT --loop LOOP [--trace-malloc]``: it prints ``PORTS <line>
+<raw>``, answers a ``mem`` line on stdin with ``MEM <VmRSS> <traced>``
+(bytes; traced -1 without ``--trace-malloc``) and serves until its stdin
+closes or it gets SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -99,14 +149,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import ctypes
+import gc
+import json
+import math
 import os
 import platform
 import pstats
+import resource
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +188,14 @@ P99_TARGET = 1.5  # p99 latency, at most
 STREAM_TARGET = 0.8  # stream MB/s, at least
 COLD_TARGET = 0.8  # metakit cold round trips/s / warm, at least
 NOISY = 10.0  # a run during which other programs took more % of a core is done again
+
+# Idle connections: the variants measured, rounds, and the deadlines.
+IDLE_VARIANTS = ("raw-protocol", "raw-tuned", "metakit")
+IDLE_ROUNDS = 3
+IDLE_WARM = 1  # connections opened (and echoed, and held) before the baseline
+IDLE_IO_TIMEOUT = 10.0  # seconds per connect, send or receive
+IDLE_DEADLINE = 30.0  # seconds per server to open and echo its connections, + 10 ms each
+PHASES = ("echo", "idle")
 
 
 # --------------------------------------------------------------------- servers
@@ -194,6 +261,28 @@ async def _serve_metakit() -> tuple[int, int, Any]:
     return line_port, raw_port, node
 
 
+def memory() -> tuple[int, int]:
+    """This process's VmRSS and tracemalloc's traced bytes (-1 if not tracing).
+
+    After a gc and glibc's ``malloc_trim(0)``: free heap pages go back to the
+    kernel, so that new allocations show in VmRSS instead of reusing memory
+    that happened to be free and resident at the baseline.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    rss = -1
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024  # kB
+                break
+    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else -1
+    return rss, traced
+
+
 async def _serve(variant: str) -> None:
     loop = asyncio.get_running_loop()
     if variant == "raw-protocol":
@@ -207,10 +296,20 @@ async def _serve(variant: str) -> None:
     else:
         line_port, raw_port, owner = await _serve_metakit()
     done = asyncio.Event()
+    pending = b""
 
     def stdin_ready() -> None:
-        if not os.read(0, 4096):
+        nonlocal pending
+        chunk = os.read(0, 4096)
+        if not chunk:
             done.set()
+            return
+        pending += chunk
+        while b"\n" in pending:
+            request, pending = pending.split(b"\n", 1)
+            if request.strip() == b"mem":
+                rss, traced = memory()
+                print(f"MEM {rss} {traced}", flush=True)
 
     loop.add_reader(0, stdin_ready)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,8 +324,14 @@ async def _serve(variant: str) -> None:
         await owner.wait_closed()
 
 
-def serve_main(variant: str, loop_name: str, profile: str | None) -> None:
-    """The ``--serve`` mode: run one echo server until stdin closes."""
+def serve_main(variant: str, loop_name: str, profile: str | None, trace: bool = False) -> None:
+    """The ``--serve`` mode: run one echo server until stdin closes.
+
+    It answers a ``mem`` line on stdin with ``MEM <VmRSS> <traced>`` (bytes;
+    traced is -1 unless ``trace``: tracemalloc started before anything else).
+    """
+    if trace:
+        tracemalloc.start()
     factory = None
     if loop_name == "uvloop":
         import uvloop
@@ -361,10 +466,19 @@ class Result:
 class Server(ServeProcess):
     """A ``--serve`` subprocess, pinned; stops when its stdin is closed."""
 
-    def __init__(self, variant: str, loop: str, cpu: int | None, profile: str | None) -> None:
+    def __init__(
+        self, variant: str, loop: str, cpu: int | None, profile: str | None, trace: bool = False
+    ) -> None:
         args = [variant, "--loop", loop] + (["--profile-to", profile] if profile else [])
+        if trace:
+            args.append("--trace-malloc")
         super().__init__(__file__, f"{variant}/{loop}", args, cpu, "PORTS ")
         self.line_port, self.raw_port = (int(x) for x in self.fields[:2])
+
+    def memory(self) -> tuple[int, int]:
+        """Its VmRSS and tracemalloc's traced bytes (-1 if not tracing), after a gc."""
+        _, rss, traced = self.ask("mem", "MEM ").split()
+        return int(rss), int(traced)
 
 
 def measure_loop(
@@ -479,6 +593,101 @@ def measure_loop(
         results[variant].notes.append(f"redone, disturbed by other programs: {n} x {what}")
     if waited >= 1:
         results[variants[0]].notes.append(f"waited {waited:.0f} s for other programs to go idle")
+    return [results[v] for v in variants]
+
+
+@dataclass
+class Idle:
+    """Memory per idle connection of one variant on one loop."""
+
+    variant: str
+    loop: str
+    rss: list[float] = field(default_factory=list)  # VmRSS growth / connection, bytes, per round
+    traced: float | None = None  # tracemalloc growth / connection, bytes (a server of its own)
+
+    @property
+    def bytes_per_conn(self) -> float:
+        return median(self.rss)
+
+
+def _echo_one(sock: socket.socket, line: bytes) -> None:
+    """One round trip on a connection: send ``line``, read its echo."""
+    sock.sendall(line)
+    got = b""
+    while len(got) < len(line):
+        chunk = sock.recv(len(line) - len(got))
+        if not chunk:
+            raise RuntimeError("the server closed a connection before its echo")
+        got += chunk
+    if got != line:
+        raise RuntimeError(f"bad echo: {got[:80]!r}")
+
+
+def idle_once(opts: argparse.Namespace, variant: str, loop: str, trace: bool) -> tuple[int, int]:
+    """A fresh server: its VmRSS and traced growth (bytes) for ``opts.idle_conns`` connections.
+
+    ``IDLE_WARM`` connections, opened and echoed first, are part of the
+    baseline: one-off costs of the first connection do not count. Every
+    connection then opens in turn, does one round trip and stays open; the
+    server is asked for its memory once all of them are; then the
+    connections close, and the server stops. The traced growth is -1 unless
+    ``trace``.
+    """
+    n = opts.idle_conns
+    line = b"i" * (opts.size - 1) + b"\n"
+    socks: list[socket.socket] = []
+    server = Server(variant, loop, opts.server_cpu, None, trace)
+    try:
+        deadline = time.monotonic() + IDLE_DEADLINE + 0.01 * n
+
+        def connect() -> None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{variant}/{loop}: {len(socks)} of {n + IDLE_WARM} idle connections "
+                    f"echoed in {IDLE_DEADLINE + 0.01 * n:g} s"
+                )
+            addr = ("127.0.0.1", server.line_port)
+            sock = socket.create_connection(addr, timeout=IDLE_IO_TIMEOUT)
+            socks.append(sock)
+            _echo_one(sock, line)
+
+        for _ in range(IDLE_WARM):
+            connect()
+        rss0, traced0 = server.memory()
+        for _ in range(n):
+            connect()
+        rss1, traced1 = server.memory()
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+    return rss1 - rss0, (traced1 - traced0 if trace else -1)
+
+
+def measure_idle(opts: argparse.Namespace, variants: list[str], loop: str) -> list[Idle]:
+    """``opts.idle_rounds`` rounds over the variants (a fresh server each), then a traced one.
+
+    The order is reversed every round, as for the other runs; each round
+    gives a paired ratio. The tracemalloc figure comes from one more server
+    per variant, started with tracemalloc on (its bookkeeping would inflate
+    the VmRSS figures).
+    """
+    results = {v: Idle(v, loop) for v in variants}
+    n = opts.idle_conns
+    for i in range(opts.idle_rounds):
+        print(
+            f"  {loop}: idle connections, round {i + 1} of {opts.idle_rounds}...",
+            file=sys.stderr,
+            flush=True,
+        )
+        for variant in variants if i % 2 == 0 else variants[::-1]:
+            rss, _ = idle_once(opts, variant, loop, trace=False)
+            results[variant].rss.append(rss / n)
+    if opts.idle_trace:
+        print(f"  {loop}: idle connections under tracemalloc...", file=sys.stderr, flush=True)
+        for variant in variants:
+            _, traced = idle_once(opts, variant, loop, trace=True)
+            results[variant].traced = traced / n
     return [results[v] for v in variants]
 
 
@@ -648,6 +857,129 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
                 )
 
 
+def idle_ratios(ours: Idle, theirs: Idle) -> list[float]:
+    """Per-round ratios of VmRSS growth per connection (rounds where theirs did not grow: none)."""
+    return [a / b for a, b in zip(ours.rss, theirs.rss, strict=False) if b > 0]
+
+
+def report_idle(idle: list[Idle], opts: argparse.Namespace) -> None:
+    print()
+    print(
+        f"idle connections: {opts.idle_conns} per server, each echoed one {opts.size}-byte line "
+        f"and then held open; B/conn: the server's VmRSS growth per connection (baseline "
+        f"with {IDLE_WARM} connection open; each reading after a gc and malloc_trim), median "
+        f"of {opts.idle_rounds} rounds, a fresh server each"
+        + (
+            "; traced: tracemalloc's growth per connection (one more server, tracemalloc "
+            "started before it listens; Python's allocators only, not libuv's)."
+            if opts.idle_trace
+            else "."
+        )
+    )
+    head = f"{'variant':<13} {'loop':<8} {'B/conn':>8}  {'rounds':<26} {'traced':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in idle:
+        rounds = " ".join(f"{v:,.0f}" for v in r.rss)
+        traced = "-" if r.traced is None else f"{r.traced:,.0f}"
+        print(f"{r.variant:<13} {r.loop:<8} {r.bytes_per_conn:8,.0f}  {rounds:<26} {traced:>8}")
+    by_key = {(r.variant, r.loop): r for r in idle}
+    for loop in opts.loops:
+        mk = by_key.get(("metakit", loop))
+        if mk is None:
+            continue
+        lines = []
+        for ref_name in ("raw-protocol", "raw-tuned"):
+            ref = by_key.get((ref_name, loop))
+            if ref is None:
+                continue
+            ratios = idle_ratios(mk, ref)
+            if ratios:
+                name = f"B/conn / {ref_name}"
+                lines.append(f"  {name:<34} {median(ratios):6.2f}x  rounds: {spread(ratios)}")
+            if mk.traced is not None and ref.traced:
+                name = f"traced B/conn / {ref_name}"
+                lines.append(f"  {name:<34} {mk.traced / ref.traced:6.2f}x")
+        if lines:
+            print()
+            print(f"metakit vs raw, idle connection memory on {loop}:")
+            print("\n".join(lines))
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` rounded for the JSON file, or None if it is missing or not finite."""
+    return round(value, 4) if value is not None and math.isfinite(value) else None
+
+
+def json_rows(results: list[Result], idle: list[Idle]) -> dict[str, dict[str, float | None]]:
+    """The ``--json`` rows: per figure, its value on each loop (None: not measured)."""
+    keys = (
+        "cpu_per_rt",
+        "cpu_per_rt_tuned",
+        "tuning_alone_cpu",
+        "stream_mbps",
+        "idle_conn_bytes_metakit",
+        "idle_conn_bytes_raw",
+        "idle_conn_bytes_tuned",
+        "idle_conn_ratio",
+        "idle_conn_ratio_tuned",
+        "idle_conn_traced_metakit",
+        "idle_conn_traced_raw",
+        "idle_conn_traced_tuned",
+    )
+    rows: dict[str, dict[str, float | None]] = {k: dict.fromkeys(LOOPS) for k in keys}
+    runs = {(r.variant, r.loop): r for r in results}
+    mems = {(r.variant, r.loop): r for r in idle}
+
+    def cpu(r: PingPong) -> float:
+        return r.cpu_per_rt
+
+    def mbps(r: Stream) -> float:
+        return r.mbps
+
+    for loop in LOOPS:
+        mk, ref, tuned = (runs.get((v, loop)) for v in ("metakit", "raw-buffered", "raw-tuned"))
+        row: dict[str, float | None] = {}
+        if mk is not None and ref is not None:
+            row["cpu_per_rt"] = median(paired(mk.warm, ref.warm, cpu))
+            row["stream_mbps"] = median(paired(mk.streams, ref.streams, mbps))
+        if mk is not None and tuned is not None:
+            row["cpu_per_rt_tuned"] = median(paired(mk.warm, tuned.warm, cpu))
+        if tuned is not None and ref is not None:
+            row["tuning_alone_cpu"] = median(paired(tuned.warm, ref.warm, cpu))
+        mem = {v: mems.get((v, loop)) for v in IDLE_VARIANTS}
+        for variant, suffix in (
+            ("metakit", "metakit"),
+            ("raw-protocol", "raw"),
+            ("raw-tuned", "tuned"),
+        ):
+            m = mem[variant]
+            if m is not None:
+                row[f"idle_conn_bytes_{suffix}"] = m.bytes_per_conn
+                row[f"idle_conn_traced_{suffix}"] = m.traced
+        mk_mem = mem["metakit"]
+        for ref_name, key in (
+            ("raw-protocol", "idle_conn_ratio"),
+            ("raw-tuned", "idle_conn_ratio_tuned"),
+        ):
+            ref_mem = mem[ref_name]
+            if mk_mem is not None and ref_mem is not None:
+                ratios = idle_ratios(mk_mem, ref_mem)
+                row[key] = median(ratios) if ratios else None
+        for key, value in row.items():
+            rows[key][loop] = finite(value)
+    return rows
+
+
+def write_json(path: str, argv: list[str], results: list[Result], idle: list[Idle]) -> None:
+    data = {
+        "bench": "tcp_echo",
+        "command": " ".join(["python", "bench/tcp_echo.py", *map(shlex.quote, argv)]),
+        "rows": json_rows(results, idle),
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
 def print_profile(result: Result, top: int) -> None:
     assert result.profile is not None
     print()
@@ -729,13 +1061,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--idle-conns",
+        type=int,
+        metavar="N",
+        help="idle connections per server for the memory section (2000; --quick: 200; 0 skips)",
+    )
+    parser.add_argument(
+        "--idle-rounds", type=int, default=IDLE_ROUNDS, help="rounds of the idle connections"
+    )
+    parser.add_argument(
+        "--idle-trace",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the idle connections under tracemalloc (one more server each)",
+    )
+    parser.add_argument(
+        "--phase",
+        action="append",
+        metavar="PHASE[,PHASE...]",
+        help=f"repeatable or comma-separated, of {', '.join(PHASES)}; default all",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the ratios to PATH as JSON")
     # internal: the server subprocess
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
-    opts = parser.parse_args(argv)
+    parser.add_argument("--trace-malloc", action="store_true", help=argparse.SUPPRESS)
+    args = sys.argv[1:] if argv is None else argv
+    opts = parser.parse_args(args)
 
     if opts.serve:
-        serve_main(opts.serve, opts.loop, opts.profile_to)
+        serve_main(opts.serve, opts.loop, opts.profile_to, opts.trace_malloc)
         return 0
 
     quick = opts.quick
@@ -751,6 +1107,26 @@ def main(argv: list[str] | None = None) -> int:
         opts.quiet_wait = 3.0 if quick else 30.0
     opts.loops = LOOPS if opts.loop == "both" else (opts.loop,)
     variants = opts.variant or (["metakit"] if opts.profile else list(VARIANTS))
+    phases = {x.strip() for arg in opts.phase or PHASES for x in arg.split(",") if x.strip()}
+    if phases - set(PHASES):
+        parser.error(f"unknown --phase {sorted(phases - set(PHASES))}; of {', '.join(PHASES)}")
+    if opts.idle_conns is None:
+        opts.idle_conns = 200 if quick else 2000
+    if opts.idle_conns < 0 or opts.idle_rounds < 1:
+        parser.error("--idle-conns must be >= 0 and --idle-rounds >= 1")
+    idle_variants = [v for v in IDLE_VARIANTS if v in variants]
+    if opts.idle_conns == 0 or not idle_variants:
+        phases.discard("idle")
+    if "idle" in phases:
+        # A descriptor per connection, here and in the server (which inherits the limit).
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = opts.idle_conns + IDLE_WARM + 256
+        if hard != resource.RLIM_INFINITY and hard < want:
+            parser.error(
+                f"--idle-conns {opts.idle_conns} needs {want} descriptors; the limit is {hard}"
+            )
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
     cpus = os.sched_getaffinity(0)
     if len(cpus) < 2 or shutil.which("taskset") is None:
@@ -762,16 +1138,33 @@ def main(argv: list[str] | None = None) -> int:
 
     binary = build_loadgen(LOADGEN_SRC)
     header(opts, binary)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="tcp-echo-prof-") as prof_dir:
-        for loop in opts.loops:
-            profiles = prof_dir if opts.profile else None
-            results += measure_loop(opts, binary, variants, loop, profiles)
-        report(results, opts)
-        if opts.profile:
-            print("\n(profiled: the figures above include cProfile's overhead)")
-            for r in results:
-                print_profile(r, 30)
+    results: list[Result] = []
+    idle: list[Idle] = []
+    if "echo" in phases:
+        with tempfile.TemporaryDirectory(prefix="tcp-echo-prof-") as prof_dir:
+            for loop in opts.loops:
+                profiles = prof_dir if opts.profile else None
+                results += measure_loop(opts, binary, variants, loop, profiles)
+            report(results, opts)
+            if opts.profile:
+                print("\n(profiled: the figures above include cProfile's overhead)")
+                for r in results:
+                    print_profile(r, 30)
+    error = None
+    if "idle" in phases:
+        # Last, and its failure keeps what was measured (printed, and in the JSON file).
+        try:
+            for loop in opts.loops:
+                idle += measure_idle(opts, idle_variants, loop)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            error = f"idle connections: {exc}"
+        if idle:
+            report_idle(idle, opts)
+    if opts.json:
+        write_json(opts.json, args, results, idle)
+    if error is not None:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

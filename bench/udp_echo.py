@@ -69,6 +69,7 @@ Run from the repository root (Linux, gcc, two or more CPUs)::
                              [--variant raw|metakit ...] [--profile]
                              [--window N] [--size N] [--timeout-ms N]
                              [--seconds S] [--repeat N] [--recv-buffer BYTES]
+                             [--json PATH]
 
 ``--quick`` is a smoke test (one 1 s run per server, < 30 s). A full run
 (three 3 s runs per server) takes about a minute on an idle machine and
@@ -79,6 +80,37 @@ hottest functions. Internally the servers are this script run as
 ``--serve VARIANT --loop LOOP``: it prints ``PORT <port>``, answers a
 ``stats`` line on stdin with ``STATS <json>`` and serves until its stdin
 closes or it gets SIGTERM/SIGINT.
+
+``--json PATH`` also writes, once the report is printed, the ratios of its
+``targets:`` lines to PATH, for a table runner::
+
+    {"bench": "udp_echo", "command": "python bench/udp_echo.py <the arguments as given>",
+     "rows": {KEY: {"asyncio": RATIO, "uvloop": RATIO}}}
+
+Each RATIO is, like the printed ones, a ratio of the two servers' best runs
+(the table's rows), unrounded; null where that loop or variant was not run
+(or the ratio is not finite). Every key is always there. Same loop, in that
+loop's column:
+
+* ``pkts``: ``metakit / raw on LOOP, pkts/s``;
+* ``pkts_tuned``: ``metakit / raw-tuned on LOOP, pkts/s``;
+* ``tuning_alone``: ``(raw-tuned / raw on LOOP, pkts/s)``, what the malloc
+  tuning alone changes;
+* ``cpu``, ``cpu_tuned``: the ``..., server CPU/dg`` lines of ``pkts`` and
+  ``pkts_tuned`` (raw µs / metakit µs per datagram: higher is better);
+
+across loops, in the ``uvloop`` column (``asyncio`` is always null):
+
+* ``vs_stdlib``: ``metakit on uvloop / raw on asyncio, pkts/s``;
+* ``vs_stdlib_cpu``: ``metakit on uvloop / raw on asyncio, server CPU/dg``;
+* ``raw_uvloop_vs_stdlib``: ``(raw on uvloop / raw on asyncio, pkts/s)``.
+
+Which of ``pkts`` and ``cpu`` a target is judged on is up to the report (see
+Targets). Each key also comes with ``_median`` at its end (e.g.
+``pkts_median``): not printed, the median over the rounds of the same ratio
+of the two servers' runs in the same round (each one's best run of the round
+by pkts/s, when a disturbed run was done again), so that drift between rounds
+cancels out; with one round (``--quick``) it equals the best-run ratio.
 """
 
 from __future__ import annotations
@@ -88,16 +120,20 @@ import asyncio
 import cProfile
 import dataclasses
 import json
+import math
 import os
 import platform
 import pstats
+import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +151,8 @@ VS_STDLIB_TARGET = 3.0  # metakit on uvloop / raw on the stdlib loop, at least
 BUSY = 90.0  # % of a core: above it a process counts as the limit
 NOISY = 10.0  # % of a core used by other programs during a run: it is disturbed
 METAKIT_DROPS = ("dropped_full", "dropped_oversize", "dropped_no_worker")
+# --json: key -> loop -> ratio, None when not measured.
+Rows = dict[str, dict[str, float | None]]
 
 
 # --------------------------------------------------------------------- servers
@@ -282,6 +320,7 @@ class Run:
     server_drops: int | None = None  # kernel drops at the server's socket (whole run)
     metakit_drops: int | None = None  # UDPServer's own drops (whole run)
     server_stats: dict[str, int] = field(default_factory=dict)  # deltas over the whole run
+    round_no: int = 0  # the round it was measured in, from 0
 
     @classmethod
     def parse(cls, kv: dict[str, str]) -> Run:
@@ -456,6 +495,7 @@ def measure(opts: argparse.Namespace, binary: Path, prof_dir: str) -> list[Resul
                         result.notes.append(f"round {round_no + 1}: {note}")
                     print(f"  round {round_no + 1}: {combo[0]} on {combo[1]}...", file=sys.stderr)
                     run = run_once(opts, binary, servers[combo])
+                    run.round_no = round_no
                     result.runs.append(run)
                     if run.other_pct <= NOISY or attempt == 2 or slack() < 2 * per_run:
                         break
@@ -483,11 +523,21 @@ def _drops(value: int | None) -> str:
     return "?" if value is None or value < 0 else str(value)
 
 
+def pps_ratio(run: Run, ref: Run) -> float:
+    """Packets/s of ``run`` / of ``ref``."""
+    return run.pps / ref.pps
+
+
+def cpu_ratio(run: Run, ref: Run) -> float:
+    """Server CPU per datagram of ``ref`` / of ``run`` (> 1: ``run`` is cheaper)."""
+    return ref.cpu_per_dgram / run.cpu_per_dgram
+
+
 def judge(name: str, mk: Result, ref: Result, target: float) -> None:
     """Print ``mk`` vs ``ref`` against ``target``: on pkts/s when both servers were
     the limit, else on server CPU per datagram (``ref`` µs / ``mk`` µs)."""
-    pps = mk.best.pps / ref.best.pps
-    cpu = ref.best.cpu_per_dgram / mk.best.cpu_per_dgram
+    pps = pps_ratio(mk.best, ref.best)
+    cpu = cpu_ratio(mk.best, ref.best)
     why = [f"the load generator is the limit for {r.label}" for r in (ref, mk) if r.client_limited]
     why += [
         f"{r.label} was only {r.best.server_pct:.0f}% busy"
@@ -570,8 +620,15 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
     if raw_uv is not None and raw_std is not None:
         print(
             f"  {'(raw on uvloop / raw on asyncio, pkts/s)':<46} "
-            f"{raw_uv.best.pps / raw_std.best.pps:6.2f}x"
+            f"{pps_ratio(raw_uv.best, raw_std.best):6.2f}x"
         )
+    for loop in opts.loops:
+        raw, tuned = by_key.get(("raw", loop)), by_key.get(("raw-tuned", loop))
+        if raw is not None and tuned is not None:
+            print(
+                f"  {f'(raw-tuned / raw on {loop}, pkts/s)':<46} "
+                f"{pps_ratio(tuned.best, raw.best):6.2f}x"
+            )
     if opts.verbose:
         print()
         print(
@@ -598,6 +655,62 @@ def report(results: list[Result], opts: argparse.Namespace) -> None:
         if notes:
             print()
             print("notes: " + "; ".join(notes))
+
+
+# --json: key, its loop column, the two (variant, loop) it is the ratio of, the ratio.
+Pair = tuple[str, str]
+COMPARISONS: list[tuple[str, str, Pair, Pair, Callable[[Run, Run], float]]] = [
+    *(
+        (key, loop, (variant, loop), (ref, loop), how)
+        for loop in LOOPS
+        for key, variant, ref, how in (
+            ("pkts", "metakit", "raw", pps_ratio),
+            ("pkts_tuned", "metakit", "raw-tuned", pps_ratio),
+            ("tuning_alone", "raw-tuned", "raw", pps_ratio),
+            ("cpu", "metakit", "raw", cpu_ratio),
+            ("cpu_tuned", "metakit", "raw-tuned", cpu_ratio),
+        )
+    ),
+    ("vs_stdlib", "uvloop", ("metakit", "uvloop"), ("raw", "asyncio"), pps_ratio),
+    ("vs_stdlib_cpu", "uvloop", ("metakit", "uvloop"), ("raw", "asyncio"), cpu_ratio),
+    ("raw_uvloop_vs_stdlib", "uvloop", ("raw", "uvloop"), ("raw", "asyncio"), pps_ratio),
+]
+
+
+def by_round(result: Result) -> dict[int, Run]:
+    """Each round's best run (by pkts/s; a disturbed run may have been done again)."""
+    best: dict[int, Run] = {}
+    for run in result.runs:
+        if run.round_no not in best or run.pps > best[run.round_no].pps:
+            best[run.round_no] = run
+    return best
+
+
+def json_rows(results: list[Result]) -> Rows:
+    """The ``--json`` rows: every key (and its ``_median``), None where not measured."""
+    by_key = {(r.variant, r.loop): r for r in results}
+    rows: Rows = {}
+    for key, _, _, _, _ in COMPARISONS:
+        for name in (key, key + "_median"):
+            rows.setdefault(name, {loop: None for loop in LOOPS})
+    for key, column, num, den, how in COMPARISONS:
+        a, b = by_key.get(num), by_key.get(den)
+        if a is None or b is None or not a.runs or not b.runs:
+            continue
+        best = how(a.best, b.best)
+        rounds_a, rounds_b = by_round(a), by_round(b)
+        paired = [how(rounds_a[n], rounds_b[n]) for n in sorted(rounds_a) if n in rounds_b]
+        median = statistics.median(paired) if paired else math.nan
+        rows[key][column] = best if math.isfinite(best) else None
+        rows[key + "_median"][column] = median if math.isfinite(median) else None
+    return rows
+
+
+def write_json(path: str, args: list[str], results: list[Result]) -> None:
+    """The ``--json`` file: the command line (``args`` as given) and the rows."""
+    command = shlex.join(["python", f"bench/{Path(__file__).name}", *args])
+    doc = {"bench": "udp_echo", "command": command, "rows": json_rows(results)}
+    Path(path).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def print_profile(result: Result, top: int) -> None:
@@ -659,6 +772,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the report's ratios to PATH, as JSON (see the module docstring)",
+    )
     # internal: the server subprocess
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
@@ -681,6 +799,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be between 20 and 65507")
     opts.loops = LOOPS if opts.loop == "both" else (opts.loop,)
     opts.variants = opts.variant or (["metakit"] if opts.profile else list(VARIANTS))
+    if opts.json is not None and not Path(opts.json).absolute().parent.is_dir():
+        parser.error(f"--json: no directory {Path(opts.json).absolute().parent}")
 
     cpus = os.sched_getaffinity(0)
     if len(cpus) < 2 or shutil.which("taskset") is None:
@@ -700,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n(profiled: the figures above include cProfile's overhead)")
             for r in results:
                 print_profile(r, 30)
+    if opts.json is not None:
+        write_json(opts.json, sys.argv[1:] if argv is None else argv, results)
+        print(f"\nratios written to {opts.json}")
     print(f"\n(total {time.monotonic() - t0:.1f} s)")
     return 0
 

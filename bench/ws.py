@@ -61,8 +61,8 @@ p99. A miss prints ``MISS``; only errors make the exit status non-zero.
 Run from the repository root (Linux, gcc, two or more CPUs)::
 
     python bench/ws.py [--quick] [--verbose] [--loop asyncio|uvloop|both]
-                       [--variant aiohttp|metakit ...] [--phase echo|fanout|both]
-                       [--profile]
+                       [--variant aiohttp|aiohttp-tuned|metakit ...]
+                       [--phase echo|fanout|both] [--profile] [--json PATH]
 
 ``--quick`` is a smoke test (one 1 s echo run and one fan-out run per
 variant, under a minute); a full run takes four to six minutes. ``--verbose``
@@ -73,6 +73,35 @@ one's top functions by tottime and its tottime by package. Internally the
 servers are this script run as ``--serve VARIANT --loop LOOP``: it prints
 ``READY <port> <loop class>`` and serves ``/echo`` and ``/room`` until its
 stdin closes or it gets SIGTERM/SIGINT.
+
+``--json PATH`` also writes, once the report is printed, the ratios of its
+``metakit/aiohttp...`` lines to PATH, for a table runner::
+
+    {"bench": "ws", "command": "python bench/ws.py <the arguments as given>",
+     "rows": {KEY: {"asyncio": RATIO, "uvloop": RATIO}}}
+
+Every RATIO is the figure the report prints: a median over the rounds of
+metakit's run / the reference's run in the same round (not a ratio of the
+table's best runs), unrounded; null where that loop, phase or variant was
+not run (or the ratio is not finite). Every key is always there. KEY is
+metakit vs plain ``aiohttp``, or with ``_tuned`` at its end (e.g.
+``echo_tuned``) vs ``aiohttp-tuned`` (the control: the aiohttp server in a
+process that first calls ``metakit._malloc.warm_allocator()``, the malloc
+tuning ``Node.start`` applies), on the same loop:
+
+* ``echo``: the echo target ratio, the ``-> ... Nx (target >= 0.75x)`` figure:
+  ``echo_rps`` when both servers were saturated in every round, else
+  ``1 / echo_cpu`` (see ``echo_saturated``); higher is better;
+* ``echo_rps``: ``rt/s`` (metakit / aiohttp round trips per second);
+* ``echo_cpu``: ``server CPU/rt`` (metakit / aiohttp server CPU per round trip;
+  this one is 1 / the median of aiohttp / metakit);
+* ``echo_p50``, ``echo_p99``: ``p50``, ``p99`` (round-trip latency);
+* ``echo_saturated``: 1.0 if ``echo`` is ``echo_rps``, 0.0 if it is the CPU
+  efficiency (a server was not saturated in some round);
+* ``broadcast_p50``, ``broadcast_p99``: the fan-out ``p50``, ``p99`` figures
+  (time until all the clients have the broadcast, metakit / aiohttp; lower is
+  better; target <= 1.3x);
+* ``broadcast_cpu``: ``server CPU per broadcast``.
 """
 
 from __future__ import annotations
@@ -90,9 +119,12 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import json
+import math
 import platform
 import pstats
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -121,6 +153,20 @@ FANOUT_TARGET = 1.3  # metakit / aiohttp fan-out time, at most
 SATURATED = 90.0  # server CPU %: at or above it, the server is the limit
 NOISY = 10.0  # a run during which other programs took more % of a core is done again
 TOP = 30
+# The --json rows (the docstring says what each is); each also with "_tuned".
+JSON_KEYS = (
+    "echo",
+    "echo_rps",
+    "echo_cpu",
+    "echo_p50",
+    "echo_p99",
+    "echo_saturated",
+    "broadcast_p50",
+    "broadcast_p99",
+    "broadcast_cpu",
+)
+# --json: key -> loop -> ratio, None when not measured.
+Rows = dict[str, dict[str, float | None]]
 
 
 def broadcast_text(trigger: str, t0: int) -> str:
@@ -571,7 +617,7 @@ def measure_phase(
 # -------------------------------------------------------------------- reporting
 
 
-def report_echo(results: list[Result], opts: argparse.Namespace) -> dict[str, bool]:
+def report_echo(results: list[Result], opts: argparse.Namespace, rows: Rows) -> dict[str, bool]:
     print()
     print(
         f"echo: {opts.conns} connections ping-ponging {MSG_SIZE}-byte text messages "
@@ -608,16 +654,27 @@ def report_echo(results: list[Result], opts: argparse.Namespace) -> dict[str, bo
         what = "rt/s" if saturated else "CPU efficiency (server not saturated)"
         p50 = statistics.median(mr.p50 / ar.p50 for ar, mr in pairs)
         p99 = statistics.median(mr.p99 / ar.p99 for ar, mr in pairs)
+        rps_ratio, cpu_ratio = statistics.median(rps), 1 / statistics.median(efficiency)
         print(
-            f"  metakit/{ref} on {loop:<7}: rt/s {statistics.median(rps):4.2f}x, server CPU/rt "
-            f"{1 / statistics.median(efficiency):4.2f}x, p50 {p50:4.2f}x, p99 {p99:4.2f}x "
+            f"  metakit/{ref} on {loop:<7}: rt/s {rps_ratio:4.2f}x, server CPU/rt "
+            f"{cpu_ratio:4.2f}x, p50 {p50:4.2f}x, p99 {p99:4.2f}x "
             f"-> {what} {measure:4.2f}x (target >= {ECHO_TARGET}x)  {verdict(ok)}"
         )
+        tuned = "" if ref == "aiohttp" else "_tuned"
+        for key, value in (
+            ("echo", measure),
+            ("echo_rps", rps_ratio),
+            ("echo_cpu", cpu_ratio),
+            ("echo_p50", p50),
+            ("echo_p99", p99),
+            ("echo_saturated", 1.0 if saturated else 0.0),
+        ):
+            rows[key + tuned][loop] = value if math.isfinite(value) else None
         print(f"  {'':<29}rounds: {' '.join(f'{x:.2f}' for x in rounds)}")
     return verdicts
 
 
-def report_fanout(results: list[Result], opts: argparse.Namespace) -> dict[str, bool]:
+def report_fanout(results: list[Result], opts: argparse.Namespace, rows: Rows) -> dict[str, bool]:
     print()
     print(
         f"fan-out: one {MSG_SIZE}-byte text message to {opts.clients} clients, time from the "
@@ -662,17 +719,23 @@ def report_fanout(results: list[Result], opts: argparse.Namespace) -> dict[str, 
         )
         print(f"  {'':<29}rounds p50: {' '.join(f'{x:.2f}' for x in p50s)}")
         print(f"  {'':<29}rounds p99: {' '.join(f'{x:.2f}' for x in p99s)}")
+        tuned = "" if ref == "aiohttp" else "_tuned"
+        for key, value in (("broadcast_p50", p50), ("broadcast_p99", p99), ("broadcast_cpu", cpu)):
+            rows[key + tuned][loop] = value if math.isfinite(value) else None
     return verdicts
 
 
-def report(results: list[Result], notes: list[str], opts: argparse.Namespace) -> dict[str, bool]:
+def report(
+    results: list[Result], notes: list[str], opts: argparse.Namespace, rows: Rows
+) -> dict[str, bool]:
+    """Print the report; put its ratios in ``rows`` (see :func:`json_rows`)."""
     verdicts: dict[str, bool] = {}
     echo = [r for r in results if r.phase == "echo"]
     fan = [r for r in results if r.phase == "fanout"]
     if echo:
-        verdicts |= report_echo(echo, opts)
+        verdicts |= report_echo(echo, opts, rows)
     if fan:
-        verdicts |= report_fanout(fan, opts)
+        verdicts |= report_fanout(fan, opts, rows)
     print()
     print(
         "srv us/rt, srv ms/bc: server CPU (user+sys, /proc/PID/stat, 10 ms ticks) per round trip"
@@ -722,6 +785,19 @@ def report(results: list[Result], notes: list[str], opts: argparse.Namespace) ->
                         f"last-client ms: {lasts}"
                     )
     return verdicts
+
+
+def json_rows() -> Rows:
+    """Every ``--json`` key, each loop not measured (None) yet."""
+    keys = [key + tuned for key in JSON_KEYS for tuned in ("", "_tuned")]
+    return {key: {loop: None for loop in LOOPS} for key in keys}
+
+
+def write_json(path: str, args: list[str], rows: Rows) -> None:
+    """The ``--json`` file: the command line (``args`` as given) and ``rows``."""
+    command = shlex.join(["python", f"bench/{Path(__file__).name}", *args])
+    doc = {"bench": "ws", "command": command, "rows": rows}
+    Path(path).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def package(filename: str, function: str) -> str:
@@ -823,6 +899,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the report's ratios to PATH, as JSON (see the module docstring)",
+    )
     # internal: the server subprocess
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
@@ -848,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
     phases = PHASES if opts.phase == "both" else (opts.phase,)
     variants = opts.variant or (["metakit"] if opts.profile else list(VARIANTS))
     opts.variants = [v for v in VARIANTS if v in variants]
+    if opts.json is not None and not Path(opts.json).absolute().parent.is_dir():
+        parser.error(f"--json: no directory {Path(opts.json).absolute().parent}")
 
     cpus = os.sched_getaffinity(0)
     if len(cpus) < 2 or shutil.which("taskset") is None:
@@ -861,13 +944,14 @@ def main(argv: list[str] | None = None) -> int:
     header(opts, binary)
     results: list[Result] = []
     notes: list[str] = []
+    rows = json_rows()
     with tempfile.TemporaryDirectory(prefix="ws-bench-") as prof_dir:
         for loop in opts.loops:
             for phase in phases:
                 res, n = measure_phase(opts, binary, loop, phase, prof_dir)
                 results += res
                 notes += n
-        verdicts = report(results, notes, opts)
+        verdicts = report(results, notes, opts, rows)
         if opts.profile:
             print("\n(profiled: the figures above include cProfile's overhead)")
             for r in results:
@@ -875,6 +959,9 @@ def main(argv: list[str] | None = None) -> int:
     if verdicts:
         print()
         print("targets: " + ", ".join(f"{k} {verdict(v)}" for k, v in verdicts.items()))
+    if opts.json is not None:
+        write_json(opts.json, sys.argv[1:] if argv is None else argv, rows)
+        print(f"ratios written to {opts.json}")
     print(f"total {time.monotonic() - started:.0f} s")
     return 0
 
