@@ -64,25 +64,20 @@ class Deadlines:
 
     def _sweep(self) -> None:
         self._timer = None
-        now = self._mk_loop.time()
+        now = self._time()
         wake = now + _SWEEP
         for timeout, queue in list(self._queues.items()):
             while queue:
                 deadline = queue[0]
                 future = queue[1]
-                if future.done():
-                    del queue[0]
-                    queue.popleft()
-                    queue.popleft()
-                elif deadline <= now:
-                    target = queue[2]
-                    del queue[0]
-                    queue.popleft()
-                    queue.popleft()
-                    future.set_exception(CallTimeout(target, timeout))
-                else:
+                if deadline > now and not future.done():
                     wake = min(wake, deadline)
                     break
+                queue.popleft()
+                queue.popleft()
+                target = queue.popleft()
+                if not future.done():  # answered calls just leave the queue
+                    future.set_exception(CallTimeout(target, timeout))
             if not queue:
                 del self._queues[timeout]
             elif len(queue) > 3 * _COMPACT:

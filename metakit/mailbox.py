@@ -514,15 +514,12 @@ class Mailbox:
             self._mk_in += handled
         if self._mk_held:
             return  # _mk_scheduled stays True: nothing restarts the drain but _mk_unhold
-        if q:
-            if self._mk_state == RUNNING:
-                self._mk_sched.schedule(self)  # over budget: again after the others
-            else:
-                self._mk_scheduled = False
+        if q and self._mk_state == RUNNING:
+            self._mk_sched.schedule(self)  # over budget: again after the others
         else:
             self._mk_scheduled = False
-            # _mk_spare, inlined: this runs whenever an actor goes idle.
-            if q is not IDLE:
+            if not q and q is not IDLE:
+                # _mk_spare, inlined: this runs whenever an actor goes idle.
                 self._mk_q = IDLE
                 spare = self._mk_sched.spare
                 if len(spare) < _SPARE_MAX:
