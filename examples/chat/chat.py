@@ -375,7 +375,9 @@ class Lobby(Process):
         ws.origins = frozenset(  # read by the handler at each upgrade
             [f"http://127.0.0.1:{port}", f"http://localhost:{port}", *settings.origins]
         )
-        print(f"listening on {self.url}", flush=True)
+        # One write per line: workers share stdout, and print() writes the
+        # newline separately, so two workers' lines could run together.
+        print(f"listening on {self.url}\n", end="", flush=True)
 
     def handle_call(self, sender: Caller, request: Any) -> Any:
         """``"url"``: the URL the page is served on."""
