@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._idle import IdleSweep
     from .mailbox import Mailbox
 
 __all__ = ["Scheduler"]
@@ -29,14 +30,17 @@ class Scheduler:
         ready: the actors whose drain is due (read by ``Mailbox._mk_kick``).
         spare: empty queues of actors gone idle, for the next to wake up
             (``mailbox.py``: an idle actor holds no queue of its own).
+        sweeps: the idle checks of the node's connections, one per timeout
+            (``_idle.py``).
     """
 
-    __slots__ = ("loop", "ready", "spare")
+    __slots__ = ("loop", "ready", "spare", "sweeps")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.ready: list[Mailbox] = []
         self.spare: list[deque[Any]] = []
+        self.sweeps: dict[float, IdleSweep] = {}
 
     def schedule(self, actor: Mailbox) -> None:
         """Drain ``actor`` on the next loop turn (one ``call_soon`` per batch)."""

@@ -81,7 +81,6 @@ it as its own callback.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +88,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._envelope import IGNORE, Signal
+from ._idle import IdleSweep, sweep_for
 from ._state import DEAD, RUNNING
 from .errors import FramingError, MailboxFull
 from .framing import Framer, Raw
@@ -122,8 +122,6 @@ class ConnState(IntEnum):
 
 
 _NEW, _OPEN, _INTERRUPTED, _CLOSING, _LINGERING, _CLOSED = ConnState
-
-_IDLE_STEPS = 4  # idle checks per idle_timeout: how late past it an idle connection may end
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +211,7 @@ class Connection(Meta):
         "_mk_reading",
         "_mk_seen",
         "_mk_sender",
-        "_mk_timer",
+        "_mk_sweep",
         "_mk_wblocked",
         "_mk_wdrain",
         "_mk_worker",
@@ -267,7 +265,9 @@ class Connection(Meta):
         self._mk_eof = False
         self._mk_closed = False  # the transport is closed or closing
         self._mk_disconnected = False
-        self._mk_timer: asyncio.TimerHandle | None = None
+        # The node's idle check for its timeout, while open (_idle.py: one
+        # timer per timeout, not a 250-600 byte timer per connection).
+        self._mk_sweep: IdleSweep | None = None
         self._mk_last = 0.0  # when traffic was last seen (by the idle check, or touch)
         self._mk_seen = 0  # frames read + messages written, at the last idle check
         self._mk_bytes_in = 0
@@ -321,12 +321,11 @@ class Connection(Meta):
         self.writable = True
         if not self._mk_reading:
             self._mk_update_reading()
-        if self._mk_idle is not None and self._mk_timer is None:
+        if self._mk_idle is not None and self._mk_sweep is None:
             self._mk_last = self._mk_loop.time()
             self._mk_seen = self._mk_traffic()
-            self._mk_timer = self._mk_loop.call_later(
-                self._mk_idle / _IDLE_STEPS, self._mk_check_idle
-            )
+            self._mk_sweep = sweep_for(self._mk_sched.sweeps, self._mk_loop, self._mk_idle)
+            self._mk_sweep.add(self)
         self._mk_update_hold()
         actor._mk_deliver_system(self._mk_sender, hello)
 
@@ -627,35 +626,36 @@ class Connection(Meta):
     def _mk_traffic(self) -> int:
         return self._mk_out + self._mk_writes + self.writes_counted()[0]
 
-    def _mk_check_idle(self) -> None:
-        # Every idle_timeout / _IDLE_STEPS: traffic since the last check (the
-        # counters moved) restarts the clock. So the connection ends between
-        # idle_timeout and 1.25 x idle_timeout after its last frame or write,
-        # and no read or write pays for a clock.
-        self._mk_timer = None
+    def _mk_check_idle(self, now: float) -> None:
+        # The node's sweep calls it every idle_timeout / STEPS (_idle.py):
+        # traffic since the last check (the counters moved) restarts the clock.
+        # So the connection ends between idle_timeout and 1.25 x idle_timeout
+        # after its last frame or write, and no read or write pays for a clock.
         if self._mk_state != RUNNING or self._mk_closed:
+            self._mk_stop_idle()
             return
         assert self._mk_idle is not None
-        now = self._mk_loop.time()
         traffic = self._mk_traffic()
         if traffic != self._mk_seen or self._mk_paused:
             # (Paused: this side stopped reading because the worker is behind;
             # the peer is not idle, it is waiting for us.)
             self._mk_seen = traffic
             self._mk_last = now
-        if now - self._mk_last < self._mk_idle:
-            self._mk_timer = self._mk_loop.call_later(
-                self._mk_idle / _IDLE_STEPS, self._mk_check_idle
-            )
-        else:
+        if now - self._mk_last >= self._mk_idle:
+            self._mk_stop_idle()
             self.finish("idle")
+
+    def _mk_stop_idle(self) -> None:
+        sweep = self._mk_sweep
+        if sweep is not None:
+            self._mk_sweep = None
+            sweep.discard(self)
 
     # -- ending ------------------------------------------------------------------------
 
     def _mk_close(self, reason: Any, abort: bool) -> None:
-        if self._mk_timer is not None:
-            self._mk_timer.cancel()
-            self._mk_timer = None
+        if self._mk_sweep is not None:
+            self._mk_stop_idle()
         self.writable = False
         if not self._mk_closed:
             self._mk_closed = True
@@ -702,14 +702,17 @@ class StreamConnection(Connection):
     """A :class:`Connection` over a byte stream (TCP, an SSH channel...): its
     framer is a clone of ``framing`` (``Raw()`` by default), and
     :attr:`encode` is the framer's ``encode``, or None for ``Raw`` (whose
-    frames go out as they are: a copy less per write).
+    frames go out as they are: a copy less per write). Adapters test
+    ``_raw`` and call ``framer.encode`` on the write path: a bound method
+    kept per connection would cost 64 bytes each.
 
     Args:
         framing: a framer used as a template (cloned); default ``Raw()``.
         idle_timeout, high_watermark, low_watermark: as for :class:`Connection`.
     """
 
-    __slots__ = ("encode",)
+    __slots__ = ("_raw",)
+    framer: Framer[Any]  # always set here
 
     def __init__(
         self,
@@ -726,6 +729,9 @@ class StreamConnection(Connection):
             high_watermark=high_watermark,
             low_watermark=low_watermark,
         )
-        self.encode: Callable[[Any], bytes] | None = (
-            None if isinstance(framer, Raw) else framer.encode
-        )
+        self._raw = isinstance(framer, Raw)
+
+    @property
+    def encode(self) -> Callable[[Any], bytes] | None:
+        """The framer's ``encode``, or None for ``Raw`` (its frames go out as they are)."""
+        return None if self._raw else self.framer.encode

@@ -120,6 +120,8 @@ class _Idle(deque):  # type: ignore[type-arg]
 
 IDLE: deque[Any] = _Idle()
 
+_CAPS: dict[int, int] = {}  # mailbox_size -> its bound in queue entries, shared
+
 # The actor whose coroutine drain is running in the current task: lets
 # Node.stop() notice it was awaited from inside a handler (it would wait for
 # itself) and run in the background instead.
@@ -225,7 +227,13 @@ class Mailbox:
         self._mk_table = node._registry.table
         self._mk_q: deque[Any] = IDLE
         self._mk_size = mailbox_size
-        self._mk_cap = 2 * mailbox_size
+        # One int object per size, not one per actor (32 bytes past 128).
+        cap = _CAPS.get(mailbox_size)
+        if cap is None:
+            cap = 2 * mailbox_size
+            if len(_CAPS) < 64:
+                _CAPS[mailbox_size] = cap
+        self._mk_cap = cap
         self._mk_limit = self._mk_cap or sys.maxsize
         self._mk_nurgent = 0
         # True during init, so early messages wait until init has finished.

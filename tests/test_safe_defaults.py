@@ -234,6 +234,34 @@ async def test_writes_are_traffic_for_the_idle_clock(node: Node, probe: Any) -> 
     assert await worker.receive() == TCPDisconnect(conn, "closed")
 
 
+async def test_one_idle_sweep_times_each_connection_on_its_own(node: Node, probe: Any) -> None:
+    """The node checks every connection with one timeout on one timer: the silent
+    one ends "idle" after 0.3 s to 0.375 s, the chatty one beside it stays open."""
+    worker, server = await tcp_serve(probe, framing=Line(max_length=100), idle_timeout=0.3)
+    _, chatty = await asyncio.open_connection(*server.address)
+    chatty_conn = (await worker.receive()).conn
+    silent_reader, silent = await asyncio.open_connection(*server.address)
+    silent_conn = (await worker.receive()).conn
+    opened = asyncio.get_running_loop().time()
+    ended = None
+    for i in range(100_000):  # until the silent one ends; TIMEOUT bounds each step
+        chatty.write(b"%d\n" % i)
+        message = await worker.receive()
+        if isinstance(message, TCPDisconnect):
+            ended = asyncio.get_running_loop().time() - opened
+            assert message == TCPDisconnect(silent_conn, "idle")
+            break
+        assert message == TCPMessage(chatty_conn, b"%d" % i)
+    assert ended is not None
+    assert 0.3 <= ended < 0.3 * 1.25 + 0.2, ended
+    assert await asyncio.wait_for(silent_reader.read(), TIMEOUT) == b""
+    assert node.meta_info(chatty_conn).inspect["state"] == "open"
+    chatty.close()
+    silent.close()
+    await chatty.wait_closed()
+    await silent.wait_closed()
+
+
 async def test_bytes_that_never_complete_a_frame_are_idle(node: Node, probe: Any) -> None:
     """Three clients trickling a line one byte per 50 ms cannot hold
     ``max_connections=3``: they are idle, cut, and an honest client gets in."""

@@ -131,8 +131,8 @@ class SSHConnection(StreamConnection):
 
     def write(self, data: Any) -> int:
         """Write one frame (encoded by the framer) to the channel."""
-        if self.encode is not None:
-            data = self.encode(data)
+        if not self._raw:
+            data = self.framer.encode(data)
         self._chan.write(data.decode(errors="replace") if self._text else data)
         return len(data)
 

@@ -227,14 +227,22 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
-        self.local = transport.get_extra_info("sockname")
+        local = transport.get_extra_info("sockname")
+        server = self._server
+        if server is not None:
+            # A server's connections share its address: one tuple for them all
+            # (uvloop makes a new one per call: 146 bytes per connection).
+            if local == server._local:
+                local = server._local
+            else:
+                server._local = local
+        self.local = local
         framer = self.framer
         if isinstance(framer, Raw) and hasattr(transport, "max_size"):
             # The stdlib loop's recv size (256 KiB): read no more than a frame,
             # rather than read 256 KiB and cut it into copies.
             transport.max_size = framer.read_size
         worker = None
-        server = self._server
         if server is not None:
             if server._tls is not None:
                 server._accept_tls(self)  # opened after its TLS handshake, or refused
@@ -333,7 +341,7 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
         (``bench/tcp_echo.py``); ``broadcast`` takes the original.
         """
         if message.__class__ is TCPMessage and self.writable:
-            data = message.data if self.encode is None else self.encode(message.data)
+            data = message.data if self._raw else self.framer.encode(message.data)
             self._transport.write(data)  # type: ignore[union-attr]
             self._nbytes += len(data)
             self._nwrites += 1
@@ -346,8 +354,8 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
 
     def write(self, data: Any) -> int:
         """Write one frame (encoded by the framer) to the socket."""
-        if self.encode is not None:
-            data = self.encode(data)
+        if not self._raw:
+            data = self.framer.encode(data)
         self._transport.write(data)  # type: ignore[union-attr]
         return len(data)
 

@@ -154,6 +154,7 @@ class TCPServer(Meta):
         self._server: asyncio.Server | None = None
         self._conns = ConnectionSet(self)
         self._accepted = 0
+        self._local: Any = None  # the last connection's local address, shared by the next
         self._rejected = 0
         self._handshake_failed = 0
 
