@@ -355,6 +355,37 @@ class Mailbox:
             self._mk_kick()
         return future
 
+    def _mk_call_now(self, pid: PID, request: Any) -> asyncio.Future[Any] | None:
+        """Answer a call from ``pid`` at once if this plain actor is idle: the
+        future, settled unless ``handle_call`` returned NO_REPLY. None if it is
+        not idle (or has coroutine handlers): nothing was done, queue it.
+
+        Idle means nothing is queued and no drain is due (held and
+        initialising actors count as scheduled), so answering now keeps the
+        order a drain would have, as :meth:`_mk_run_now` does for a send.
+        """
+        if (
+            self._mk_scheduled
+            or self._mk_async_mode
+            or self._mk_remote  # a stand-in for an actor on another node
+            or self._mk_state != RUNNING
+        ):
+            return None
+        future = self._mk_loop.create_future()
+        self._mk_scheduled = True
+        self._mk_in += 1
+        self._mk_special(Caller(pid, future), request)
+        if self._mk_held:
+            return future  # it stays scheduled until _mk_unhold
+        q = self._mk_q
+        if q and self._mk_state == RUNNING:
+            self._mk_sched.schedule(self)  # something arrived meanwhile (a Down...)
+        else:
+            self._mk_scheduled = False
+            if not q:
+                self._mk_spare(q)
+        return future
+
     def _mk_queue(self) -> deque[Any]:
         """This actor's own queue: a spare one if it had none (it was idle)."""
         q = self._mk_q

@@ -229,12 +229,25 @@ class Meta(Mailbox):
         self._mk_out += 1
         return True
 
-    def call(self, to: Target, request: Any, timeout: float | None = 5.0) -> asyncio.Future[Any]:
+    def call(
+        self, to: Target, request: Any, timeout: float | None = 5.0, *, eager: bool = False
+    ) -> asyncio.Future[Any]:
         """Call ``to``'s ``handle_call`` as the parent; await the result for the reply.
 
         As :meth:`Process.call <metakit.Process.call>` (the same errors).
+
+        ``eager=True``: if ``to`` is idle (nothing queued, plain handlers),
+        its ``handle_call`` runs inside this call, and the future comes back
+        already answered unless it returned ``NO_REPLY``: no loop turn for
+        the callee, none for the caller's wake-up. The order of messages is
+        the one a drain would have kept. Awaiting a done future does not
+        yield, so use it where the task yields anyway (a request handler
+        that then writes its response), never in a loop that awaits nothing
+        else: that loop would hold the event loop.
         """
-        future = self._mk_node._call(self._mk_parent_proc._mk_pid, to, request, timeout, self)
+        future = self._mk_node._call(
+            self._mk_parent_proc._mk_pid, to, request, timeout, self, eager
+        )
         self._mk_out += 1
         return future
 

@@ -273,7 +273,13 @@ class Node:
         return self._call(self._pid, to, request, timeout)
 
     def _call(
-        self, pid: PID, to: Any, request: Any, timeout: float | None, caller: Any = None
+        self,
+        pid: PID,
+        to: Any,
+        request: Any,
+        timeout: float | None,
+        caller: Any = None,
+        now: bool = False,
     ) -> asyncio.Future[Any]:
         # A name raises AttributeError here, so resolve names first (WebHandler's
         # usual target): the exception would cost more than the lookup.
@@ -286,6 +292,12 @@ class Node:
                 target = self._registry.route(to)
         if target is caller:
             raise MetakitError(f"{pid!r} cannot call itself: it would wait for its own reply")
+        if now:
+            future = target._mk_call_now(pid, request)
+            if future is not None:
+                if timeout is not None and not future.done():
+                    self._deadlines.add(future, timeout, to)
+                return future
         future = target._mk_call(pid, request)
         if timeout is not None:
             self._deadlines.add(future, timeout, to)

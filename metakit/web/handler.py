@@ -5,8 +5,11 @@ Theory of operation
 
 aiohttp calls the handler in the connection's request task. The handler
 reads the body (up to ``max_body``), builds a :class:`WebRequest`, and makes
-a ``call`` to the worker: a Caller appended to the worker's mailbox and a
-deadline in the node's deadline queue, no Task of its own. The worker's
+an eager ``call`` to the worker (``Meta.call(..., eager=True)``): an idle
+worker with a plain ``handle_call`` answers inside it, so the request costs
+no loop turn for the worker and none to wake the request task; a busy one
+gets a Caller appended to its mailbox and a deadline in the node's deadline
+queue, in its turn. No Task of its own either way. The worker's
 ``handle_call`` answers with a value that becomes the response:
 
 =====================================  ==========================================
@@ -241,7 +244,9 @@ class WebHandler(Meta):
             self._unavailable += 1
             return _error(503)
         try:
-            future = self.call(worker, WebRequest(request, body), self.timeout)
+            # Eager: an idle worker answers inside this call, and the request
+            # task yields anyway when it writes the response.
+            future = self.call(worker, WebRequest(request, body), self.timeout, eager=True)
         except NoProcess:
             self._unavailable += 1
             return _error(503)
