@@ -372,18 +372,8 @@ class Mailbox:
         ):
             return None
         future = self._mk_loop.create_future()
-        self._mk_scheduled = True
-        self._mk_in += 1
-        self._mk_special(Caller(pid, future), request)
-        if self._mk_held:
-            return future  # it stays scheduled until _mk_unhold
-        q = self._mk_q
-        if q and self._mk_state == RUNNING:
-            self._mk_sched.schedule(self)  # something arrived meanwhile (a Down...)
-        else:
-            self._mk_scheduled = False
-            if not q:
-                self._mk_spare(q)
+        # _mk_special answers the Caller (or fails it) and never raises an Exception.
+        self._mk_run_now(self._mk_special, Caller(pid, future), request)
         return future
 
     def _mk_queue(self) -> deque[Any]:
