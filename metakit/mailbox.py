@@ -42,7 +42,13 @@ queued, not held, not in init) it runs the handler right there
 (:meth:`Mailbox._mk_post`). Order and one-at-a-time hold as before; an echo
 saves a loop turn per message. ``Process.send`` is :func:`process_send`, the
 same hop inlined (it runs for every message); ``tests/test_mailbox.py`` runs
-both side by side.
+both side by side. The other way, a connection's read finds its worker idle
+(and its handlers plain) and runs ``handle_message`` inside the read
+(:func:`connection_read`, :func:`connection_feed_one`); and an eager call
+(``Meta.call(..., eager=True)``, the web bridge's) runs ``handle_call``
+inside the call (:meth:`Mailbox._mk_call_now`). Both are
+:meth:`Mailbox._mk_run_now`, under the same rule: idle means nothing
+queued and no drain due, so the order is the one a drain would keep.
 
 A process handles exit signals before ordinary messages: they are inserted
 after the signals already waiting at the front (``_mk_nurgent`` counts them).
@@ -189,6 +195,9 @@ class Mailbox:
     _mk_eager: ClassVar[bool] = False
     # True for a cluster's stand-in for an actor on another node (_registry.py).
     _mk_remote: ClassVar[bool] = False
+    # A connection's read may run its handler at once when it is idle: plain
+    # handlers only, and a local actor (see connection_read).
+    _mk_inline: ClassVar[bool] = True
 
     if TYPE_CHECKING:
         # What Process and Meta each define: how a signal is taken, how it ends.
@@ -214,6 +223,7 @@ class Mailbox:
         cls._mk_async_mode = msg_async or cls._mk_call_is_async or cls._mk_terminate_is_async
         if cls._mk_async_mode:
             cls._mk_eager = False  # a coroutine handler cannot run inside the sender
+        cls._mk_inline = not cls._mk_async_mode and not cls._mk_remote
 
     # -- setup -------------------------------------------------------------
 
@@ -901,7 +911,15 @@ def connection_read(self: Any, data: bytes) -> None:
         return
     if len(frames) == 1 and not self._mk_backlog:
         q = worker._mk_q
-        if len(q) < worker._mk_limit:
+        if len(q) < worker._mk_limit:  # (a dead worker's limit is -1)
+            if not worker._mk_scheduled and worker._mk_inline:
+                # The worker is idle: handle the frame now, as its drain would
+                # next turn (Mailbox._mk_run_now). A loop turn less per frame.
+                self._mk_out += 1
+                worker._mk_run_now(
+                    worker.handle_message, self._mk_sender, self._mk_make(self._mk_alias, frames[0])
+                )
+                return
             if q is IDLE:
                 q = worker._mk_queue()
             q.append(self._mk_sender)
@@ -928,6 +946,12 @@ def connection_feed_one(self: Any, frame: Any, nbytes: int = 0) -> None:
     if worker is not None and not self._mk_backlog:
         q = worker._mk_q
         if len(q) < worker._mk_limit:
+            if not worker._mk_scheduled and worker._mk_inline:  # idle: as connection_read
+                self._mk_out += 1
+                worker._mk_run_now(
+                    worker.handle_message, self._mk_sender, self._mk_make(self._mk_alias, frame)
+                )
+                return
             if q is IDLE:
                 q = worker._mk_queue()
             q.append(self._mk_sender)

@@ -21,6 +21,7 @@ import pytest
 import metakit
 from metakit import MailboxFull, Meta, Node, NoProcess, Process
 from metakit.framing import Line
+from metakit.mailbox import IDLE
 from metakit.testing import wait_until
 
 
@@ -196,6 +197,36 @@ async def connected(probe: Any) -> tuple[Any, PairConnection, socket.socket]:
     return parent, conn, there
 
 
+@pytest.mark.parametrize("way", ["read", "feed_one"])
+async def test_an_idle_worker_takes_a_frame_inside_the_read(
+    node: Node, probe: Any, way: str
+) -> None:
+    """A read for an idle plain worker runs its handler at once: nothing queued,
+    no drain scheduled; a busy worker gets it queued, in order."""
+    parent, conn, peer = await connected(probe)
+    worker = node._registry.table[parent.pid.id]
+    if way == "read":
+        peer.send(b"first\n")
+        await wait_until(lambda: parent.inbox.qsize() == 1)
+    else:
+        conn.feed_one(b"first", 6)
+    # Handled already (the probe's handler puts it in its inbox), and idle again.
+    assert parent.inbox.qsize() == 1
+    assert not worker._mk_scheduled
+    assert worker._mk_q is IDLE
+    node.send(parent.pid, "busy")
+    conn.feed_one(b"second", 7)
+    assert worker._mk_scheduled  # queued behind "busy"
+    assert [await parent.receive() for _ in range(3)] == [
+        PairLine(conn.id, b"first"),
+        "busy",
+        PairLine(conn.id, b"second"),
+    ]
+    parent.send_exit(conn.id, "normal")
+    assert await parent.receive() == ("bye", "normal")
+    peer.close()
+
+
 @pytest.mark.parametrize("way", ["read", "feed_one", "feed"])
 async def test_every_read_path_delivers_the_same(node: Node, probe: Any, way: str) -> None:
     parent, conn, peer = await connected(probe)
@@ -206,13 +237,17 @@ async def test_every_read_path_delivers_the_same(node: Node, probe: Any, way: st
             peer.send(frame + b"\n")
             assert await parent.receive() == PairLine(conn.id, frame)
     else:
-        # All at once, before the worker runs: past the high watermark the
-        # rest waits in the connection and reading pauses; nothing is lost.
+        # All at once, before the worker runs (a message of its own keeps it
+        # busy: an idle worker would take each frame at once): past the high
+        # watermark the rest waits in the connection and reading pauses;
+        # nothing is lost.
+        parent.node.send(parent.pid, "busy")
         if way == "feed_one":
             for frame in frames:
                 conn.feed_one(frame, len(frame) + 1)
         else:
             conn.feed(frames, sum(len(f) + 1 for f in frames))
+        assert await parent.receive() == "busy"
         for frame in frames:
             assert await parent.receive() == PairLine(conn.id, frame)
         assert conn.statistics().paused_reads >= 1
