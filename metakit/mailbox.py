@@ -296,10 +296,17 @@ class Mailbox:
             self._mk_kick()
 
     def _mk_offer(self, sender: Any, message: Any, max_pending: int) -> bool:
-        """Queue unless full or already ``max_pending`` deep; False (nothing queued) if not."""
+        """Queue unless full or already ``max_pending`` deep; False (nothing queued) if not.
+
+        An idle actor with plain handlers handles it at once, as a
+        connection's read does (:func:`connection_read`).
+        """
         q = self._mk_q
         if len(q) >= 2 * max_pending or len(q) >= self._mk_limit:
             return False
+        if not self._mk_scheduled and self._mk_inline:
+            self._mk_run_now(self.handle_message, sender, message)
+            return True
         if q is IDLE:
             q = self._mk_queue()
         q.append(sender)

@@ -219,7 +219,9 @@ class Meta(Mailbox):
         """Deliver unless the target's mailbox is full or holds ``max_pending``
         messages already; False, and nothing delivered, if so (or if it is gone).
 
-        For a transport that may drop (UDP): the caller counts the drop.
+        For a transport that may drop (UDP): the caller counts the drop. A
+        target that is idle, with plain handlers, handles it inside this call
+        (in the order its drain would keep), as a connection's read does.
         """
         target = self._mk_table.get(to.id)
         if target is None or not target._mk_offer(
