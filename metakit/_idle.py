@@ -68,7 +68,7 @@ class IdleSweep:
         now = self._loop.time()
         for conn in list(self._conns):  # a check may end its connection
             conn._mk_check_idle(now)
-        if self._conns:
+        if self._conns and self._timer is None:  # (an add() meanwhile has armed it)
             self._timer = self._loop.call_later(self.timeout / STEPS, self._sweep)
         else:
             self._stop()

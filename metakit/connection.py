@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._envelope import IGNORE, Signal
 from ._idle import IdleSweep, sweep_for
-from ._state import DEAD, RUNNING
+from ._state import DEAD, INIT, RUNNING
 from .errors import FramingError, MailboxFull
 from .framing import Framer, Raw
 from .ids import PID, Alias, Ref
@@ -321,11 +321,13 @@ class Connection(Meta):
         self.writable = True
         if not self._mk_reading:
             self._mk_update_reading()
-        if self._mk_idle is not None and self._mk_sweep is None:
+        if self._mk_idle is not None:
+            # The clock starts at every open: a reconnect is not idle for the outage.
             self._mk_last = self._mk_loop.time()
             self._mk_seen = self._mk_traffic()
-            self._mk_sweep = sweep_for(self._mk_sched.sweeps, self._mk_loop, self._mk_idle)
-            self._mk_sweep.add(self)
+            if self._mk_sweep is None:
+                self._mk_sweep = sweep_for(self._mk_sched.sweeps, self._mk_loop, self._mk_idle)
+                self._mk_sweep.add(self)
         self._mk_update_hold()
         actor._mk_deliver_system(self._mk_sender, hello)
 
@@ -347,13 +349,29 @@ class Connection(Meta):
     def feed(self, frames: list[Any], nbytes: int = 0) -> None:
         """Hand frames (read as ``nbytes``) to the worker in order, with back-pressure;
         nothing is lost. ``data_received`` (a byte stream's read: framed, then
-        fed) is this with its common case inlined."""
+        fed) is this with its common case inlined.
+
+        One frame for an idle worker with plain handlers runs its
+        ``handle_message`` before this returns (in the order its drain would
+        keep); that handler may end this connection. Several frames queue.
+        """
         self._mk_bytes_in += nbytes
         worker = self._mk_worker
         if worker is None:  # a refused connection, closing
             return
         if self._mk_backlog:
             self._mk_park(frames)
+            return
+        if (
+            len(frames) == 1
+            and not worker._mk_scheduled
+            and worker._mk_inline
+            and worker._mk_limit > 0  # (a dead worker's is -1)
+        ):
+            self._mk_out += 1
+            worker._mk_run_now(
+                worker.handle_message, self._mk_sender, self._mk_make(self._mk_alias, frames[0])
+            )
             return
         taken = worker._mk_feed(
             self._mk_sender, self._mk_make, self._mk_alias, frames, self._mk_high
@@ -632,6 +650,8 @@ class Connection(Meta):
         # So the connection ends between idle_timeout and 1.25 x idle_timeout
         # after its last frame or write, and no read or write pays for a clock.
         if self._mk_state != RUNNING or self._mk_closed:
+            if self._mk_state == INIT and not self._mk_closed:
+                return  # a client opened in its init: checked once it runs
             self._mk_stop_idle()
             return
         assert self._mk_idle is not None
@@ -702,16 +722,20 @@ class StreamConnection(Connection):
     """A :class:`Connection` over a byte stream (TCP, an SSH channel...): its
     framer is a clone of ``framing`` (``Raw()`` by default), and
     :attr:`encode` is the framer's ``encode``, or None for ``Raw`` (whose
-    frames go out as they are: a copy less per write). Adapters test
-    ``_raw`` and call ``framer.encode`` on the write path: a bound method
-    kept per connection would cost 64 bytes each.
+    frames go out as they are: a copy less per write). On the write path an
+    adapter tests :attr:`raw_framing` and calls ``framer.encode``: a bound
+    method kept per connection would cost 64 bytes each.
+
+    Attributes:
+        raw_framing: True when the framer is ``Raw``: frames are written as
+            they are, not through ``framer.encode``.
 
     Args:
         framing: a framer used as a template (cloned); default ``Raw()``.
         idle_timeout, high_watermark, low_watermark: as for :class:`Connection`.
     """
 
-    __slots__ = ("_raw",)
+    __slots__ = ("raw_framing",)
     framer: Framer[Any]  # always set here
 
     def __init__(
@@ -729,9 +753,9 @@ class StreamConnection(Connection):
             high_watermark=high_watermark,
             low_watermark=low_watermark,
         )
-        self._raw = isinstance(framer, Raw)
+        self.raw_framing = isinstance(framer, Raw)
 
     @property
     def encode(self) -> Callable[[Any], bytes] | None:
         """The framer's ``encode``, or None for ``Raw`` (its frames go out as they are)."""
-        return None if self._raw else self.framer.encode
+        return None if self.raw_framing else self.framer.encode

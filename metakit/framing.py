@@ -104,6 +104,13 @@ class _Framer:
         """Return a new framer with the same configuration and an empty buffer."""
         return type(self)(**{name: getattr(self, name) for name in self._config})
 
+    def _own_buf(self) -> bytearray:
+        # The first bytes kept for a frame cut across reads: a buffer of its own.
+        buf = self._buf
+        if buf is _NO_BUF:
+            buf = self._buf = bytearray()
+        return buf
+
     def _fail(self, error: FramingError, frames: list[Any]) -> FramingError:
         # Remember the error (the framer is broken from now on) and drop the buffer;
         # the frames completed before it travel on the error.
@@ -206,8 +213,6 @@ class Line(_Framer):
         dlen = len(delim)
         max_length = self.max_length
         buf = self._buf
-        if buf is _NO_BUF:  # the first frame cut across reads: its own buffer
-            buf = self._buf = bytearray()
         frames: list[bytes] = []
         pos = 0  # where the next line starts in src
         if buf:
@@ -236,6 +241,7 @@ class Line(_Framer):
             pos = idx + dlen
             idx = find(delim, pos)
         if pos < len(src):
+            buf = self._own_buf()
             buf += src[pos:] if pos else src
             self._check_partial(buf, frames)
         return frames
@@ -339,8 +345,6 @@ class LengthPrefixed(_Framer):
         size = self.size
         max_length = self.max_length
         buf = self._buf
-        if buf is _NO_BUF:  # the first frame cut across reads: its own buffer
-            buf = self._buf = bytearray()
         frames: list[bytes] = []
         pos = 0  # where the next frame starts in data
         if buf or self._pending >= 0:
@@ -372,10 +376,12 @@ class LengthPrefixed(_Framer):
             pos = start + length
             if pos > end:
                 self._pending = length
+                buf = self._own_buf()
                 buf += data[start:]
                 return frames
             frames.append(bytes(data[start:pos]))
         if pos < end:
+            buf = self._own_buf()
             buf += data[pos:]
         return frames
 
@@ -414,8 +420,6 @@ class Fixed(_Framer):
             data = memoryview(data)  # slice it without copying twice
         length = self.length
         buf = self._buf
-        if buf is _NO_BUF:  # the first frame cut across reads: its own buffer
-            buf = self._buf = bytearray()
         frames: list[bytes] = []
         pos = 0
         if buf:
@@ -429,6 +433,7 @@ class Fixed(_Framer):
         stop = end - (end - pos) % length
         frames += [bytes(data[i : i + length]) for i in range(pos, stop, length)]
         if stop < end:
+            buf = self._own_buf()
             buf += data[stop:]
         return frames
 

@@ -572,9 +572,11 @@ class Mailbox:
                     spare.append(q)
 
     def _mk_run_now(self, handler: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
-        """Run ``handler(a, b)`` (``handle_message`` or a write) at once: a send
-        found this eager meta idle. Returns what the handler returned (None if
-        it raised: the meta has ended).
+        """Run ``handler(a, b)`` at once: a send found this eager meta idle (a
+        write), a connection's read or an offer found this worker idle
+        (``handle_message``), an eager call found it idle (``_mk_special``).
+        Returns what the handler returned (None if it raised: the actor has
+        ended).
 
         Idle means nothing is queued (held and initialising actors count as
         scheduled), so running it now keeps the order a drain would have.
@@ -905,7 +907,8 @@ def connection_read(self: Any, data: bytes) -> None:
 
     ``Connection.data_received``: the framer, then ``Connection.feed`` with
     its common case inlined: one frame, nothing parked, room in the worker's
-    mailbox. Anything else goes through ``feed``, the original.
+    mailbox (an idle worker handles it at once, as in ``feed``). Anything
+    else goes through ``feed``, the original.
     """
     try:
         frames = self.framer.feed(data)
@@ -945,8 +948,9 @@ def connection_feed_one(self: Any, frame: Any, nbytes: int = 0) -> None:
     """Hand one frame (read as ``nbytes``) to the worker, with back-pressure.
 
     ``Connection.feed_one``: ``Connection.feed([frame], nbytes)`` with its
-    common case inlined (nothing parked, room in the worker's mailbox); the
-    rest goes through ``feed``, the original.
+    common case inlined (nothing parked, room in the worker's mailbox; an
+    idle worker handles it at once); the rest goes through ``feed``, the
+    original.
     """
     self._mk_bytes_in += nbytes
     worker = self._mk_worker

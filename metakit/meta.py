@@ -407,6 +407,10 @@ class Meta(Mailbox):
         main = self._mk_main
         if main is not None and main is not current:
             main.cancel()
+        elif main is not None:
+            # Ended from inside its own main loop (a handler its read ran at
+            # once, or an exit of its own): stop it at its next await.
+            self._mk_loop.call_soon(main.cancel)
         drain = self._mk_task  # a coroutine handler must not outlive terminate
         if drain is not None and drain is not current:
             drain.cancel()

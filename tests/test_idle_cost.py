@@ -202,3 +202,20 @@ async def test_an_idle_connection_costs_under_two_and_a_half_kibibytes(node: Nod
     finally:
         for sock in socks:
             sock.close()
+
+
+async def test_node_stop_leaves_no_idle_sweep(node: Node) -> None:
+    ports: list[int] = []
+    conns: list[Any] = []
+    await node.spawn(Echo, ports, conns)
+    reader, writer = await asyncio.open_connection("127.0.0.1", ports[0])
+    try:
+        writer.write(b"hello\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"hello\n"
+        sweep = node._scheduler.sweeps[300.0]
+        await node.stop()  # the connection still open
+        assert not node._scheduler.sweeps
+        assert sweep._timer is None
+    finally:
+        writer.close()
+        await writer.wait_closed()

@@ -197,7 +197,7 @@ async def connected(probe: Any) -> tuple[Any, PairConnection, socket.socket]:
     return parent, conn, there
 
 
-@pytest.mark.parametrize("way", ["read", "feed_one"])
+@pytest.mark.parametrize("way", ["read", "feed_one", "feed"])
 async def test_an_idle_worker_takes_a_frame_inside_the_read(
     node: Node, probe: Any, way: str
 ) -> None:
@@ -206,10 +206,11 @@ async def test_an_idle_worker_takes_a_frame_inside_the_read(
     parent, conn, peer = await connected(probe)
     worker = node._registry.table[parent.pid.id]
     if way == "read":
-        peer.send(b"first\n")
-        await wait_until(lambda: parent.inbox.qsize() == 1)
-    else:
+        conn.data_received(b"first\n")  # as the loop calls it
+    elif way == "feed_one":
         conn.feed_one(b"first", 6)
+    else:
+        conn.feed([b"first"], 6)
     # Handled already (the probe's handler puts it in its inbox), and idle again.
     assert parent.inbox.qsize() == 1
     assert not worker._mk_scheduled

@@ -354,8 +354,8 @@ class Port(StreamConnection, asyncio.SubprocessProtocol):
 
     def write(self, data: Any) -> int:
         """Write one frame (encoded by the framer) to the program's stdin."""
-        if self.encode is not None:
-            data = self.encode(data)
+        if not self.raw_framing:
+            data = self.framer.encode(data)
         stdin = self._transport.get_pipe_transport(0)
         if stdin is None or stdin.is_closing():
             return 0

@@ -131,7 +131,7 @@ class SSHConnection(StreamConnection):
 
     def write(self, data: Any) -> int:
         """Write one frame (encoded by the framer) to the channel."""
-        if not self._raw:
+        if not self.raw_framing:
             data = self.framer.encode(data)
         self._chan.write(data.decode(errors="replace") if self._text else data)
         return len(data)

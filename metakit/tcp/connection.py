@@ -341,7 +341,7 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
         (``bench/tcp_echo.py``); ``broadcast`` takes the original.
         """
         if message.__class__ is TCPMessage and self.writable:
-            data = message.data if self._raw else self.framer.encode(message.data)
+            data = message.data if self.raw_framing else self.framer.encode(message.data)
             self._transport.write(data)  # type: ignore[union-attr]
             self._nbytes += len(data)
             self._nwrites += 1
@@ -354,7 +354,7 @@ class TCPConnection(StreamConnection, asyncio.Protocol):
 
     def write(self, data: Any) -> int:
         """Write one frame (encoded by the framer) to the socket."""
-        if not self._raw:
+        if not self.raw_framing:
             data = self.framer.encode(data)
         self._transport.write(data)  # type: ignore[union-attr]
         return len(data)

@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 
 A small ``asyncio.DatagramProtocol`` hands each datagram to the server meta,
-which appends ``UDPPacket(server, addr, data)`` to the next worker's mailbox
-(the parent, or pool members round-robin per datagram). Replies arrive in
-the server's own mailbox and go out with ``transport.sendto``.
+which offers ``UDPPacket(server, addr, data)`` to the next worker (the
+parent, or pool members round-robin per datagram): an idle worker with
+plain handlers handles it inside the read, a busy one finds it in its
+mailbox. Replies go to the server (an idle one sends at once, inside the
+worker's ``send``) and out with ``transport.sendto``.
 
 UDP may drop; metakit does not hide it. A datagram is dropped, counted
 (``handle_inspect``) and logged (at most once a second, with a count) when

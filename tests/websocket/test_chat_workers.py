@@ -107,8 +107,13 @@ class Workers:
         assert self.proc.wait(timeout=TIMEOUT * 3) == 0, "".join(self.err)
         for thread in self._threads:
             thread.join(TIMEOUT)
+        # multiprocessing's resource tracker ends when the parent's pipe to it
+        # closes, a moment after the parent: poll, with a deadline.
+        deadline = time.monotonic() + TIMEOUT
         for pid in children:
-            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"process {pid} left"
+            while Path(f"/proc/{pid}").exists() and not _zombie(pid):
+                assert time.monotonic() < deadline, f"process {pid} left"
+                time.sleep(0.01)
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -120,6 +120,30 @@ async def test_metakit_client_against_server(node: Node, probe: Any) -> None:
     assert await owner.receive() == WSDisconnect(conn, 1000, "normal")
 
 
+class KillsOnEcho(metakit.Process):
+    """Kills its client connection from the handler the client's read runs."""
+
+    async def init(self, url: str, holder: list[WebSocketClient]) -> None:
+        client = WebSocketClient(url)
+        holder.append(client)
+        conn = await self.spawn_meta(client)
+        self.send(conn, WSMessage(conn, "ping"))
+
+    def handle_message(self, sender: metakit.PID, message: Any) -> None:
+        if isinstance(message, WSMessage):
+            self.send_exit(message.conn, "kill")
+
+
+async def test_a_client_killed_inside_its_own_read_leaves_no_task(node: Node) -> None:
+    url = await echo_server(node)
+    holder: list[WebSocketClient] = []
+    await node.spawn(KillsOnEcho, url, holder)
+    [client] = holder
+    await wait_until(lambda: not client.alive)
+    # Its main loop (which was running the parent's handler) is stopped too.
+    await wait_until(lambda: client._mk_main is None or client._mk_main.done())
+
+
 async def test_message_at_the_limit_and_over(node: Node, probe: Any) -> None:
     worker, _, url = await serve(probe, max_message=1000)
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
