@@ -674,8 +674,7 @@ class Connection(Meta):
     # -- ending ------------------------------------------------------------------------
 
     def _mk_close(self, reason: Any, abort: bool) -> None:
-        if self._mk_sweep is not None:
-            self._mk_stop_idle()
+        self._mk_stop_idle()
         self.writable = False
         if not self._mk_closed:
             self._mk_closed = True

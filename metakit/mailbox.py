@@ -381,12 +381,8 @@ class Mailbox:
         initialising actors count as scheduled), so answering now keeps the
         order a drain would have, as :meth:`_mk_run_now` does for a send.
         """
-        if (
-            self._mk_scheduled
-            or self._mk_async_mode
-            or self._mk_remote  # a stand-in for an actor on another node
-            or self._mk_state != RUNNING
-        ):
+        # (_mk_inline: plain handlers, and not a stand-in for a remote actor.)
+        if self._mk_scheduled or not self._mk_inline or self._mk_state != RUNNING:
             return None
         future = self._mk_loop.create_future()
         # _mk_special answers the Caller (or fails it) and never raises an Exception.
