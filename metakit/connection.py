@@ -362,17 +362,6 @@ class Connection(Meta):
         if self._mk_backlog:
             self._mk_park(frames)
             return
-        if (
-            len(frames) == 1
-            and not worker._mk_scheduled
-            and worker._mk_inline
-            and worker._mk_limit > 0  # (a dead worker's is -1)
-        ):
-            self._mk_out += 1
-            worker._mk_run_now(
-                worker.handle_message, self._mk_sender, self._mk_make(self._mk_alias, frames[0])
-            )
-            return
         taken = worker._mk_feed(
             self._mk_sender, self._mk_make, self._mk_alias, frames, self._mk_high
         )

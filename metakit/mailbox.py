@@ -323,12 +323,17 @@ class Mailbox:
         bound (and, after the first, under ``high`` pending): a connection's read.
 
         Returns how many it took, or ``~taken`` (negative) when the reader must
-        pause: the mailbox is past ``high`` or could not take them all.
+        pause: the mailbox is past ``high`` or could not take them all. One
+        frame for an idle actor with plain handlers is handled at once, as
+        :meth:`_mk_offer` does (the handler may end the connection).
         """
         q = self._mk_q
+        limit = self._mk_limit
+        if len(frames) == 1 and not self._mk_scheduled and self._mk_inline and limit > 0:
+            self._mk_run_now(self.handle_message, sender, make(conn, frames[0]))
+            return 1  # (a dead actor's limit is -1: it takes the branch below)
         if q is IDLE:
             q = self._mk_queue()
-        limit = self._mk_limit
         high2 = 2 * high
         if len(frames) == 1:  # the common case: one frame per read
             if len(q) >= limit:
