@@ -30,26 +30,32 @@ import argparse
 import asyncio
 import gc
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from statistics import median
 from typing import Any
 
+TEXT = "Hello, world!"
 
-async def measure(requests: int, repeat: int) -> tuple[float, float, float]:
-    """Best CPU us per request (plain, metakit) and the median paired ratio."""
+
+@asynccontextmanager
+async def handlers() -> AsyncIterator[tuple[Any, Any, Any]]:
+    """(plain aiohttp handler, mounted WebHandler, request) on a running node.
+
+    ``bench/instructions.py`` counts the same pair's instructions.
+    """
     from aiohttp import web
     from aiohttp.test_utils import make_mocked_request
 
     import metakit
     from metakit.web import WebHandler
 
-    text = "Hello, world!"
-
     async def plain(request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(text=text)
+        return web.Response(text=TEXT)
 
     class Worker(metakit.Process):
         def handle_call(self, sender: Any, request: Any) -> Any:
-            return text
+            return TEXT
 
     class Owner(metakit.Process):
         async def init(self, worker: metakit.PID, holder: list[WebHandler]) -> None:
@@ -57,22 +63,32 @@ async def measure(requests: int, repeat: int) -> tuple[float, float, float]:
             await self.spawn_meta(handler)
             holder.append(handler)
 
-    async def rounds(handler: Any) -> float:
-        gc.collect()
-        t0 = time.process_time()
-        for _ in range(requests):
-            response = await handler(request)
-        elapsed = time.process_time() - t0
-        if response.status != 200 or response.text != text:
-            raise RuntimeError(f"bad response: {response!r}")
-        return elapsed / requests * 1e6
-
-    request = make_mocked_request("GET", "/")
     async with metakit.Node("web-handler-bench@localhost") as node:
         worker = await node.spawn(Worker)
         holder: list[WebHandler] = []
         await node.spawn(Owner, worker, holder)
-        handler = holder[0]
+        yield plain, holder[0], make_mocked_request("GET", "/")
+
+
+async def serve_many(handler: Any, request: Any, requests: int) -> None:
+    """``requests`` requests through ``handler``; a wrong answer is an error."""
+    response = None
+    for _ in range(requests):
+        response = await handler(request)
+    if response is None or response.status != 200 or response.text != TEXT:
+        raise RuntimeError(f"bad response: {response!r}")
+
+
+async def measure(requests: int, repeat: int) -> tuple[float, float, float]:
+    """Best CPU us per request (plain, metakit) and the median paired ratio."""
+
+    async def rounds(handler: Any) -> float:
+        gc.collect()
+        t0 = time.process_time()
+        await serve_many(handler, request, requests)
+        return (time.process_time() - t0) / requests * 1e6
+
+    async with handlers() as (plain, handler, request):
         await rounds(plain)  # warm-up, unmeasured
         await rounds(handler)
         plains, metas, ratios = [], [], []
