@@ -60,6 +60,7 @@ import json
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -169,14 +170,30 @@ def per_op(dumps: list[Path], n: int) -> float:
 # ------------------------------------------------------------ in-process rows
 
 
-def child_main(loop_name: str, lib: str, variants: list[str], sizes: Sizes) -> None:
-    """Under callgrind: each variant's two windows, in the order given (``--child``)."""
+def child_main(
+    loop_name: str, lib: str | None, variants: list[str], sizes: Sizes, pstats_to: str | None
+) -> None:
+    """Under callgrind: each variant's two windows, in the order given (``--child``).
+
+    With ``pstats_to`` instead (no callgrind): the 2N window under cProfile.
+    """
+    import cProfile
+
     import messaging
     import web_handler
 
     import metakit
 
-    cg = ctypes.CDLL(lib)
+    profiler = cProfile.Profile()
+
+    class _Profiled:
+        def mk_cg_start(self) -> None:
+            profiler.enable()
+
+        def mk_cg_stop(self) -> None:
+            profiler.disable()
+
+    cg: Any = ctypes.CDLL(lib) if lib else _Profiled()
 
     async def run() -> None:
         notes = messaging.Notes(backlog={})
@@ -206,7 +223,7 @@ def child_main(loop_name: str, lib: str, variants: list[str], sizes: Sizes) -> N
                     if name.startswith("web"):
                         base = dataclasses.replace(p, calls=sizes.requests)
                     await job(dataclasses.replace(base, messages=base.messages // 10))  # warm
-                    for k in (1, 2):
+                    for k in (2,) if pstats_to else (1, 2):
                         q = dataclasses.replace(
                             base, messages=base.messages * k, calls=base.calls * k
                         )
@@ -222,6 +239,8 @@ def child_main(loop_name: str, lib: str, variants: list[str], sizes: Sizes) -> N
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(run())
+    if pstats_to:
+        profiler.dump_stats(pstats_to)
 
 
 def count_in_process(
@@ -393,6 +412,86 @@ def count_served(loop: str, lib: Path, outdir: Path, variant: str, sizes: Sizes)
     return per_op(windows(outdir, tag), sizes.roundtrips)
 
 
+# --------------------------------------------------- Python-level profiles
+
+
+def pstats_of(loop: str, outdir: Path, variant: str, sizes: Sizes) -> Path:
+    """A cProfile of ``variant`` doing 2N operations (no callgrind): a pstats file.
+
+    In-process variants profile the window alone. A server profiles its whole
+    run (its ``--profile-to``; ``http.py``'s only between SIGUSR1 and SIGUSR2,
+    sent around the window): :func:`py_profile` keeps only the functions
+    called at least once per operation, which the start-up cannot reach.
+    """
+    out = outdir / f"{loop}-{variant.replace(':', '-')}.pstats"
+    if ":" not in variant:
+        cmd = [sys.executable, __file__, "--child", variant, "--loop", loop]
+        cmd += ["--pstats-to", str(out), "--sizes", json.dumps(dataclasses.asdict(sizes))]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return out
+    script, name = variant.split(":")
+    cmd = [sys.executable, str(BENCH / f"{script}.py"), "--serve", name, "--loop", loop]
+    proc = subprocess.Popen(
+        [*cmd, "--profile-to", str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    try:
+        port = 0
+        while not port:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{script} --serve {name} ended before it was ready")
+            m = re.match(r"(PORTS?|READY) (\d+)", line)
+            port = int(m.group(2)) if m else 0
+        one, close = CLIENTS[script](port)
+        try:
+            for _ in range(sizes.warmup):
+                one()
+            if script == "http":
+                proc.send_signal(signal.SIGUSR1)
+                one()  # the signal is handled by the time this answers
+            for _ in range(2 * sizes.roundtrips):
+                one()
+            if script == "http":
+                proc.send_signal(signal.SIGUSR2)
+                one()
+        finally:
+            close()
+    finally:
+        proc.stdin.close()
+        proc.wait(60)
+    return out
+
+
+def py_profile(pstats_file: Path, n: int, top: int) -> str:
+    """The functions called at least 0.9 times per operation, by own time.
+
+    A share is of these functions' own time (cProfile's overhead included,
+    which weighs on the many small calls): what a server does once, such as
+    starting, is left out, and so is the stdlib loop's ``epoll.poll``, which
+    is mostly the wait for the client.
+    """
+    import pstats
+
+    stats: Any = pstats.Stats(str(pstats_file)).stats
+    rows = []
+    for (path, line, func), (_, ncalls, tottime, _, _) in stats.items():
+        if "'poll' of 'select.epoll'" in func:
+            continue  # mostly waiting for the client: not work
+        if ncalls >= 0.9 * n:
+            short = path.split("site-packages/")[-1].split(f"{BENCH.parent}/")[-1]
+            short = re.sub(r".*/lib/python3\.\d+/", "", short)
+            rows.append((tottime, ncalls / n, f"{short}:{line}:{func}" if line else func))
+    rows.sort(reverse=True)
+    calls = sum(r[1] for r in rows)
+    total_time = sum(r[0] for r in rows) or 1.0
+    out = [f"    {calls:.1f} calls per operation"]
+    for tottime, per, name in rows[:top]:
+        out.append(f"    {per:5.1f}/op {100 * tottime / total_time:5.1f}%  {name}")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------- report
 
 
@@ -449,6 +548,14 @@ def main() -> int:
         default=0,
         help="also print each variant's TOP C functions by instructions",
     )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        metavar="TOP",
+        default=0,
+        help="also cProfile each variant (no callgrind): its TOP Python "
+        "functions called once or more per operation",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     parser.add_argument("--keep", metavar="DIR", help="keep the callgrind dumps in DIR")
     # internal: the callgrind children
@@ -456,13 +563,15 @@ def main() -> int:
     parser.add_argument("--serve-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--lib", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
+    parser.add_argument("--pstats-to", help=argparse.SUPPRESS)
     opts = parser.parse_args()  # fmt: skip
     if opts.serve_child:
         lib, ctl_in, ctl_out, script, *argv = opts.serve_child
         serve_child_main(lib, int(ctl_in), int(ctl_out), script, argv)
         return 0
     if opts.child:
-        child_main(opts.loop, opts.lib, [opts.child], Sizes(**json.loads(opts.sizes)))
+        sizes = Sizes(**json.loads(opts.sizes))
+        child_main(opts.loop, opts.lib, [opts.child], sizes, opts.pstats_to)
         return 0
     if shutil.which("valgrind") is None or not Path("/usr/include/valgrind/callgrind.h").exists():
         print("needs valgrind and its headers (Debian: apt-get install valgrind)", file=sys.stderr)
@@ -494,10 +603,16 @@ def main() -> int:
                 result.setdefault(row.name, {})[loop] = {
                     "metakit": ours, "raw": theirs, "ratio": ratio
                 }  # fmt: skip
-                if opts.profile:
-                    for variant in (row.ours, row.theirs):
+                for variant in (row.ours, row.theirs):
+                    if opts.profile:
                         print(f"  {variant}: instructions per operation, percent, C function")
                         print(annotate(work, loop, variant, ops(variant, sizes), opts.profile))
+                    if opts.calls:
+                        print(
+                            f"  {variant}: Python calls per operation, share of own time (cProfile)"
+                        )
+                        prof = pstats_of(loop, work, variant, sizes)
+                        print(py_profile(prof, 2 * ops(variant, sizes), opts.calls))
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
