@@ -40,6 +40,7 @@ Usage::
     python bench/instructions.py --row send --row tcp --loop uvloop
     python bench/instructions.py --quick             # small sizes, a smoke test
     python bench/instructions.py --json PATH         # also write the rows as JSON
+    python bench/instructions.py --profile 12 --calls 12   # with both profiles
 """
 
 from __future__ import annotations
@@ -600,9 +601,10 @@ def main() -> int:
                 ours, theirs = counts[row.ours], counts[row.theirs]
                 ratio = ours / theirs
                 print(f"{row.what:44} {loop:8} {ours:9.0f} {theirs:9.0f} {ratio:6.2f}x  {row.goal}")
-                result.setdefault(row.name, {})[loop] = {
-                    "metakit": ours, "raw": theirs, "ratio": ratio
-                }  # fmt: skip
+                # table.py's shape: row -> loop -> figure (the counts beside the ratio).
+                result.setdefault(row.name, {})[loop] = ratio
+                result.setdefault(f"{row.name}_metakit", {})[loop] = ours
+                result.setdefault(f"{row.name}_raw", {})[loop] = theirs
                 for variant in (row.ours, row.theirs):
                     if opts.profile:
                         print(f"  {variant}: instructions per operation, percent, C function")
