@@ -596,7 +596,7 @@ class Mailbox:
             self._mk_sched.schedule(self)  # something arrived meanwhile (a Down...)
         else:
             self._mk_scheduled = False
-            if not q:
+            if not q and q is not IDLE:  # (an idle actor had no queue to give back)
                 self._mk_spare(q)
         return result
 

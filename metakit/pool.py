@@ -68,6 +68,11 @@ class Pool:
         if not targets:
             return parent._mk_pid if parent._mk_state < EXITING else None
         lookup = meta._mk_node._registry.lookup
+        if len(targets) == 1:  # one worker, the usual case: no turn to keep
+            actor = lookup(targets[0])
+            if actor is not None and actor._mk_state < EXITING:
+                return actor._mk_ident  # type: ignore[return-value]
+            return None
         for _ in range(len(targets)):
             target = targets[self._next % len(targets)]
             self._next += 1
