@@ -10,6 +10,7 @@ are in the subpackages ``metakit.tcp``, ``metakit.udp``, ``metakit.web`` and
 
 from __future__ import annotations
 
+from ._extensions import compiled_modules  # first: it picks compiled or pure-Python modules
 from ._run import loop_factory, run
 from .connection import Connection, ConnectionStatistics, ConnState, StreamConnection
 from .connections import ConnectionSet, broadcast
@@ -83,6 +84,7 @@ __all__ = [
     "UnknownEvent",
     "__version__",
     "broadcast",
+    "compiled_modules",
     "loop_factory",
     "run",
 ]

@@ -87,7 +87,7 @@ class _Framer:
     """Shared by the framers: the receive buffer, the sticky error, ``clone`` and ``repr``."""
 
     __slots__ = ("_buf", "_error")
-    _config: ClassVar[tuple[str, ...]]  # the constructor's arguments, kept as attributes
+    _config: ClassVar[tuple[str, ...]] = ()  # the constructor's arguments, kept as attributes
 
     def __init__(self) -> None:
         # No buffer of its own until a frame is cut across reads: an idle

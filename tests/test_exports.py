@@ -27,7 +27,7 @@ CORE_MODULES = [
 
 
 def test_top_level_all_is_the_union_of_core_modules() -> None:
-    union = {"__version__", "loop_factory", "run"}
+    union = {"__version__", "compiled_modules", "loop_factory", "run"}
     for name in CORE_MODULES:
         union |= set(importlib.import_module(f"metakit.{name}").__all__)
     assert set(metakit.__all__) == union
