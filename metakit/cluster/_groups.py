@@ -45,6 +45,7 @@ class ClusterGroups:
         self.view: dict[str, dict[str, tuple[int, list[PID]]]] = {}
         self._dirty: dict[str, asyncio.Future[None]] = {}
         self._watch = KeyWatch(self._apply)
+        self._uncarrying: asyncio.TimerHandle | None = None
 
     def _key(self, group: str, node: str | None = None) -> str:
         return f"g.{group}.{token(node or self._cluster.name)}"
@@ -134,8 +135,36 @@ class ClusterGroups:
     # -- the watch ----------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """(Re)start the watch: load the groups, then follow them."""
-        self.view = await self._watch.start(self._cluster._kv, "g.>", {})
+        """(Re)start the watch: load the groups, then follow them.
+
+        On a restart, the members of a peer still up stay in the view while it
+        writes them again (as names do, :meth:`~._names.Names.watch`).
+        """
+        c = self._cluster
+        old = self.view
+        if self._uncarrying is not None:
+            self._uncarrying.cancel()
+        view = await self._watch.start(c._kv, "g.>", {})
+        carried = []
+        for group, entries in old.items():
+            for node, held in entries.items():
+                peer = c._peers.get(node)
+                live = peer is not None and peer.creation == held[0]
+                if live and node not in view.get(group, ()):
+                    view.setdefault(group, {})[node] = held
+                    carried.append((group, node, held))
+        if carried:
+            self._uncarrying = self._loop.call_later(c._carry_for, self._uncarry, view, carried)
+        self.view = view
+
+    @staticmethod
+    def _uncarry(view: dict[str, dict[str, tuple[int, list[PID]]]], carried: list[Any]) -> None:
+        for group, node, held in carried:
+            entries = view.get(group)
+            if entries is not None and entries.get(node) is held:  # not written again
+                del entries[node]
+                if not entries:
+                    del view[group]
 
     def _apply(self, view: dict[str, dict[str, tuple[int, list[PID]]]], entry: Any) -> None:
         c = self._cluster
@@ -159,6 +188,8 @@ class ClusterGroups:
 
     async def close(self) -> None:
         """Stop following (the connection is closing, or the watch restarts)."""
+        if self._uncarrying is not None:
+            self._uncarrying.cancel()
         await self._watch.close()
 
     async def delete_own(self) -> None:

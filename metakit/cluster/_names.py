@@ -26,11 +26,15 @@ holder is gone is taken over by the next claim anyway.
 
 On reconnect the node reclaims each name it holds (creating the key again
 on a server that lost its state, giving the name up if another live node
-holds it now) and restarts the watch.
+holds it now) and restarts the watch. The restarted view keeps the names
+of the peers still up until they have re-asserted them (a bounded wait):
+a server that lost its state must not make a live name unknown for the
+moment its holder takes to reconnect.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -96,6 +100,7 @@ class Names:
         self._keys: dict[str, str] = {}  # KV key -> name, for the deletes
         self.owned: dict[str, tuple[Mailbox, int]] = {}
         self._watch = KeyWatch(self._apply)
+        self._uncarrying: asyncio.TimerHandle | None = None
 
     def register(self, name: str, pid: PID) -> Awaitable[None]:
         """Claim ``name`` for local process ``pid``: the local name now, the key in a task."""
@@ -211,10 +216,32 @@ class Names:
     # -- the watch ------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """(Re)start the watch: load the current names, then follow the changes."""
-        self.view = await self._watch.start(self._cluster._kv, f"{self._prefix}.>", {})
+        """(Re)start the watch: load the current names, then follow the changes.
+
+        On a restart, the names of a peer that is still up stay in the view
+        while it re-asserts them (a server that lost its state has none of
+        them yet): until its own write replaces one, it goes down, or
+        a bounded time passes.
+        """
+        c = self._cluster
+        old = self.view
+        if self._uncarrying is not None:
+            self._uncarrying.cancel()
+        view = await self._watch.start(c._kv, f"{self._prefix}.>", {})
         for name, (proc, rev) in self.owned.items():
-            self.view.setdefault(name, (self._local.ident(proc), rev))
+            view.setdefault(name, (self._local.ident(proc), rev))
+        peers = c._peers
+        carried = {n: held for n, held in old.items() if n not in view and held[0].node in peers}
+        if carried:
+            view.update(carried)
+            self._uncarrying = self._loop.call_later(c._carry_for, self._uncarry, view, carried)
+        self.view = view
+
+    @staticmethod
+    def _uncarry(view: dict[str, tuple[PID, int]], carried: dict[str, tuple[PID, int]]) -> None:
+        for name, held in carried.items():
+            if view.get(name) is held:  # not re-asserted: gone with the old server
+                del view[name]
 
     def _apply(self, view: dict[str, tuple[PID, int]], entry: Any) -> None:
         if entry.operation in ("DEL", "PURGE"):
@@ -242,4 +269,6 @@ class Names:
 
     async def close(self) -> None:
         """Stop following the names (the connection is closing)."""
+        if self._uncarrying is not None:
+            self._uncarrying.cancel()
         await self._watch.close()

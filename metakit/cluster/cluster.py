@@ -241,6 +241,10 @@ class Cluster:
         self._subject = f"{self._prefix}.n.{token(node.name)}"
         self._header = self._codec.pack([VERSION, node.name, self.creation])
         self._ttl = max(1, math.ceil(3 * self.heartbeat))
+        # How long a restarted watch keeps a live peer's names and members for
+        # it to re-assert: it shows life within 2.75 heartbeats of our
+        # reconnect or is down, then writes its keys in a few round trips.
+        self._carry_for = self._ttl + self.heartbeat
         self._remote = Remote(node, self)
         self._peers = self._remote.peers
         self._liveness = Liveness(self, self._peers)

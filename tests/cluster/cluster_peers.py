@@ -61,6 +61,9 @@ class Pong(metakit.Process):
                 return len(self.got)
             case ("echo", value):
                 return value
+            case ("join", group):
+                await self.join_group(group)
+                return "joined"
             case ("raise", "value"):
                 raise ValueError("bad value", 7)
             case ("raise", "refused"):

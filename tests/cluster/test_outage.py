@@ -5,11 +5,13 @@ are bounded and calls time out (DESIGN.md §8, Outages)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import nats
 import pytest
 from cluster_peers import Pong, Watcher
-from conftest import cluster, until
+from conftest import ChildNode, child_node, cluster, until
 
 import metakit
 from metakit import CallTimeout, MailboxFull
@@ -103,5 +105,50 @@ async def test_a_server_restart_loses_nothing_and_fires_no_down(namespace: str) 
             assert await b.call(feed, "after") == 1  # the subscription outlived the outage
             await until(lambda: _got(a, watcher) == [metakit.EventMessage("feed", "after")])
             assert a.cluster.statistics().reconnects == 1  # type: ignore[union-attr]
+    finally:
+        await server.stop()
+
+
+async def test_a_live_peers_names_and_groups_stay_known_while_it_reconnects(
+    namespace: str, children: list[ChildNode]
+) -> None:
+    # b is frozen across the restart and until a has re-asserted itself on the
+    # new server, which has none of b's keys: a must still know b's name and
+    # group, and a call by the name must wait for b, not fail.
+    server = local_server()
+    await server.start()
+    try:
+        async with metakit.Node("a@test", cluster=cluster(server, namespace, heartbeat=1.0)) as a:
+            child = await child_node(children, server, namespace, "b@test", heartbeat=1.0)
+            assert child.proc is not None
+            assert child.pong is not None
+            await a.call(child.pong, ("join", "pongs"))
+            await until(lambda: a.whereis("pong") == child.pong)
+            await until(lambda: a.group_members("pongs") == [child.pong])
+            groups = a.cluster._groups._watch  # type: ignore[union-attr]
+            follower = groups._follower
+            os.kill(child.proc.pid, signal.SIGSTOP)
+            try:
+                await server.stop()
+                await server.start()
+                # a's re-assertion ends with the groups' watch restarted.
+                await until(lambda: groups._follower not in (None, follower), what="a re-asserted")
+                assert "name." + token("pong") not in await _keys(server.url, namespace)  # type: ignore[arg-type]
+                assert a.whereis("pong") == child.pong
+                assert a.group_members("pongs") == [child.pong]
+                call = asyncio.ensure_future(a.call("pong", "ping", timeout=TIMEOUT))
+            finally:
+                os.kill(child.proc.pid, signal.SIGCONT)
+            assert await call == "pong"
+            # b writes its keys again; they replace what a carried.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TIMEOUT
+            want = {f"name.{token('pong')}", f"g.pongs.{token('b@test')}"}
+            while not want <= set(await _keys(server.url, namespace)):  # type: ignore[arg-type]
+                assert loop.time() < deadline, "b did not re-assert its keys"
+                await asyncio.sleep(0.05)
+            assert a.whereis("pong") == child.pong
+            assert a.group_members("pongs") == [child.pong]
+            assert a.nodes() == ["a@test", "b@test"]
     finally:
         await server.stop()
