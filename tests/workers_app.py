@@ -27,7 +27,9 @@ class Echo(Process):
         await self.spawn_meta(server)
 
     def terminate(self, reason: Any) -> None:
-        print(f"{self.node.name} ended: {reason}", flush=True)
+        # One write(2): the workers share the pipe, and print() makes two
+        # writes when stdout is unbuffered (PYTHONUNBUFFERED), which interleave.
+        os.write(1, f"{self.node.name} ended: {reason}\n".encode())
 
     def handle_message(self, sender: PID, message: Any) -> None:
         match message:
