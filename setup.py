@@ -22,7 +22,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 PACKAGE = HERE / "metakit"
-MANIFEST = "_compiled.txt"
+MANIFEST = "_compiled.txt"  # "<module> <sha256 of its .py then its .pxd>" lines
 
 
 def compiled_names() -> tuple[str, ...]:
@@ -60,8 +60,9 @@ def extensions() -> list[Extension]:
                 "language_level": 3,
                 # Annotations stay Python's: no C types, no exact-type checks on arguments.
                 "annotation_typing": False,
-                "binding": True,  # functions introspect as Python's do
-                "embedsignature": True,
+                # Methods stay method descriptors, which check the type of self
+                # (a binding function would read another object's C fields).
+                "binding": False,
             },
             quiet=True,
         )
@@ -100,8 +101,12 @@ class OptionalBuildExt(build_ext):
             if ext.name in self.failed:
                 continue
             name = ext.name.removeprefix("metakit.")
-            source = PACKAGE / (name.replace(".", "/") + ".py")  # ext.sources: the .c now
-            digest = hashlib.sha256(source.read_bytes()).hexdigest()
+            base = PACKAGE / name.replace(".", "/")  # (ext.sources: the .c now)
+            digest = hashlib.sha256()
+            for source in (base.with_suffix(".py"), base.with_suffix(".pxd")):
+                if source.exists():
+                    digest.update(source.read_bytes())
+            digest = digest.hexdigest()
             lines.append(f"{name} {digest}\n")
         target = Path(self.get_ext_fullpath("metakit._x")).parent / MANIFEST
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,11 @@ process, before any of those modules is imported:
 
 * ``METAKIT_NO_EXTENSIONS=1`` in the environment: every one of them is
   imported from its ``.py`` file (a finder ahead of the standard ones);
-* otherwise a module whose ``.py`` is not the file its extension was built
-  from (edited since the build: its SHA-256 differs from the one the build
-  wrote into ``_compiled.txt``) is imported from its source too, with a
-  warning, so a stale build never runs code that is not in the file you
-  read.
+* otherwise a module whose ``.py`` or ``.pxd`` is not what its extension
+  was built from (edited since the build: their SHA-256 differs from the
+  one the build wrote into ``_compiled.txt``) is imported from its source
+  too, with a warning, so a stale build never runs code that is not in the
+  file you read.
 
 :func:`compiled_modules` says which run compiled.
 """
@@ -48,13 +48,23 @@ def _paths(name: str) -> tuple[str, list[str]]:
     return base + ".py", [base + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES]
 
 
-MANIFEST = "_compiled.txt"  # written by the build: "<module> <sha256 of its .py>" lines
+MANIFEST = "_compiled.txt"  # written by the build: "<module> <sha256>" lines
 
 
-def source_digest(path: str) -> str:
-    """The SHA-256 of a file, as the build records it."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+def source_digest(source: str) -> str | None:
+    """The SHA-256 of a module's ``.py`` then its ``.pxd`` (if any), as the build
+    records it; None when the ``.py`` cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as f:
+            digest.update(f.read())
+    except OSError:
+        return None
+    pxd = source[: -len(".py")] + ".pxd"
+    if os.path.exists(pxd):
+        with open(pxd, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
 
 
 def _built_from() -> dict[str, str]:
@@ -78,7 +88,10 @@ def _from_source() -> set[str]:
             continue
         if digests is None:
             digests = _built_from()
-        if digests.get(name) != source_digest(source):
+        digest = source_digest(source)
+        if digest is None:
+            continue  # installed without its source: the extension is all there is
+        if digests.get(name) != digest:
             warnings.warn(
                 f"metakit.{name}: the source is not what its compiled extension was "
                 "built from; using the source (pip install . compiles it again)",

@@ -27,6 +27,7 @@ error, as its ``frames`` attribute, so they are not lost. Local misuse
 
 from __future__ import annotations
 
+import copyreg
 import struct
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
 
@@ -128,6 +129,25 @@ class _Framer:
     def __repr__(self) -> str:
         config = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._config)
         return f"{type(self).__name__}({config})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled and copied by every slot and any __dict__ of a subclass, the
+        # same compiled or not (a compiled framer would keep its C fields only).
+        state = {
+            name: getattr(self, name)
+            for name in copyreg._slotnames(type(self))  # type: ignore[attr-defined]
+            if hasattr(self, name)
+        }
+        state.update(getattr(self, "__dict__", {}))
+        return _rebuild, (type(self), state)
+
+
+def _rebuild(cls: type[_Framer], state: dict[str, Any]) -> _Framer:
+    """A framer from :meth:`_Framer.__reduce__`: a bare instance given ``state``."""
+    framer = cls.__new__(cls)
+    for name, value in state.items():
+        setattr(framer, name, value)
+    return framer
 
 
 class Raw(_Framer):

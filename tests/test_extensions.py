@@ -90,3 +90,24 @@ def test_a_module_edited_since_the_build_runs_from_its_source(tmp_path: Path) ->
     assert "metakit.framing" not in got["compiled"]  # type: ignore[operator]
     assert len(got["compiled"]) == len(BUILT) - 1  # type: ignore[arg-type]
     assert any("metakit.framing" in w for w in got["warnings"])  # type: ignore[attr-defined]
+
+
+@needs_build
+def test_a_pxd_edited_since_the_build_runs_the_source(tmp_path: Path) -> None:
+    """The .pxd shapes the compiled types: an edit to it makes the build stale too."""
+    shutil.copytree(PACKAGE, tmp_path / "metakit", ignore=shutil.ignore_patterns("__pycache__"))
+    pxd = tmp_path / "metakit" / "framing.pxd"
+    pxd.write_text(pxd.read_text() + "\n# edited after the build\n")
+    got = probe({"METAKIT_NO_EXTENSIONS": ""}, tmp_path)
+    assert str(got["framing"]) == str(tmp_path / "metakit" / "framing.py")
+    assert any("metakit.framing" in w for w in got["warnings"])  # type: ignore[attr-defined]
+
+
+@needs_build
+def test_a_build_without_its_source_runs_compiled(tmp_path: Path) -> None:
+    """Installed without the .py (some packagers strip it): the extension is all there is."""
+    shutil.copytree(PACKAGE, tmp_path / "metakit", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "metakit" / "framing.py").unlink()
+    got = probe({"METAKIT_NO_EXTENSIONS": ""}, tmp_path)
+    assert "metakit.framing" in got["compiled"]  # type: ignore[operator]
+    assert got["warnings"] == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import copy
 import itertools
+import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -556,3 +558,47 @@ def test_json_errors_carry_decoded_frames() -> None:
     with pytest.raises(FrameTooLarge) as too_long:
         framer.feed(b"[1]\n" + b"9" * 20 + b"\n")
     assert too_long.value.frames == [[1]]
+
+
+class _Slotted(Line):
+    __slots__ = ("extra",)
+
+    def __init__(self) -> None:
+        super().__init__(max_length=64)
+        self.extra = 7
+
+
+@pytest.mark.parametrize(
+    ("make", "frames"),
+    [
+        (lambda: Line(max_length=64), [b"abcd"]),
+        (lambda: Fixed(4), [b"abcd"]),
+        (_Slotted, [b"abcd"]),
+    ],
+)
+def test_a_framer_copies_and_pickles_with_its_buffer(
+    make: Callable[[], Any], frames: list[bytes]
+) -> None:
+    # The same compiled or not: every slot (a subclass's too) and the partial frame.
+    framer = make()
+    assert framer.feed(b"ab") == []
+    for copied in (
+        copy.copy(framer),
+        copy.deepcopy(framer),
+        *(pickle.loads(pickle.dumps(framer, protocol)) for protocol in (0, 2, 5)),
+    ):
+        assert type(copied) is type(framer)
+        assert repr(copied) == repr(framer)
+        assert copied.buffered == 2
+        if isinstance(framer, _Slotted):
+            assert copied.extra == 7
+    assert pickle.loads(pickle.dumps(framer)).feed(b"cd\n") == frames
+    assert framer.buffered == 2
+
+
+def test_a_framer_method_on_another_object_raises() -> None:
+    # A compiled method must check its self, not read another object's fields.
+    with pytest.raises((TypeError, AttributeError)):
+        Line.feed(None, b"x\n")  # type: ignore[arg-type]
+    with pytest.raises((TypeError, AttributeError)):
+        Line.encode(object(), b"x")  # type: ignore[arg-type]
