@@ -65,6 +65,7 @@ def extensions() -> list[Extension]:
                 "binding": False,
             },
             quiet=True,
+            force=True,  # the directives above change the C too: never reuse an old one
         )
     except Exception as exc:  # a Cython that cannot translate them: keep the source
         say(f"Cython could not translate the hot path ({exc}): installing the pure-Python package")
