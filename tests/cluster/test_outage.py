@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 
 import nats
 import pytest
@@ -15,7 +16,7 @@ from conftest import ChildNode, child_node, cluster, until
 
 import metakit
 from metakit import CallTimeout, MailboxFull
-from metakit.cluster import local_server
+from metakit.cluster import LocalServer, local_server
 from metakit.cluster._peer import token
 from metakit.testing import TIMEOUT
 
@@ -30,6 +31,18 @@ async def _keys(url: str, namespace: str) -> list[str]:
             return []
     finally:
         await nc.close()
+
+
+async def _until_keys(
+    server: LocalServer, namespace: str, predicate: Callable[[list[str]], bool], what: str
+) -> None:
+    """Poll the bucket's keys (every 50 ms, a server round trip each) until
+    ``predicate`` holds, or fail after TIMEOUT."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not predicate(await _keys(server.url, namespace)):  # type: ignore[arg-type]
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 class Feed(metakit.Process):
@@ -96,11 +109,7 @@ async def test_a_server_restart_loses_nothing_and_fires_no_down(namespace: str) 
             assert await a.call("pong", "ping") == "pong"
             # Names and liveness are back in the new server's bucket.
             await until(lambda: a.whereis("pong") == pong)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + TIMEOUT
-            while await _keys(server.url, namespace) != before:  # type: ignore[arg-type]
-                assert loop.time() < deadline, "the keys were not re-asserted"
-                await asyncio.sleep(0.05)
+            await _until_keys(server, namespace, lambda keys: keys == before, "the keys back")
             assert a.nodes() == b.nodes() == ["a@test", "b@test"]
             assert await b.call(feed, "after") == 1  # the subscription outlived the outage
             await until(lambda: _got(a, watcher) == [metakit.EventMessage("feed", "after")])
@@ -141,12 +150,8 @@ async def test_a_live_peers_names_and_groups_stay_known_while_it_reconnects(
                 os.kill(child.proc.pid, signal.SIGCONT)
             assert await call == "pong"
             # b writes its keys again; they replace what a carried.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + TIMEOUT
             want = {f"name.{token('pong')}", f"g.pongs.{token('b@test')}"}
-            while not want <= set(await _keys(server.url, namespace)):  # type: ignore[arg-type]
-                assert loop.time() < deadline, "b did not re-assert its keys"
-                await asyncio.sleep(0.05)
+            await _until_keys(server, namespace, lambda keys: want <= set(keys), "b's keys back")
             assert a.whereis("pong") == child.pong
             assert a.group_members("pongs") == [child.pong]
             assert a.nodes() == ["a@test", "b@test"]
