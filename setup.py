@@ -103,12 +103,12 @@ class OptionalBuildExt(build_ext):
                 continue
             name = ext.name.removeprefix("metakit.")
             base = PACKAGE / name.replace(".", "/")  # (ext.sources: the .c now)
-            digest = hashlib.sha256()
+            # As metakit._extensions.source_digest reads it (not imported here).
+            sha = hashlib.sha256()
             for source in (base.with_suffix(".py"), base.with_suffix(".pxd")):
                 if source.exists():
-                    digest.update(source.read_bytes())
-            digest = digest.hexdigest()
-            lines.append(f"{name} {digest}\n")
+                    sha.update(source.read_bytes())
+            lines.append(f"{name} {sha.hexdigest()}\n")
         target = Path(self.get_ext_fullpath("metakit._x")).parent / MANIFEST
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("".join(lines))
