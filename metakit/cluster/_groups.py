@@ -45,7 +45,6 @@ class ClusterGroups:
         self.view: dict[str, dict[str, tuple[int, list[PID]]]] = {}
         self._dirty: dict[str, asyncio.Future[None]] = {}
         self._watch = KeyWatch(self._apply)
-        self._uncarrying: asyncio.TimerHandle | None = None
 
     def _key(self, group: str, node: str | None = None) -> str:
         return f"g.{group}.{token(node or self._cluster.name)}"
@@ -142,8 +141,6 @@ class ClusterGroups:
         """
         c = self._cluster
         old = self.view
-        if self._uncarrying is not None:
-            self._uncarrying.cancel()
         view = await self._watch.start(c._kv, "g.>", {})
         carried = []
         for group, entries in old.items():
@@ -154,7 +151,7 @@ class ClusterGroups:
                     view.setdefault(group, {})[node] = held
                     carried.append((group, node, held))
         if carried:
-            self._uncarrying = self._loop.call_later(c._carry_for, self._uncarry, view, carried)
+            self._watch.later(c._carry_for, self._uncarry, view, carried)
         self.view = view
 
     @staticmethod
@@ -188,8 +185,6 @@ class ClusterGroups:
 
     async def close(self) -> None:
         """Stop following (the connection is closing, or the watch restarts)."""
-        if self._uncarrying is not None:
-            self._uncarrying.cancel()
         await self._watch.close()
 
     async def delete_own(self) -> None:

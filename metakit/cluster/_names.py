@@ -34,7 +34,6 @@ moment its holder takes to reconnect.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -100,7 +99,6 @@ class Names:
         self._keys: dict[str, str] = {}  # KV key -> name, for the deletes
         self.owned: dict[str, tuple[Mailbox, int]] = {}
         self._watch = KeyWatch(self._apply)
-        self._uncarrying: asyncio.TimerHandle | None = None
 
     def register(self, name: str, pid: PID) -> Awaitable[None]:
         """Claim ``name`` for local process ``pid``: the local name now, the key in a task."""
@@ -225,8 +223,6 @@ class Names:
         """
         c = self._cluster
         old = self.view
-        if self._uncarrying is not None:
-            self._uncarrying.cancel()
         view = await self._watch.start(c._kv, f"{self._prefix}.>", {})
         for name, (proc, rev) in self.owned.items():
             view.setdefault(name, (self._local.ident(proc), rev))
@@ -234,7 +230,7 @@ class Names:
         carried = {n: held for n, held in old.items() if n not in view and held[0].node in peers}
         if carried:
             view.update(carried)
-            self._uncarrying = self._loop.call_later(c._carry_for, self._uncarry, view, carried)
+            self._watch.later(c._carry_for, self._uncarry, view, carried)
         self.view = view
 
     @staticmethod
@@ -269,6 +265,4 @@ class Names:
 
     async def close(self) -> None:
         """Stop following the names (the connection is closing)."""
-        if self._uncarrying is not None:
-            self._uncarrying.cancel()
         await self._watch.close()

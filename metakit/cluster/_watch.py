@@ -22,6 +22,7 @@ class KeyWatch:
         self._apply = apply
         self._watcher: Any = None
         self._follower: asyncio.Task[None] | None = None
+        self._later: asyncio.TimerHandle | None = None
 
     async def start(self, kv: Any, pattern: str, view: Any) -> Any:
         """(Re)start: ``view`` filled with the current keys (returned), then followed."""
@@ -35,6 +36,11 @@ class KeyWatch:
         self._follower = asyncio.get_running_loop().create_task(self._follow(watcher, view))
         return view
 
+    def later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on this view in ``delay`` seconds, unless the
+        watch restarts or closes first (a restarted view's carried entries)."""
+        self._later = asyncio.get_running_loop().call_later(delay, callback, *args)
+
     async def _follow(self, watcher: Any, view: Any) -> None:
         with contextlib.suppress(Exception):
             async for entry in watcher:
@@ -43,6 +49,9 @@ class KeyWatch:
 
     async def close(self) -> None:
         """Stop following (the connection is closing, or the watch restarts)."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(BaseException):
